@@ -1,0 +1,29 @@
+# Two entry points (README): `make demo` and `make test`. Each sets up its own virtual environment.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DEMO   ?= demo
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export WANDB_MODE ?= offline
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+# torch and torchvision first, pinned together (laion-clap imports torchvision; see pyproject.toml).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/disse-synth demo --out $(DEMO)
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO) runs

@@ -1,0 +1,114 @@
+"""The data contracts: CSV validation names file/row/field, rule-table thresholds, sample round trip."""
+import math
+
+import numpy as np
+import pytest
+
+from disse.schemas import (SchemaError, ShardMeta, decode_sample, encode_sample, load_caption_rules,
+                           load_feature_params, read_clips_csv, read_rirs_csv, stable_id_int)
+from disse.schemas.config import load_config
+from disse.schemas.records import wrap_azimuth
+
+RIR_HEADER = "rir_path,azimuth_deg,elevation_deg,source_distance_m,area_m2,fullband_T30_ms\n"
+
+
+def test_rir_csv_nan_names_file_row_field(tmp_path):
+    p = tmp_path / "rirs.csv"
+    p.write_text(RIR_HEADER + "a.wav,10,0,1.5,40,300\nb.wav,nan,0,1.5,40,300\n")
+    with pytest.raises(SchemaError) as e:
+        read_rirs_csv(p)
+    assert "rirs.csv" in str(e.value) and "row 2" in str(e.value) and "azimuth_deg" in str(e.value)
+    skipped = []
+    records = read_rirs_csv(p, skipped=skipped)
+    assert [r.rir_id for r in records] == ["a"] and len(skipped) == 1
+
+
+def test_rir_csv_missing_column_and_file(tmp_path):
+    p = tmp_path / "rirs.csv"
+    p.write_text("rir_path,azimuth_deg\na.wav,10\n")
+    with pytest.raises(SchemaError, match="missing column"):
+        read_rirs_csv(p)
+    with pytest.raises(SchemaError, match="not found"):
+        read_rirs_csv(tmp_path / "nope.csv")
+
+
+def test_clips_csv_resolves_audio_dir(tmp_path):
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "c1.wav").write_bytes(b"")
+    p = tmp_path / "clips.csv"
+    p.write_text("audiocap_id,caption\nc1,a dog barks\nc2,\n")
+    with pytest.raises(SchemaError, match="row 2.*caption"):
+        read_clips_csv(p, tmp_path / "audio")
+    skipped = []
+    clips = read_clips_csv(p, tmp_path / "audio", skipped=skipped)
+    assert clips[0].path == tmp_path / "audio" / "c1.wav" and len(skipped) == 1
+
+
+def test_azimuth_wrap():
+    assert wrap_azimuth(190) == pytest.approx(-170)
+    assert wrap_azimuth(-180) == pytest.approx(180)
+    assert wrap_azimuth(540) == pytest.approx(180)
+
+
+@pytest.mark.parametrize("az,label", [(0, "front"), (35, "front"), (35.5, "front-left"), (55, "left"),
+                                      (125, "left"), (130, "back-left"), (145, "behind"),
+                                      (180, "behind"), (-145, "behind"), (-125, "right"),
+                                      (-55, "right"), (-40, "front-right")])
+def test_direction_thresholds(az, label):
+    rules = load_caption_rules()
+    assert rules.attributes["direction"].label_of(az) == label
+
+
+def test_other_thresholds():
+    attrs = load_caption_rules().attributes
+    assert [attrs["elevation"].label_of(v) for v in (40, 40.5, -40, -41)] == ["level", "above", "level", "below"]
+    assert [attrs["distance"].label_of(v) for v in (0.99, 1.0, 2.0, 2.01)] == ["near", "mid", "mid", "far"]
+    assert [attrs["room_size"].label_of(v) for v in (49.9, 50, 100, 100.1)] == ["small", "medium", "medium", "large"]
+    assert [attrs["reverberation"].label_of(v) for v in (199, 200, 999, 1001)] == [
+        "dampened", "slightly-reverberant", "reverberant", "highly-reverberant"]
+
+
+def test_sample_round_trip():
+    fp = load_feature_params()
+    rng = np.random.default_rng(0)
+    foa = (rng.standard_normal((4, 4800)) * 0.1).astype(np.float32)
+    iv = rng.standard_normal((6, 11, fp.n_mels)).astype(np.float16)
+    meta = ShardMeta(key="s0", split="train", source_id="c1", space_id="left|level|near|small|dampened",
+                     rir_id="r1", source_caption="a dog", spatial_caption="on the left", caption="a dog on the left",
+                     azimuth_deg=90.0, elevation_deg=0.0, source_distance_m=0.5, area_m2=20.0, t30_ms=150.0,
+                     descriptors={}, features=fp.to_dict())
+    raw = encode_sample(foa, iv, meta)
+    foa2, iv2, meta2 = decode_sample(raw)
+    assert foa2.shape == (4, 4800) and np.abs(foa2 - foa).max() < 1e-5
+    assert np.array_equal(iv2, iv) and meta2 == meta
+    with pytest.raises(SchemaError, match="__key__"):
+        encode_sample(foa, iv, ShardMeta(**{**meta.__dict__, "key": "a.b"}))
+
+
+def test_stable_id_int_is_stable():
+    assert stable_id_int("clip-1") == stable_id_int("clip-1") != stable_id_int("clip-2")
+    assert -(2 ** 63) <= stable_id_int("x") < 2 ** 63
+
+
+def test_load_config_overrides_and_errors(tmp_path):
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Inner:
+        lr: float = 1e-3
+        steps: int = 10
+
+    @dataclass
+    class Outer:
+        name: str = "x"
+        inner: Inner = field(default_factory=Inner)
+
+    p = tmp_path / "c.yaml"
+    p.write_text("name: run\ninner:\n  lr: 0.1\n")
+    cfg = load_config(Outer, p, ["inner.steps=5"])
+    assert cfg.inner.lr == 0.1 and cfg.inner.steps == 5 and cfg.name == "run"
+    with pytest.raises(SchemaError, match="inner.stepz"):
+        load_config(Outer, p, ["inner.stepz=5"])
+    with pytest.raises(SchemaError, match="inner.steps"):
+        load_config(Outer, p, ["inner.steps=abc"])
+    assert math.isclose(load_config(Outer).inner.lr, 1e-3)
