@@ -1,0 +1,1 @@
+"""disse.pipeline: offline synthesis of spatial audio-text shards (`disse-synth`)."""

@@ -1,0 +1,1 @@
+"""disse.trainer: the DELSA model, losses, streaming data, training loop and evaluation."""
