@@ -1,0 +1,422 @@
+"""Streaming WebDataset pipeline: shards -> shuffled, decoded batches (docs/internals.md, "Batch").
+
+Design (why it looks like this):
+
+* **Slots.** Every DataLoader worker of every rank is a *slot* ``k = rank * W + worker`` of
+  ``K = world * W``. In pass ``p`` over the data the shard list is permuted with a seed derived
+  from ``(seed, p)``; slot ``k`` then reads the whole shards ``perm[k*q:(k+1)*q]`` (``q = n // K``)
+  plus every ``K``-th sample (offset ``k``) of the ``n % K`` left-over shards. Every sample is
+  read by exactly one slot per pass, and a dataset with fewer shards than slots still feeds
+  every slot (no idle worker, no rank that runs dry).
+* **Infinite per-slot streams.** A slot goes on to pass ``p + 1`` when its part of pass ``p`` ends,
+  so every rank yields batches forever; the trainer takes a fixed number of steps per epoch
+  (computed from ``sizes.json``). No rank can run out of data before another one, which is what
+  makes WebDataset/DDP jobs hang at the end of an epoch.
+* **Exact, cheap mid-epoch resume.** Each batch carries the position ``(pass, index)`` of its
+  slot *before decoding* (index counts samples leaving the shuffle buffer). Resuming replays
+  the slot's current pass through the (seeded) shuffle buffer without decoding and skips to that
+  index; DataLoader workers are rotated so the round-robin order of batches continues where it
+  stopped. Batches after a resume are bit-identical to those of an uninterrupted run.
+* **Decode after the shuffle.** The buffer holds raw bytes; only samples that leave it are
+  decoded, and only the W channel of the FOA FLAC is kept.
+* **Bad data.** A shard that cannot be opened or read, or a sample that cannot be decoded, is
+  skipped and counted; messages are logged at a bounded rate (no sleep). The counters travel
+  with each batch to the trainer.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import braceexpand
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset import tariterators
+
+from disse.schemas import SchemaError, stable_id_int
+from disse.schemas.features import FeatureParams
+from disse.schemas.shard import decode_iv, decode_meta
+
+log = logging.getLogger("disse.data")
+
+MEMBERS = ("foa.flac", "iv.npy", "json")
+TARGET_KEYS = ("azimuth_deg", "elevation_deg", "distance_m", "area_m2", "t30_ms")
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how they are batched."""
+
+    train: str = ""               # brace pattern ('d/train-{000000..000009}.tar') or a directory
+    val: str = ""                 # fixed validation shards (same forms); '' = no validation
+    batch_size: int = 8           # samples per rank per micro-batch
+    num_workers: int = 2          # DataLoader workers per rank (0 = decode in the main process)
+    shuffle_buffer: int = 256     # samples held (undecoded) in the shuffle buffer per worker
+    seed: int = 0                 # shard order and shuffle buffer seed
+    prefetch_factor: int = 2      # batches prefetched per worker
+    val_batch_size: int = 16
+    val_num_workers: int = 1
+
+
+# --------------------------------------------------------------------------- shard lists
+
+@dataclass
+class ShardList:
+    """Shard paths (sorted as given) and their sample counts from ``sizes.json``."""
+
+    urls: list[str]
+    sizes: list[int]
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.sizes))
+
+
+def _read_sizes(directory: Path) -> dict[str, int]:
+    path = directory / "sizes.json"
+    if not path.is_file():
+        raise SchemaError("sizes.json not found next to the shards (disse-synth writes it)", file=str(path))
+    try:
+        data = json.loads(path.read_text())
+    except Exception as exc:
+        raise SchemaError(f"cannot read JSON ({exc})", file=str(path)) from None
+    if isinstance(data, dict) and isinstance(data.get("shards"), dict):
+        data = data["shards"]
+    if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
+        raise SchemaError("expected a mapping shard file name -> number of samples", file=str(path))
+    return {Path(k).name: int(v) for k, v in data.items()}
+
+
+def resolve_shards(spec: str | list[str], *, what: str = "data.train") -> ShardList:
+    """Expand a brace pattern, a directory (all ``*.tar`` in it) or a list of either.
+
+    Missing files or sizes are a :class:`SchemaError` naming ``what`` (the config field).
+    """
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    if not specs or not all(specs):
+        raise SchemaError("no shards given", field=what)
+    urls: list[str] = []
+    for s in specs:
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(str(x) for x in p.glob("*.tar"))
+            if not found:
+                raise SchemaError("directory holds no .tar shards", file=str(p), field=what)
+            urls.extend(found)
+        else:
+            urls.extend(braceexpand.braceexpand(s))
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise SchemaError(f"{len(missing)} shard(s) not found, e.g. {missing[0]}", field=what)
+    cache: dict[Path, dict[str, int]] = {}
+    sizes = []
+    for u in urls:
+        d = Path(u).parent
+        if d not in cache:
+            cache[d] = _read_sizes(d)
+        name = Path(u).name
+        if name not in cache[d]:
+            raise SchemaError(f"no entry for {name}", file=str(d / "sizes.json"), field=what)
+        sizes.append(cache[d][name])
+    return ShardList(urls, sizes)
+
+
+def slot_plan(n_shards: int, n_slots: int, slot: int, seed: int, pass_: int) -> list[tuple[int, int, int]]:
+    """Which samples slot ``slot`` of ``n_slots`` reads in pass ``pass_``.
+
+    Returns ``(shard index, stride, offset)`` triples: read samples ``j`` of that shard with
+    ``j % stride == offset``. Over all slots every sample appears exactly once.
+    """
+    perm = np.random.default_rng([seed, pass_, 0x5EED]).permutation(n_shards).tolist()
+    q = n_shards // n_slots
+    own = [(i, 1, 0) for i in perm[slot * q:(slot + 1) * q]]
+    shared = [(i, n_slots, slot) for i in perm[q * n_slots:]]
+    return own + shared
+
+
+def slot_pass_size(shards: ShardList, n_slots: int, slot: int, seed: int, pass_: int) -> int:
+    """Samples (by sizes.json) that ``slot`` reads in ``pass_``."""
+    total = 0
+    for i, stride, offset in slot_plan(len(shards.urls), n_slots, slot, seed, pass_):
+        total += len(range(offset, shards.sizes[i], stride))
+    return total
+
+
+# --------------------------------------------------------------------------- error accounting
+
+class ErrorLog:
+    """Counts skipped shards / samples and logs them at a bounded rate (never sleeps)."""
+
+    def __init__(self, first: int = 5, interval_s: float = 30.0) -> None:
+        self.counts = {"bad_shards": 0, "bad_samples": 0}
+        self.first, self.interval_s = first, interval_s
+        self._logged, self._last = 0, 0.0
+
+    def add(self, kind: str, message: str) -> None:
+        self.counts[kind] += 1
+        now = time.monotonic()
+        if self._logged < self.first or now - self._last >= self.interval_s:
+            self._logged += 1
+            self._last = now
+            log.warning("skipped %s: %s (so far: %s)", kind.replace("_", " ")[:-1], message, self.counts)
+
+
+# --------------------------------------------------------------------------- decoding
+
+def decode_w(data: bytes, *, where: str, n_samples: int, sample_rate: int) -> np.ndarray:
+    """``foa.flac`` bytes -> the W channel (ACN 0) as float32 ``(n_samples,)``, padded/cropped."""
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            if f.channels != 4:
+                raise SchemaError(f"expected 4 channels, got {f.channels}", file=where, field="foa.flac")
+            if f.samplerate != sample_rate:
+                raise SchemaError(f"sample rate {f.samplerate} != {sample_rate}", file=where,
+                                  field="foa.flac")
+            audio = f.read(frames=n_samples, dtype="float32", always_2d=True)
+    except SchemaError:
+        raise
+    except Exception as exc:
+        raise SchemaError(f"cannot decode FLAC ({exc})", file=where, field="foa.flac") from None
+    w = np.zeros(n_samples, dtype=np.float32)
+    w[: audio.shape[0]] = audio[:, 0]
+    return w
+
+
+def direction_vector(azimuth_deg: float, elevation_deg: float) -> tuple[float, float, float]:
+    """Unit vector (x front, y left, z up) of an azimuth (positive = left) and elevation, degrees."""
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    return (math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el))
+
+
+def decode_raw(sample: dict, *, with_audio: bool = True) -> dict:
+    """One raw webdataset sample (bytes per member) -> a decoded sample dict (see :func:`collate`)."""
+    where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+    for member in MEMBERS:
+        if member not in sample:
+            raise SchemaError(f"missing member {member!r}", file=where, field=member)
+    meta = decode_meta(sample["json"], where=where)
+    params = FeatureParams.from_dict(meta.features, source=where)
+    iv = decode_iv(sample["iv.npy"], where=where)
+    if iv.shape[1:] != (params.n_frames, params.n_mels):
+        raise SchemaError(f"iv shape {iv.shape} does not match its feature parameters", file=where,
+                          field="iv.npy")
+    if not np.isfinite(iv).all():
+        raise SchemaError("non-finite intensity features", file=where, field="iv.npy")
+    out = {"iv": iv, "meta": meta}
+    if with_audio:
+        out["waveform"] = decode_w(sample["foa.flac"], where=where, n_samples=params.clip_samples,
+                                   sample_rate=params.sample_rate)
+    return out
+
+
+def collate(samples: list[dict]) -> dict[str, Any]:
+    """Decoded samples -> a batch dict of the Batch contract (docs/internals.md)."""
+    metas = [s["meta"] for s in samples]
+    batch: dict[str, Any] = {}
+    if "waveform" in samples[0]:
+        batch["waveform"] = torch.from_numpy(np.stack([s["waveform"] for s in samples]))
+    batch["iv"] = torch.from_numpy(np.stack([s["iv"] for s in samples]).astype(np.float32))
+    batch["source_text"] = [m.source_caption for m in metas]
+    batch["space_text"] = [m.spatial_caption for m in metas]
+    batch["caption"] = [m.caption for m in metas]
+    batch["source_id"] = torch.tensor([stable_id_int(m.source_id) for m in metas], dtype=torch.int64)
+    batch["space_id"] = torch.tensor([stable_id_int(m.space_id) for m in metas], dtype=torch.int64)
+    batch["source_id_str"] = [m.source_id for m in metas]
+    batch["space_id_str"] = [m.space_id for m in metas]
+    batch["key"] = [m.key for m in metas]
+    batch["descriptors"] = [dict(m.descriptors) for m in metas]
+    f32 = torch.float32
+    batch["targets"] = {
+        "azimuth_deg": torch.tensor([m.azimuth_deg for m in metas], dtype=f32),
+        "elevation_deg": torch.tensor([m.elevation_deg for m in metas], dtype=f32),
+        "distance_m": torch.tensor([m.source_distance_m for m in metas], dtype=f32),
+        "area_m2": torch.tensor([m.area_m2 for m in metas], dtype=f32),
+        "t30_ms": torch.tensor([m.t30_ms for m in metas], dtype=f32),
+        "direction": torch.tensor([direction_vector(m.azimuth_deg, m.elevation_deg) for m in metas],
+                                  dtype=f32),
+    }
+    return batch
+
+
+# --------------------------------------------------------------------------- raw reading
+
+def _raw_samples(url: str, errors: ErrorLog) -> Iterator[dict]:
+    """Raw samples (member bytes grouped by key) of one shard; a broken shard is counted, not fatal."""
+    state = {"failed": False}
+
+    def handler(exn: Exception) -> bool:
+        state["failed"] = True
+        errors.add("bad_shards", f"{url}: {type(exn).__name__}: {exn.args[0] if exn.args else exn}")
+        return True  # continue with the next shard
+
+    streams = tariterators.url_opener([{"url": url}], handler=handler)
+    files = tariterators.tar_file_expander(streams, handler=handler)
+    yield from tariterators.group_by_keys(files, handler=handler)
+
+
+def _strided(url: str, stride: int, offset: int, errors: ErrorLog) -> Iterator[dict]:
+    for j, sample in enumerate(_raw_samples(url, errors)):
+        if j % stride == offset:
+            yield sample
+
+
+def _shuffled(src: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
+    """Reservoir shuffle (as webdataset's), driven by an explicit, seeded RNG."""
+    if bufsize <= 1:
+        yield from src
+        return
+    buf: list[dict] = []
+    for sample in src:
+        if len(buf) < bufsize:
+            buf.append(sample)
+            if len(buf) < bufsize:
+                continue
+        i = rng.randrange(len(buf))
+        buf[i], buf[-1] = buf[-1], buf[i]
+        yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+# --------------------------------------------------------------------------- datasets
+
+@dataclass
+class StreamPosition:
+    """Where every slot of a rank stands: ``{slot: (pass, index)}`` plus batches taken so far."""
+
+    positions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    batches: int = 0          # batches the trainer consumed on this rank since the run started
+    num_workers: int = 1
+    world: int = 1
+
+    def to_dict(self) -> dict:
+        return {"positions": {int(k): [int(a), int(b)] for k, (a, b) in self.positions.items()},
+                "batches": self.batches, "num_workers": self.num_workers, "world": self.world}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StreamPosition":
+        return cls({int(k): (int(v[0]), int(v[1])) for k, v in d["positions"].items()},
+                   int(d["batches"]), int(d["num_workers"]), int(d["world"]))
+
+
+class TrainStream(IterableDataset):
+    """Infinite, shuffled, decoded batches for one rank (see the module docstring)."""
+
+    def __init__(self, shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: int = 1,
+                 start: StreamPosition | None = None, with_audio: bool = True) -> None:
+        super().__init__()
+        self.shards, self.cfg, self.rank, self.world = shards, cfg, rank, world
+        self.n_workers = max(1, cfg.num_workers)
+        self.start = start or StreamPosition(num_workers=self.n_workers, world=world)
+        if start is not None and (start.num_workers != self.n_workers or start.world != world):
+            raise SchemaError(
+                f"cannot resume the data stream exactly: it was saved with {start.world} rank(s) x "
+                f"{start.num_workers} worker(s), now {world} x {self.n_workers}", field="data.num_workers")
+        self.with_audio = with_audio
+
+    def slot_of(self, worker: int) -> int:
+        # rotate so that after resuming, DataLoader worker 0 serves the slot whose turn it is
+        return self.rank * self.n_workers + (worker + self.start.batches) % self.n_workers
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        slot = self.slot_of(worker)
+        n_slots = self.world * self.n_workers
+        pass_, skip = self.start.positions.get(slot, (0, 0))
+        errors = ErrorLog()
+        cfg = self.cfg
+        pending: list[dict] = []
+        empty_passes = 0
+        while True:
+            plan = slot_plan(len(self.shards.urls), n_slots, slot, cfg.seed, pass_)
+            raw = (s for i, stride, off in plan for s in _strided(self.shards.urls[i], stride, off, errors))
+            rng = random.Random(f"{cfg.seed}/{pass_}/{slot}")
+            produced = 0
+            for index, sample in enumerate(_shuffled(raw, cfg.shuffle_buffer, rng), start=1):
+                if index <= skip:
+                    continue  # replaying a resumed pass: raw bytes only, nothing decoded
+                try:
+                    pending.append(decode_raw(sample, with_audio=self.with_audio))
+                except SchemaError as exc:
+                    errors.add("bad_samples", str(exc))
+                    continue
+                produced += 1
+                if len(pending) == cfg.batch_size:
+                    batch = collate(pending)
+                    pending = []
+                    batch["_position"] = (slot, pass_, index)
+                    batch["_errors"] = (slot, dict(errors.counts))
+                    yield batch
+            skip = 0
+            empty_passes = empty_passes + 1 if produced == 0 else 0
+            if empty_passes >= 3:
+                raise RuntimeError(f"slot {slot}: no valid sample in 3 passes over {len(self.shards.urls)} "
+                                   f"shard(s); all corrupt, or far fewer samples than ranks x workers")
+            pass_ += 1
+
+
+class EvalStream(IterableDataset):
+    """Every sample of fixed shards exactly once, in shard order (shards split over workers)."""
+
+    def __init__(self, shards: ShardList, batch_size: int, *, with_audio: bool = True) -> None:
+        super().__init__()
+        self.shards, self.batch_size, self.with_audio = shards, batch_size, with_audio
+        self.errors = ErrorLog()
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        pending: list[dict] = []
+        for url in self.shards.urls[worker::n]:
+            for sample in _raw_samples(url, self.errors):
+                try:
+                    pending.append(decode_raw(sample, with_audio=self.with_audio))
+                except SchemaError as exc:
+                    self.errors.add("bad_samples", str(exc))
+                    continue
+                if len(pending) == self.batch_size:
+                    yield collate(pending)
+                    pending = []
+        if pending:
+            yield collate(pending)
+
+
+def _collate_identity(batches: list[dict]) -> dict:
+    return batches[0]
+
+
+def train_loader(shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: int = 1,
+                 start: StreamPosition | None = None, with_audio: bool = True) -> DataLoader:
+    """An infinite loader of training batches for this rank (batches are made in the workers)."""
+    ds = TrainStream(shards, cfg, rank=rank, world=world, start=start, with_audio=with_audio)
+    kw: dict[str, Any] = {"prefetch_factor": cfg.prefetch_factor} if cfg.num_workers > 0 else {}
+    return DataLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=cfg.num_workers, **kw)
+
+
+def eval_loader(spec: str | list[str] | ShardList, batch_size: int = 16, num_workers: int = 0, *,
+                with_audio: bool = True) -> DataLoader:
+    """A finite loader over fixed (validation / test) shards, for ``evaluate.embed``."""
+    shards = spec if isinstance(spec, ShardList) else resolve_shards(spec, what="shards")
+    num_workers = min(num_workers, len(shards.urls))
+    ds = EvalStream(shards, batch_size, with_audio=with_audio)
+    return DataLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=num_workers)
+
+
+def steps_per_epoch(shards: ShardList, global_batch: int) -> int:
+    """Optimiser steps in one epoch: all samples (by sizes.json) over the global batch, at least 1."""
+    return max(1, shards.total // global_batch)
+
+
+def strip_private(batch: dict) -> dict:
+    """Drop the loader's bookkeeping keys (``_position``, ``_errors``)."""
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
