@@ -1,0 +1,631 @@
+"""`disse-synth render`: dry clips x FOA RIRs -> deterministic, resumable WebDataset shards.
+
+Pipeline per sample: load the clip (48 kHz mono, 10 s) -> FFT convolution with the 4-channel RIR
+(one batched real FFT of the RIR, the clip's spectrum reused across its RIRs) -> crop to 10 s ->
+level normalisation (W at a target RMS, peak <= 0.99 full scale) -> intensity features ->
+captions -> ``encode_sample``.
+
+Determinism: the plan (splits, pairs, shard contents) depends only on the inputs, options and
+seed; each sample draws from its own RNG seeded by (seed, key); tars have fixed metadata and
+member order. So shards are byte-identical for any number of workers or jobs.
+
+Resumability: a shard is complete when its tar and its part record (``_parts/{shard}.json``)
+both exist and the record's fingerprint matches the plan; complete shards are skipped,
+everything else is (re)rendered under a temporary name and renamed when done.
+
+Output layout::
+
+    {out}/{split}/{split}-{000000..}.tar   shards
+    {out}/{split}/sizes.json                samples per shard
+    {out}/manifest.json                     counts, skipped items and reasons, config
+    {out}/_parts/{split}-{000000}.json      per-shard records (what the manifest is built from)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import scipy.fft
+
+from disse.pipeline.audio_io import load_clip, load_rir
+from disse.pipeline.captions import make_captions
+from disse.pipeline.features import intensity_features
+from disse.pipeline.shards import (shard_name, stale_tmp_files, write_json_atomic,
+                                   write_tar_atomic)
+from disse.pipeline.splits import (SPLITS, assign_splits, pair_blocks, per_sample_rng,
+                                   sample_key)
+from disse.schemas import (CaptionRules, DryClip, FeatureParams, RirRecord, SchemaError,
+                           ShardMeta, encode_sample)
+
+MANIFEST_VERSION = 1
+PARTS_DIR = "_parts"
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """What to render. Everything here except ``max_failure_rate`` is part of the plan fingerprint."""
+
+    seed: int = 0
+    shard_size: int = 256            # samples per shard
+    rirs_per_clip: int = 1           # K: each clip rendered in >= K spaces
+    clips_per_rir: int = 1           # L: each RIR holds >= L sources
+    val_fraction: float = 0.1        # of clips and of RIRs (hash-assigned)
+    test_fraction: float = 0.1
+    target_rms_dbfs: float = -26.0   # level of W before the peak limit
+    max_peak: float = 0.99           # of full scale, over all 4 channels
+    max_failure_rate: float = 0.05   # exit non-zero above this share of failed items
+
+    def validate(self) -> None:
+        if self.shard_size < 1:
+            raise SchemaError("must be >= 1", field="shard_size")
+        if self.rirs_per_clip < 1 or self.clips_per_rir < 1:
+            raise SchemaError("rirs_per_clip and clips_per_rir must be >= 1", field="pairing")
+        if not 0 < self.max_peak <= 1:
+            raise SchemaError("must be in (0, 1]", field="max_peak")
+        if not 0 <= self.max_failure_rate <= 1:
+            raise SchemaError("must be in [0, 1]", field="max_failure_rate")
+
+    def plan_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("max_failure_rate")
+        return d
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    key: str
+    split: str
+    clip: DryClip
+    rir: RirRecord
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard: a global index (across splits, in train/val/test order) and its samples."""
+
+    index: int
+    split: str
+    split_index: int
+    samples: tuple[SampleSpec, ...]
+    fingerprint: str
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.split_index)
+
+
+@dataclass
+class RenderPlan:
+    shards: list[ShardTask]
+    options: RenderOptions
+    params: FeatureParams
+    rules: CaptionRules
+    fingerprint: str
+    inputs: dict = field(default_factory=dict)         # what was read (for the manifest)
+    skipped_rows: list[dict] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)         # split -> {"clips", "rirs", "samples", "shards"}
+
+    @property
+    def n_samples(self) -> int:
+        return sum(len(t.samples) for t in self.shards)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure DSP
+# ---------------------------------------------------------------------------------------------
+
+def fft_size(n_out: int, rir_length: int) -> int:
+    """Smallest fast real-FFT size with no circular wrap into the first ``n_out`` output samples."""
+    return scipy.fft.next_fast_len(n_out + rir_length - 1, real=True)
+
+
+def rir_spectrum(rir: np.ndarray, nfft: int) -> np.ndarray:
+    """``(4, L)`` -> ``(4, nfft // 2 + 1)`` complex64 (one batched real FFT)."""
+    return scipy.fft.rfft(np.asarray(rir, dtype=np.float32), nfft, axis=-1)
+
+
+def convolve_spectra(dry_spec: np.ndarray, rir_spec: np.ndarray, nfft: int, n_out: int) -> np.ndarray:
+    """Linear convolution by spectra product, cropped to the first ``n_out`` samples -> ``(4, n_out)``."""
+    return scipy.fft.irfft(rir_spec * dry_spec[None, :], nfft, axis=-1)[:, :n_out]
+
+
+def convolve_foa(dry: np.ndarray, rir: np.ndarray, n_out: int | None = None) -> np.ndarray:
+    """FFT convolution of mono ``(T,)`` with FOA ``(4, L)`` -> float32 ``(4, n_out)`` (default T)."""
+    n_out = dry.shape[-1] if n_out is None else n_out
+    nfft = fft_size(dry.shape[-1], rir.shape[-1])
+    dry_spec = scipy.fft.rfft(np.asarray(dry, dtype=np.float32), nfft)
+    return convolve_spectra(dry_spec, rir_spectrum(rir, nfft), nfft, n_out)
+
+
+def normalise_level(foa: np.ndarray, target_rms_dbfs: float, max_peak: float) -> tuple[np.ndarray, float]:
+    """Scale FOA so W has ``target_rms_dbfs`` RMS, lowered if needed so no channel peaks above
+    ``max_peak``. Returns (scaled float32 ``(4, T)``, linear gain). One gain for all four
+    channels, so the direction and the diffuseness are untouched."""
+    rms = float(np.sqrt(np.mean(np.square(foa[0], dtype=np.float64))))
+    peak = float(np.abs(foa).max())
+    if rms <= 0 or peak <= 0:
+        raise SchemaError("rendered mixture is silent", field="foa")
+    gain = min(10.0 ** (target_rms_dbfs / 20.0) / rms, max_peak / peak)
+    return (foa * np.float32(gain)).astype(np.float32, copy=False), gain
+
+
+# ---------------------------------------------------------------------------------------------
+# Renderer (one per worker process; caches are bounded, so memory does not grow with the data)
+# ---------------------------------------------------------------------------------------------
+
+class Renderer:
+    """Renders :class:`SampleSpec` s. Caches the current clip (audio and spectra) and the last
+    ``rir_cache`` RIR spectra: pair blocks walk K RIRs x L clips, so a cache >= K gets every
+    block's RIR reuse."""
+
+    def __init__(self, params: FeatureParams, rules: CaptionRules, options: RenderOptions,
+                 rir_cache: int = 16) -> None:
+        self.params, self.rules, self.options = params, rules, options
+        self._clip_key: str | None = None
+        self._clip: np.ndarray | SchemaError | None = None
+        self._clip_spectra: dict[int, np.ndarray] = {}
+        self._rirs: OrderedDict[str, tuple[np.ndarray, int] | SchemaError] = OrderedDict()
+        self._rir_cache = rir_cache
+
+    def _dry(self, clip: DryClip) -> np.ndarray:
+        key = str(clip.path)
+        if key != self._clip_key:
+            self._clip_key, self._clip_spectra = key, {}
+            try:
+                self._clip = load_clip(clip.path, self.params.sample_rate, self.params.clip_samples)
+            except SchemaError as err:
+                self._clip = err
+        if isinstance(self._clip, SchemaError):
+            raise self._clip
+        return self._clip
+
+    def _dry_spectrum(self, clip: DryClip, nfft: int) -> np.ndarray:
+        dry = self._dry(clip)
+        if nfft not in self._clip_spectra:
+            self._clip_spectra[nfft] = scipy.fft.rfft(dry, nfft)
+        return self._clip_spectra[nfft]
+
+    def _rir_spectrum(self, rir: RirRecord) -> tuple[np.ndarray, int]:
+        key = rir.rir_id
+        if key in self._rirs:
+            self._rirs.move_to_end(key)
+        else:
+            try:
+                ir = load_rir(rir.rir_path, rir.foa_format, self.params.sample_rate)
+                nfft = fft_size(self.params.clip_samples, ir.shape[-1])
+                self._rirs[key] = (rir_spectrum(ir, nfft), nfft)
+            except SchemaError as err:
+                self._rirs[key] = err
+            while len(self._rirs) > self._rir_cache:
+                self._rirs.popitem(last=False)
+        entry = self._rirs[key]
+        if isinstance(entry, SchemaError):
+            raise entry
+        return entry
+
+    def render(self, spec: SampleSpec) -> tuple[np.ndarray, np.ndarray, ShardMeta]:
+        """-> (FOA ``(4, T)`` float32 within +-max_peak, iv ``(6, F, M)`` float32, metadata)."""
+        p, o, rir = self.params, self.options, spec.rir
+        values = {"azimuth_deg": rir.azimuth_deg, "elevation_deg": rir.elevation_deg,
+                  "source_distance_m": rir.source_distance_m, "area_m2": rir.area_m2,
+                  "t30_ms": rir.t30_ms}
+        descriptors = self.rules.describe(values)
+        rir_spec, nfft = self._rir_spectrum(rir)
+        foa = convolve_spectra(self._dry_spectrum(spec.clip, nfft), rir_spec, nfft, p.clip_samples)
+        foa, gain = normalise_level(foa, o.target_rms_dbfs, o.max_peak)
+        iv = intensity_features(foa, p)
+        rng = per_sample_rng(o.seed, spec.key)
+        caps = make_captions(self.rules, descriptors, spec.clip.caption, rng)
+        meta = ShardMeta(
+            key=spec.key, split=spec.split, source_id=spec.clip.audiocap_id,
+            space_id=self.rules.space_id(descriptors), rir_id=rir.rir_id,
+            source_caption=spec.clip.caption, spatial_caption=caps.spatial_caption,
+            caption=caps.caption, descriptors=descriptors, features=p.to_dict(),
+            render={"seed": o.seed, "gain": round(gain, 9), "gain_db": round(20 * math.log10(gain), 4),
+                    "target_rms_dbfs": o.target_rms_dbfs, "max_peak": o.max_peak,
+                    "rules_version": self.rules.version, "phrases": caps.phrases,
+                    "source_file": spec.clip.path.name, "rir_file": rir.rir_path.name},
+            **values)
+        return foa, iv, meta
+
+    def encode(self, spec: SampleSpec) -> dict:
+        foa, iv, meta = self.render(spec)
+        return encode_sample(foa, iv, meta, self.params.sample_rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning
+# ---------------------------------------------------------------------------------------------
+
+def _digest(obj: object) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
+
+
+def _skip_record(err: SchemaError, **extra) -> dict:
+    return {"file": err.file, "row": err.row, "field": err.field, "reason": err.reason, **extra}
+
+
+def _spec_identity(x: SampleSpec) -> list:
+    r = x.rir
+    return [x.key, x.clip.audiocap_id, x.clip.caption, x.clip.path.name, r.rir_id, r.rir_path.name,
+            r.foa_format, r.azimuth_deg, r.elevation_deg, r.source_distance_m, r.area_m2, r.t30_ms]
+
+
+def make_plan(clips: list[DryClip], rirs: list[RirRecord], options: RenderOptions,
+              params: FeatureParams, rules: CaptionRules, *,
+              clip_splits: dict[str, str] | None = None, rir_splits: dict[str, str] | None = None,
+              skipped_rows: list[dict] | None = None, inputs: dict | None = None) -> RenderPlan:
+    """Assign splits, pair clips with RIRs per split, cut the samples into shards.
+
+    ``clip_splits`` / ``rir_splits`` (id -> split) override the seeded hash for the ids they name.
+    """
+    options.validate()
+    if not clips:
+        raise SchemaError("no usable dry clips", field="clips")
+    if not rirs:
+        raise SchemaError("no usable RIRs", field="rirs")
+    clip_split = assign_splits([c.audiocap_id for c in clips], options.val_fraction,
+                               options.test_fraction, options.seed, clip_splits)
+    rir_split = assign_splits([r.rir_id for r in rirs], options.val_fraction, options.test_fraction,
+                              options.seed + 1, rir_splits)
+    clip_by_id = {c.audiocap_id: c for c in clips}
+    rir_by_id = {r.rir_id: r for r in rirs}
+    base = {"options": options.plan_dict(), "features": params.to_dict(), "rules_version": rules.version}
+    shards: list[ShardTask] = []
+    counts: dict = {}
+    keys_seen: set[str] = set()
+    for split in SPLITS:
+        c_ids = [i for i in clip_by_id if clip_split[i] == split]
+        r_ids = [i for i in rir_by_id if rir_split[i] == split]
+        pairs = pair_blocks(c_ids, r_ids, options.rirs_per_clip, options.clips_per_rir,
+                            options.seed, salt=split)
+        specs = []
+        for c, r in pairs:
+            key = sample_key(c, r)
+            if key in keys_seen:
+                raise SchemaError(f"ids {c!r} and {r!r} give a sample key that is already used "
+                                  f"({key!r}); make ids distinct in [A-Za-z0-9_-]", field="__key__")
+            keys_seen.add(key)
+            specs.append(SampleSpec(key, split, clip_by_id[c], rir_by_id[r]))
+        n_shards = math.ceil(len(specs) / options.shard_size)
+        for s in range(n_shards):
+            chunk = tuple(specs[s * options.shard_size:(s + 1) * options.shard_size])
+            # File names, not full paths: the same inputs elsewhere are the same render.
+            fp = _digest({**base, "samples": [_spec_identity(x) for x in chunk]})
+            shards.append(ShardTask(len(shards), split, s, chunk, fp))
+        counts[split] = {"clips": len(c_ids), "rirs": len(r_ids), "samples": len(specs),
+                         "shards": n_shards}
+    fingerprint = _digest({**base, "shards": [t.fingerprint for t in shards]})
+    return RenderPlan(shards, options, params, rules, fingerprint, inputs or {}, skipped_rows or [], counts)
+
+
+def select_shards(n_shards: int, shard_range: tuple[int, int | None] | None = None,
+                  job: tuple[int, int] | None = None) -> range:
+    """Global shard indices this job renders: an explicit ``[A, B)`` range, or the N-th of M
+    contiguous, near-equal blocks (``job = (N, M)``, 0-based), or everything."""
+    if shard_range is not None and job is not None:
+        raise SchemaError("give either a shard range or a job index/count, not both", field="--shard-range")
+    if shard_range is not None:
+        a, b = shard_range
+        b = n_shards if b is None else min(b, n_shards)
+        if a < 0 or a > b:
+            raise SchemaError(f"bad shard range {a}:{b} for {n_shards} shards", field="--shard-range")
+        return range(a, b)
+    if job is not None:
+        index, count = job
+        if count < 1 or not 0 <= index < count:
+            raise SchemaError(f"need 0 <= job index < num jobs, got {index} / {count}", field="--job-index")
+        return range(index * n_shards // count, (index + 1) * n_shards // count)
+    return range(n_shards)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+def part_path(out_dir: Path, task: ShardTask) -> Path:
+    return out_dir / PARTS_DIR / f"{task.name[:-4]}.json"
+
+
+def shard_path(out_dir: Path, task: ShardTask) -> Path:
+    return out_dir / task.split / task.name
+
+
+def read_part(out_dir: Path, task: ShardTask) -> dict | None:
+    """The shard's part record if the shard is complete for this plan, else None."""
+    part, tar = part_path(out_dir, task), shard_path(out_dir, task)
+    if not (part.is_file() and tar.is_file()):
+        return None
+    try:
+        record = json.loads(part.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("fingerprint") != task.fingerprint:
+        raise SchemaError(f"holds shard {task.name} of a different render (other inputs, options "
+                          f"or seed); render into a fresh --out folder", file=str(out_dir))
+    return record
+
+
+def render_shard(task: ShardTask, out_dir: Path, renderer: Renderer,
+                 on_sample: Callable[[], None] | None = None) -> dict:
+    """Render one shard to its final name (atomically) and write its part record; returns it."""
+    skipped: list[dict] = []
+    keys: list[str] = []
+
+    def samples() -> Iterable[dict]:
+        for spec in task.samples:
+            try:
+                sample = renderer.encode(spec)
+            except SchemaError as err:
+                skipped.append(_skip_record(err, key=spec.key, source_id=spec.clip.audiocap_id,
+                                            rir_id=spec.rir.rir_id))
+            else:
+                keys.append(spec.key)
+                yield sample
+            if on_sample is not None:
+                on_sample()
+
+    for stale in stale_tmp_files(shard_path(out_dir, task)):
+        stale.unlink(missing_ok=True)  # left by a killed run of this same shard
+    n = write_tar_atomic(shard_path(out_dir, task), samples())
+    record = {"shard": task.name, "split": task.split, "index": task.index, "samples": n,
+              "planned": len(task.samples), "keys": keys, "skipped": skipped,
+              "fingerprint": task.fingerprint}
+    write_json_atomic(part_path(out_dir, task), record)
+    return record
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(params: FeatureParams, rules: CaptionRules, options: RenderOptions) -> None:
+    try:  # one BLAS thread per process: workers, not threads, use the cores
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1)
+    except ImportError:
+        pass
+    _WORKER["renderer"] = Renderer(params, rules, options)
+
+
+def _worker_task(args: tuple[ShardTask, str]) -> dict:
+    task, out_dir = args
+    return render_shard(task, Path(out_dir), _WORKER["renderer"])
+
+
+def run_plan(plan: RenderPlan, out_dir: str | Path, *, workers: int = 1,
+             shard_range: tuple[int, int | None] | None = None, job: tuple[int, int] | None = None,
+             progress: bool = True) -> dict:
+    """Render this job's shards that are not complete yet, then write sizes.json and the
+    manifest from every complete shard on disk. Returns the manifest."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [plan.shards[i] for i in select_shards(len(plan.shards), shard_range, job)]
+    todo = [t for t in chosen if read_part(out, t) is None]
+    bar = tqdm(total=sum(len(t.samples) for t in todo), unit="sample", desc="render",
+               disable=not progress, dynamic_ncols=True)
+    if workers <= 1 or len(todo) <= 1:
+        _init_worker(plan.params, plan.rules, plan.options)
+        for task in todo:
+            render_shard(task, out, _WORKER["renderer"], on_sample=lambda: bar.update())
+    else:
+        # fork keeps start-up cheap (no re-import); the renderer state is built per worker.
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        with ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
+                      initargs=(plan.params, plan.rules, plan.options), maxtasksperchild=None) as pool:
+            for record in pool.imap_unordered(_worker_task, [(t, str(out)) for t in todo]):
+                bar.update(record["planned"])
+    bar.close()
+    return write_summary(plan, out)
+
+
+def write_summary(plan: RenderPlan, out: Path) -> dict:
+    """(Re)write ``{split}/sizes.json`` and ``manifest.json`` from the complete shards on disk.
+
+    The manifest holds no times, hosts or worker counts, so it is identical whichever way the
+    shards were rendered."""
+    records, missing = [], []
+    for task in plan.shards:
+        rec = read_part(out, task)
+        (records.append(rec) if rec is not None else missing.append(f"{task.split}/{task.name}"))
+    sizes: dict[str, dict[str, int]] = {s: {} for s in SPLITS if plan.counts.get(s, {}).get("shards")}
+    for rec in records:
+        sizes[rec["split"]][rec["shard"]] = rec["samples"]
+    for split, table in sizes.items():
+        write_json_atomic(out / split / "sizes.json", table)
+    skipped = [dict(s, split=r["split"], shard=r["shard"]) for r in records for s in r["skipped"]]
+    planned_done = sum(r["planned"] for r in records)
+    rendered = sum(r["samples"] for r in records)
+    n_rows = plan.inputs.get("rows", 0)
+    row_rate = len(plan.skipped_rows) / n_rows if n_rows else 0.0
+    sample_rate = len(skipped) / planned_done if planned_done else 0.0
+    reasons: dict[str, int] = {}
+    for s in skipped + plan.skipped_rows:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "complete": not missing,
+        "fingerprint": plan.fingerprint,
+        "inputs": plan.inputs,
+        "options": plan.options.plan_dict(),
+        "features": plan.params.to_dict(),
+        "rules_version": plan.rules.version,
+        "splits": {s: dict(plan.counts.get(s, {}),
+                           rendered=sum(r["samples"] for r in records if r["split"] == s),
+                           skipped=sum(len(r["skipped"]) for r in records if r["split"] == s))
+                   for s in SPLITS},
+        "planned_samples": plan.n_samples,
+        "rendered_samples": rendered,
+        "skipped_samples": len(skipped),
+        "skipped_rows": plan.skipped_rows,
+        "skipped": skipped,
+        "skip_reasons": dict(sorted(reasons.items())),
+        "failure_rate": round(max(row_rate, sample_rate), 6),
+        "max_failure_rate": plan.options.max_failure_rate,
+        "missing_shards": missing,
+    }
+    write_json_atomic(out / "manifest.json", manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# From files (the CLI's entry point)
+# ---------------------------------------------------------------------------------------------
+
+def _split_column(csv_path: Path, id_col: str, ids: Iterable[str]) -> dict[str, str] | None:
+    """An optional ``split`` column of a CSV as id -> split (None when the column is absent)."""
+    import pandas as pd
+
+    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    if "split" not in df.columns:
+        return None
+    wanted = set(ids)
+    out = {}
+    for i, row in enumerate(df.itertuples(index=False), start=1):
+        rid, split = str(getattr(row, id_col)).strip(), str(row.split).strip()
+        if rid in wanted:
+            if split not in SPLITS:
+                raise SchemaError(f"must be one of {SPLITS}, got {split!r}", file=str(csv_path),
+                                  row=i, field="split")
+            out[rid] = split
+    return out
+
+
+def plan_from_files(clips_csv: str | Path, rirs_csv: str | Path, options: RenderOptions, *,
+                    audio_dir: str | Path | None = None, params: FeatureParams | None = None,
+                    rules: CaptionRules | None = None) -> RenderPlan:
+    """Read both CSVs (bad rows are counted, not fatal) and make the plan.
+
+    An optional ``split`` column in either CSV fixes that item's split; a RIR CSV's split column
+    is matched by ``rir_id``.
+    """
+    from disse.schemas import load_caption_rules, load_feature_params, read_clips_csv, read_rirs_csv
+
+    params = params or load_feature_params()
+    rules = rules or load_caption_rules()
+    bad_clips: list[SchemaError] = []
+    bad_rirs: list[SchemaError] = []
+    clips = read_clips_csv(clips_csv, audio_dir, skipped=bad_clips)
+    rirs = read_rirs_csv(rirs_csv, skipped=bad_rirs)
+    clip_splits = _split_column(Path(clips_csv), "audiocap_id", (c.audiocap_id for c in clips))
+    rir_splits = {r.rir_id: r.extra["split"].strip() for r in rirs if str(r.extra.get("split", "")).strip()}
+    for rid, s in rir_splits.items():
+        if s not in SPLITS:
+            raise SchemaError(f"split must be one of {SPLITS}, got {s!r} for {rid!r}",
+                              file=str(rirs_csv), field="split")
+    skipped_rows = [_skip_record(e) for e in bad_clips + bad_rirs]
+    inputs = {"clips_csv": str(clips_csv), "rirs_csv": str(rirs_csv),
+              "audio_dir": None if audio_dir is None else str(audio_dir),
+              "clips": len(clips), "rirs": len(rirs),
+              "rows": len(clips) + len(rirs) + len(skipped_rows)}
+    return make_plan(clips, rirs, options, params, rules, clip_splits=clip_splits or None,
+                     rir_splits=rir_splits or None, skipped_rows=skipped_rows, inputs=inputs)
+
+
+def parse_shard_range(text: str | None) -> tuple[int, int | None] | None:
+    """``"A:B"`` (B exclusive), ``"A:"`` (to the end) or ``"A"`` (one shard) -> (A, B | None)."""
+    if text is None:
+        return None
+    try:
+        if ":" in text:
+            a, b = text.split(":", 1)
+            return int(a or 0), (int(b) if b else None)
+        return int(text), int(text) + 1
+    except ValueError:
+        raise SchemaError(f"expected A:B with integers, got {text!r}", field="--shard-range") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def _make_command():
+    import click
+
+    @click.command("render")
+    @click.option("--clips", "clips_csv", required=True, type=click.Path(dir_okay=False),
+                  help="Dry-clip CSV: audiocap_id, caption [, path] [, split].")
+    @click.option("--audio-dir", type=click.Path(file_okay=False), default=None,
+                  help="Folder of {audiocap_id}.{flac,wav,mp3,ogg} (or base of relative paths).")
+    @click.option("--rirs", "rirs_csv", required=True, type=click.Path(dir_okay=False),
+                  help="RIR CSV (disse-synth rirs writes one) [, split].")
+    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+    @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
+                  help="Samples per shard.")
+    @click.option("--rirs-per-clip", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="K: every clip is rendered with at least K RIRs of its split.")
+    @click.option("--clips-per-rir", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="L: every RIR is used with at least L clips of its split.")
+    @click.option("--val-fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+    @click.option("--test-fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+    @click.option("--target-rms-dbfs", type=float, default=-26.0, show_default=True)
+    @click.option("--max-failure-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+                  help="Exit with status 1 if a larger share of rows or samples failed.")
+    @click.option("--job-index", type=int, default=None, help="0-based index of this job in an array.")
+    @click.option("--num-jobs", type=int, default=None, help="Number of jobs in the array.")
+    @click.option("--shard-range", default=None, metavar="A:B",
+                  help="Render global shards A..B-1 only (see --plan-only for the numbering).")
+    @click.option("--plan-only", is_flag=True, help="Print the plan (shards per split) and exit.")
+    @click.option("--features", "features_yaml", type=click.Path(dir_okay=False), default=None,
+                  help="Feature parameters YAML (default: the packaged configs/features.yaml).")
+    @click.option("--rules", "rules_yaml", type=click.Path(dir_okay=False), default=None,
+                  help="Caption rule table YAML (default: configs/caption_rules_v1.yaml).")
+    @click.option("--no-progress", is_flag=True)
+    def render_command(clips_csv, audio_dir, rirs_csv, out_dir, workers, seed, shard_size,
+                       rirs_per_clip, clips_per_rir, val_fraction, test_fraction, target_rms_dbfs,
+                       max_failure_rate, job_index, num_jobs, shard_range, plan_only,
+                       features_yaml, rules_yaml, no_progress):
+        """Render dry clips x FOA RIRs into train/val/test WebDataset shards.
+
+        Re-running the same command skips complete shards and redoes partial ones. For a job
+        array, give every job the same arguments plus --job-index/--num-jobs (or --shard-range);
+        the union of their outputs equals a single run's, byte for byte.
+        """
+        from disse.schemas import load_caption_rules, load_feature_params
+
+        if (job_index is None) != (num_jobs is None):
+            raise click.UsageError("--job-index and --num-jobs go together")
+        options = RenderOptions(seed=seed, shard_size=shard_size, rirs_per_clip=rirs_per_clip,
+                                clips_per_rir=clips_per_rir, val_fraction=val_fraction,
+                                test_fraction=test_fraction, target_rms_dbfs=target_rms_dbfs,
+                                max_failure_rate=max_failure_rate)
+        plan = plan_from_files(clips_csv, rirs_csv, options, audio_dir=audio_dir,
+                               params=load_feature_params(features_yaml),
+                               rules=load_caption_rules(rules_yaml))
+        job = None if job_index is None else (job_index, num_jobs)
+        selected = select_shards(len(plan.shards), parse_shard_range(shard_range), job)
+        if plan_only:
+            for split in SPLITS:
+                c = plan.counts[split]
+                first = next((t.index for t in plan.shards if t.split == split), None)
+                click.echo(f"{split:5s}: {c['samples']} samples in {c['shards']} shards"
+                           + (f" (global {first}..{first + c['shards'] - 1})" if c["shards"] else "")
+                           + f", {c['clips']} clips, {c['rirs']} RIRs")
+            click.echo(f"total: {plan.n_samples} samples, {len(plan.shards)} shards; "
+                       f"this job: shards {selected.start}..{selected.stop - 1}")
+            return
+        manifest = run_plan(plan, out_dir, workers=workers, shard_range=parse_shard_range(shard_range),
+                            job=job, progress=not no_progress)
+        done = "complete" if manifest["complete"] else f"{len(manifest['missing_shards'])} shards still missing"
+        click.echo(f"{out_dir}: {manifest['rendered_samples']} samples rendered, "
+                   f"{manifest['skipped_samples']} skipped, {len(manifest['skipped_rows'])} bad rows "
+                   f"({done}); manifest: {Path(out_dir) / 'manifest.json'}")
+        if manifest["failure_rate"] > max_failure_rate:
+            click.echo(f"error: failure rate {manifest['failure_rate']:.1%} exceeds "
+                       f"--max-failure-rate {max_failure_rate:.1%}; see the manifest's 'skipped'", err=True)
+            raise SystemExit(1)
+
+    return render_command
+
+
+render_command = _make_command()

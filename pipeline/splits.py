@@ -1,0 +1,109 @@
+"""Train / validation / test assignment and clip x RIR pairing, both deterministic.
+
+Splits are disjoint in dry clips and in RIRs: each clip id and each RIR id is assigned to one
+split by a seeded hash of the id alone, so an item's split never depends on the number of
+workers, the order of the CSV or the other items (validation and test are fixed sets; adding
+clips to a corpus does not move existing ones). An explicit ``split`` column overrides the hash.
+
+Within a split, clips and RIRs are paired in *blocks*: each block takes the next L clips and the
+next K RIRs of two seeded cyclic orders and pairs all of them (L x K samples). So every clip is
+heard in at least K spaces, every RIR holds at least L sources, and a renderer that walks the
+samples in order loads each clip once per block and transforms each RIR once per block.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+
+import numpy as np
+
+from disse.schemas import SchemaError
+
+SPLITS = ("train", "val", "test")
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def stable_uint(text: str, bits: int = 64) -> int:
+    """A non-negative integer hash of ``text`` that is the same on every machine and run."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=bits // 8).digest(), "little")
+
+
+def unit_hash(seed: int, item_id: str) -> float:
+    """Uniform in [0, 1), fixed by (seed, id)."""
+    return stable_uint(f"split:{seed}:{item_id}") / 2.0 ** 64
+
+
+def assign_splits(ids: list[str], val_fraction: float, test_fraction: float, seed: int,
+                  fixed: dict[str, str] | None = None) -> dict[str, str]:
+    """Map each id to 'train' / 'val' / 'test' by a seeded hash of the id.
+
+    ``fixed`` (id -> split) overrides the hash for the ids it names. When a split with a positive
+    fraction would come out empty (tiny inputs), the hashed item nearest to that split's band
+    moves there, so small corpora still get all three splits when they have >= 3 items.
+    """
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise SchemaError(f"need 0 <= val, test fractions and val + test < 1, got "
+                          f"{val_fraction}, {test_fraction}", field="split fractions")
+    fixed = fixed or {}
+    for i, s in fixed.items():
+        if s not in SPLITS:
+            raise SchemaError(f"split of {i!r} must be one of {SPLITS}, got {s!r}", field="split")
+    u = {i: unit_hash(seed, i) for i in ids if i not in fixed}
+    out = dict(fixed)
+    for i, x in u.items():
+        out[i] = "val" if x < val_fraction else "test" if x < val_fraction + test_fraction else "train"
+    if not fixed and len(ids) >= 3:
+        # Band centres; move the closest item of the largest split into an empty split.
+        centres = {"val": val_fraction / 2, "test": val_fraction + test_fraction / 2}
+        for split, frac in (("val", val_fraction), ("test", test_fraction)):
+            if frac > 0 and split not in out.values():
+                counts = {s: list(out.values()).count(s) for s in SPLITS}
+                donor = max(SPLITS, key=lambda s: counts[s])
+                cand = sorted((abs(u[i] - centres[split]), i) for i in u if out[i] == donor)
+                out[cand[0][1]] = split
+    return {i: out[i] for i in ids}
+
+
+def seeded_order(ids: list[str], seed: int, salt: str) -> list[str]:
+    """The ids in a seeded pseudo-random order that does not depend on their input order."""
+    return sorted(ids, key=lambda i: (stable_uint(f"order:{seed}:{salt}:{i}"), i))
+
+
+def pair_blocks(clip_ids: list[str], rir_ids: list[str], rirs_per_clip: int, clips_per_rir: int,
+                seed: int, salt: str = "") -> list[tuple[str, str]]:
+    """(clip, rir) pairs: every clip with >= K RIRs, every RIR with >= L clips, no pair twice.
+
+    Blocks of L clips x K RIRs are taken from seeded cyclic orders until both sets are covered;
+    the pairs come out block by block, clip-major inside a block (so consecutive samples share a
+    clip and a block's RIRs are reused L times).
+    """
+    if not clip_ids or not rir_ids:
+        return []
+    if rirs_per_clip < 1 or clips_per_rir < 1:
+        raise SchemaError("rirs_per_clip and clips_per_rir must be >= 1", field="pairing")
+    k = min(rirs_per_clip, len(rir_ids))
+    l_ = min(clips_per_rir, len(clip_ids))
+    clips = seeded_order(clip_ids, seed, f"clips{salt}")
+    rirs = seeded_order(rir_ids, seed, f"rirs{salt}")
+    n_blocks = max(math.ceil(len(clips) / l_), math.ceil(len(rirs) / k))
+    pairs, seen = [], set()
+    for b in range(n_blocks):
+        block_clips = [clips[(b * l_ + j) % len(clips)] for j in range(l_)]
+        block_rirs = [rirs[(b * k + j) % len(rirs)] for j in range(k)]
+        for c in block_clips:
+            for r in block_rirs:
+                if (c, r) not in seen:  # cycles that wrap can meet a pair again
+                    seen.add((c, r))
+                    pairs.append((c, r))
+    return pairs
+
+
+def sample_key(clip_id: str, rir_id: str) -> str:
+    """A dot- and slash-free WebDataset key for one (clip, RIR) pair."""
+    return _KEY_BAD.sub("_", f"{clip_id}__{rir_id}")
+
+
+def per_sample_rng(seed: int, key: str) -> np.random.Generator:
+    """The RNG of one sample: fixed by the run seed and the sample key, whatever the worker."""
+    return np.random.default_rng([int(seed), stable_uint(f"sample:{key}")])
