@@ -465,20 +465,23 @@ def write_dry_corpus(out_dir: Path, n_types: int, clips_per_type: int, seed: int
 # RIR bank: one simulate_bank call per room, rooms drawn from a size x reverberation grid
 # ---------------------------------------------------------------------------------------------
 
-# (area range m², T30 range s) cells, ordered so that any prefix spreads over both attributes.
-ROOM_GRID: tuple[tuple[tuple[float, float], tuple[float, float]], ...] = (
-    ((12, 40), (0.10, 0.16)),    # small, dampened
-    ((130, 280), (1.3, 1.6)),    # large, highly reverberant
-    ((60, 90), (0.3, 0.5)),      # medium, slightly reverberant
-    ((12, 40), (0.7, 0.9)),      # small, reverberant
-    ((130, 280), (0.10, 0.16)),  # large, dampened
-    ((60, 90), (1.3, 1.6)),      # medium, highly reverberant
-    ((12, 40), (0.3, 0.5)),      # small, slightly reverberant
-    ((130, 280), (0.7, 0.9)),    # large, reverberant
-    ((60, 90), (0.10, 0.16)),    # medium, dampened
-    ((12, 40), (1.3, 1.6)),      # small, highly reverberant
-    ((130, 280), (0.3, 0.5)),    # large, slightly reverberant
-    ((60, 90), (0.7, 0.9)),      # medium, reverberant
+NEAR, FAR = (0.5, 6.0), (2.1, 7.0)  # source distance ranges, m (rirs.py draws log-uniform)
+# (area range m², T30 range s, distance range m) per room, ordered so that any prefix spreads over
+# size and reverberation. Sources in a low room are mostly near (vertical directions hit the
+# ceiling or floor early), so some medium / large rooms draw far sources only.
+ROOM_GRID: tuple[tuple[tuple[float, float], tuple[float, float], tuple[float, float]], ...] = (
+    ((12, 40), (0.10, 0.16), NEAR),    # small, dampened
+    ((130, 280), (1.3, 1.6), FAR),     # large, highly reverberant
+    ((60, 90), (0.3, 0.5), NEAR),      # medium, slightly reverberant
+    ((12, 40), (0.7, 0.9), NEAR),      # small, reverberant
+    ((130, 280), (0.10, 0.16), NEAR),  # large, dampened
+    ((60, 90), (1.3, 1.6), FAR),       # medium, highly reverberant
+    ((12, 40), (0.3, 0.5), NEAR),      # small, slightly reverberant
+    ((130, 280), (0.7, 0.9), FAR),     # large, reverberant
+    ((60, 90), (0.10, 0.16), FAR),     # medium, dampened
+    ((12, 40), (1.3, 1.6), NEAR),      # small, highly reverberant
+    ((130, 280), (0.3, 0.5), FAR),     # large, slightly reverberant
+    ((60, 90), (0.7, 0.9), NEAR),      # medium, reverberant
 )
 
 
@@ -490,10 +493,10 @@ def _simulate_room(args: tuple[str, int, int, int]) -> list[dict]:
     from disse.pipeline.rirs import simulate_bank
 
     out_dir, room, positions, seed = args
-    area, t30 = ROOM_GRID[room % len(ROOM_GRID)]
+    area, t30, distance = ROOM_GRID[room % len(ROOM_GRID)]
     sub = Path(out_dir) / f"room{room:02d}"
     csv_path = simulate_bank(sub, 1, positions, seed=seed * 1000 + room, workers=1, area_range=area,
-                             t30_range=t30, early_ms=30.0, max_order=16,
+                             t30_range=t30, distance_range=distance, early_ms=30.0, max_order=16,
                              max_rir_s=max(0.5, 1.35 * t30[1]))
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -109,13 +109,21 @@ def intensity_features(foa: np.ndarray, params: FeatureParams) -> np.ndarray:
     return (pooled[:6] / (pooled[6:] + np.float32(params.eps))).astype(np.float32, copy=False)
 
 
-def direction_from_iv(iv: np.ndarray) -> tuple[float, float]:
+def direction_from_iv(iv: np.ndarray, min_directivity: float = 0.0) -> tuple[float, float]:
     """Estimate the source direction (azimuth_deg, elevation_deg) from ``iv (6, F, M)``.
 
-    The active intensity summed over all frames and bands points towards the source; reflections
-    bend it only as much as they carry net energy flow.
+    Sums the active intensity vectors of the time-frequency cells whose directivity ``|I_act|``
+    (1 for a single plane wave, 0 for a diffuse field) is at least ``min_directivity``. With 0 it
+    is the plain sum, exact for anechoic sound; in a room, early reflections bend the plain sum,
+    and keeping only near-plane-wave cells (e.g. 0.95: frames that hold the direct sound alone,
+    as after an onset) recovers the direct path.
     """
     from disse.pipeline.foa import direction_of
 
-    act = np.asarray(iv[:3], dtype=np.float64).sum(axis=(1, 2))
-    return direction_of(act)
+    act = np.asarray(iv[:3], dtype=np.float64)
+    if min_directivity > 0:
+        keep = np.linalg.norm(act, axis=0) >= min_directivity
+        if not keep.any():
+            raise ValueError(f"no time-frequency cell reaches directivity {min_directivity}")
+        return direction_of(act[:, keep].sum(axis=1))
+    return direction_of(act.sum(axis=(1, 2)))
