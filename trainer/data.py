@@ -400,7 +400,11 @@ def train_loader(shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: in
     """An infinite loader of training batches for this rank (batches are made in the workers)."""
     ds = TrainStream(shards, cfg, rank=rank, world=world, start=start, with_audio=with_audio)
     kw: dict[str, Any] = {"prefetch_factor": cfg.prefetch_factor} if cfg.num_workers > 0 else {}
-    return DataLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=cfg.num_workers, **kw)
+    # a private generator: creating the loader must not draw from the global torch RNG (dropout),
+    # or a resumed run would diverge from an uninterrupted one
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return DataLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=cfg.num_workers,
+                      generator=gen, **kw)
 
 
 def eval_loader(spec: str | list[str] | ShardList, batch_size: int = 16, num_workers: int = 0, *,

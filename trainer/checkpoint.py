@@ -1,0 +1,123 @@
+"""Checkpoints (docs/internals.md): atomic writes, ``latest.pt`` / periodic / best, safe loading.
+
+A checkpoint is ``torch.save`` of plain containers and tensors only:
+``{"model", "optimizer", "scheduler", "scaler", "step", "epoch", "rng", "config", "data", ...}``,
+so it always loads with ``weights_only=True`` (nothing is unpickled but tensors and builtins).
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from disse.schemas import SchemaError
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest.pt"
+BEST = "best.pt"
+
+
+def save_atomic(state: dict, path: str | Path) -> Path:
+    """Write ``state`` to a temporary file in the target folder, fsync it, then rename over ``path``.
+
+    A crash mid-write leaves the previous file intact: readers see the old or the new one, never half.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; a missing or unreadable file is a SchemaError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SchemaError("checkpoint not found", file=str(path))
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise SchemaError(f"cannot load checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+                          file=str(path)) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise SchemaError("not a disse checkpoint (no 'model' entry)", file=str(path))
+    return state
+
+
+def resolve_resume(arg: str | None, out_dir: str | Path) -> Path | None:
+    """``--resume latest`` -> ``out_dir/checkpoints/latest.pt``; a path -> that path; None -> None."""
+    if not arg:
+        return None
+    path = Path(out_dir) / CHECKPOINT_DIR / LATEST if arg == "latest" else Path(arg)
+    if not path.is_file():
+        raise SchemaError("no checkpoint to resume from", file=str(path), field="--resume")
+    return path
+
+
+# --------------------------------------------------------------------------- RNG state
+
+def rng_state() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) generator states as tensors / builtins."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _to_builtin(random.getstate()),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _to_builtin(x: Any) -> Any:
+    return [_to_builtin(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+# --------------------------------------------------------------------------- models for evaluation
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the DELSA model of a training checkpoint for evaluation -> ``(model, TrainConfig)``.
+
+    The model is in eval mode on ``device``. The config is the run's resolved config.
+    """
+    from disse.trainer.config import config_from_dict
+    from disse.trainer.model import DELSA
+
+    state = load_checkpoint(path, map_location="cpu")
+    cfg = config_from_dict(state.get("config") or {}, source=str(path))
+    model = DELSA(cfg.model)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise SchemaError(f"checkpoint does not match the model of its config: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}", file=str(path), field="model")
+    return model.to(device).eval(), cfg

@@ -1,0 +1,135 @@
+"""The training config: one YAML file (configs/demo.yaml, configs/paper.yaml) -> :class:`TrainConfig`.
+
+Every field can be overridden on the command line as ``section.field=value`` (parsed as YAML);
+unknown names and wrong types are a :class:`disse.schemas.SchemaError` naming the field.
+The resolved config is written to the run folder as ``config.yaml`` and into every checkpoint.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from disse.schemas import SchemaError
+from disse.schemas.config import _build, load_config
+from disse.trainer.data import DataConfig
+from disse.trainer.losses import LossConfig
+from disse.trainer.model import ModelConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.05        # not applied to biases, norms, logit scales (1-D parameters)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0            # max global grad norm; 0 = no clipping
+
+
+@dataclass
+class LoopConfig:
+    """How long and how: epochs of ``sizes.json`` samples, accumulation, precision, freezing."""
+
+    out_dir: str = "runs/demo"        # run folder: config.yaml, log.jsonl, checkpoints/
+    epochs: int = 1
+    max_steps: int = 0                # > 0: total optimiser steps instead of epochs x steps/epoch
+    stop_after: int = 0               # > 0: stop (with a checkpoint) after this many steps; the LR
+                                      # schedule still spans the whole run (preemptible slots)
+    accum_steps: int = 1              # micro-batches per optimiser step (exact contrastive loss)
+    precision: str = "auto"           # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"              # auto | cpu | cuda
+    seed: int = 0                     # model init, dropout
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes kept frozen
+    save_every_steps: int = 0         # > 0: also keep checkpoints/step_XXXXXXX.pt this often
+    find_unused_parameters: bool = False  # DDP option, for models with conditional branches
+    threads: int = 0                  # > 0: torch.set_num_threads (CPU runs)
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 10             # JSONL / wandb / progress-bar refresh period
+    progress: bool = True             # tqdm progress bar on rank 0
+    wandb: bool = False               # log to Weights & Biases (pip install wandb)
+    wandb_project: str = "disse"
+    wandb_mode: str = "offline"       # used when WANDB_MODE is not set: offline | online | disabled
+    run_name: str = ""
+
+
+@dataclass
+class EvalConfig:
+    """Validation on ``data.val`` with disse-eval's metrics."""
+
+    every_steps: int = 0              # > 0: validate every N steps (and at each epoch end)
+    each_epoch: bool = True
+    at_start: bool = False            # validate the untrained model at step 0 (a baseline)
+    max_items: int = 0                # > 0: validate on the first N items only
+    best_metric: str = "SPA/t2a/R@1"  # key of evaluate_embeddings' output that picks best.pt
+    best_mode: str = "max"            # max | min
+    caption_rules: str = ""           # rule table for zero-shot prompts; '' = packaged v1
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _check(ok: bool, field_name: str, message: str, source: str) -> None:
+    if not ok:
+        raise SchemaError(message, file=source, field=field_name)
+
+
+def check_config(cfg: TrainConfig, source: str = "config") -> TrainConfig:
+    """Value checks the type system cannot express; each error names its field."""
+    d, o, t, lg, e = cfg.data, cfg.optim, cfg.train, cfg.log, cfg.eval
+    _check(bool(d.train), "data.train", "give the training shards (brace pattern or directory)", source)
+    _check(d.batch_size >= 1, "data.batch_size", "must be >= 1", source)
+    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0", source)
+    _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0", source)
+    _check(d.val_batch_size >= 1, "data.val_batch_size", "must be >= 1", source)
+    _check(o.lr > 0, "optim.lr", "must be > 0", source)
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "need two values in [0, 1)",
+           source)
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0", source)
+    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]", source)
+    _check(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)", source)
+    _check(t.epochs >= 1 or t.max_steps > 0, "train.epochs", "must be >= 1 (or set train.max_steps)", source)
+    _check(t.accum_steps >= 1, "train.accum_steps", "must be >= 1", source)
+    _check(t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
+           f"must be auto, fp32, bf16 or fp16, got {t.precision!r}", source)
+    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
+           f"must be auto, cpu or cuda, got {t.device!r}", source)
+    _check(lg.every_steps >= 1, "log.every_steps", "must be >= 1", source)
+    _check(lg.wandb_mode in ("offline", "online", "disabled"), "log.wandb_mode",
+           "must be offline, online or disabled", source)
+    _check(e.best_mode in ("max", "min"), "eval.best_mode", "must be max or min", source)
+    return cfg
+
+
+# YAML 1.1 (PyYAML) reads 3e-4 as a string: only 3.0e-4 is a float there. People type 3e-4.
+_SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _fix_scientific(item: str) -> str:
+    key, sep, value = item.partition("=")
+    return f"{key}={float(value)!r}" if sep and _SCI.fullmatch(value.strip()) else item
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML preset, apply ``section.field=value`` overrides, check values."""
+    cfg = load_config(TrainConfig, path, [_fix_scientific(o) for o in overrides])
+    return check_config(cfg, str(path) if path else "defaults")
+
+
+def config_from_dict(data: dict, source: str = "checkpoint") -> TrainConfig:
+    """Rebuild a TrainConfig saved as a plain dict (checkpoints, config.yaml)."""
+    return _build(TrainConfig, data, "", source)

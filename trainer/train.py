@@ -1,0 +1,449 @@
+"""The training loop: streaming batches -> DELSA, AdamW + warm-up/cosine, AMP, exact accumulation, DDP.
+
+Gradient accumulation keeps the contrastive loss exact over the whole accumulated batch (as
+open_clip's ``accum_freq``): a first no-grad pass computes the features of every micro-batch;
+then each micro-batch is recomputed with gradients and spliced into the cached features, and the
+loss over all of them is back-propagated. Summed over micro-batches this is the gradient of the
+big-batch loss (up to dropout noise between the two passes). Under torchrun the features are also
+gathered from all ranks with gradients (distributed.gather_with_grad), so the loss is the one of
+the global batch ``batch_size x accum_steps x world``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from disse.schemas import SchemaError, load_caption_rules
+from disse.schemas.config import config_to_dict, dump_config
+from disse.trainer import checkpoint as ckpt
+from disse.trainer.config import TrainConfig
+from disse.trainer.data import (ShardList, StreamPosition, eval_loader, resolve_shards, steps_per_epoch,
+                                train_loader)
+from disse.trainer.distributed import DistInfo, barrier, cleanup, gather_tree, init_distributed
+from disse.trainer.logging_utils import RunLogger
+
+log = logging.getLogger("disse.train")
+
+
+# --------------------------------------------------------------------------- model plumbing
+
+class DualEncoder(nn.Module):
+    """One forward for everything the loss needs, so DDP's hooks see a single forward per backward.
+
+    ``tokens`` holds the source captions then the spatial captions (2B rows, one text pass).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, waveform: torch.Tensor, iv: torch.Tensor, tokens: dict[str, torch.Tensor]) -> dict:
+        audio = self.model.encode_audio(waveform, iv)
+        text = self.model.encode_text(tokens)
+        b = waveform.shape[0]
+        return {"audio": audio,
+                "text": {"source": text["source"][:b], "space": text["space"][b:]},
+                "scales": {"source": self.model.logit_scale_source, "space": self.model.logit_scale_space}}
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    from disse.trainer.model import DELSA
+    return DELSA(cfg.model)
+
+
+def build_loss(cfg: TrainConfig) -> Any:
+    from disse.trainer.losses import DELSALoss
+    return DELSALoss(cfg.loss)
+
+
+def apply_freeze(model: nn.Module, prefixes: list[str]) -> int:
+    """Freeze parameters whose name starts with any prefix; returns how many tensors were frozen."""
+    names = [n for n, _ in model.named_parameters()]
+    frozen = 0
+    for prefix in prefixes:
+        hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise SchemaError(f"no parameter matches {prefix!r}; top-level modules: {tops}", field="train.freeze")
+        for n, p in model.named_parameters():
+            if n in hits:
+                p.requires_grad_(False)
+                frozen += 1
+    return frozen
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on 1-D parameters (biases, norm gains, logit scales)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    o = cfg.optim
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast_ctx(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _to(tree: Any, device: torch.device) -> Any:
+    if isinstance(tree, dict):
+        return {k: _to(v, device) for k, v in tree.items()}
+    if torch.is_tensor(tree):
+        return tree.to(device, non_blocking=True)
+    return tree
+
+
+def _float(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _float(v) for k, v in tree.items()}
+    return tree.float() if torch.is_tensor(tree) and tree.is_floating_point() else tree
+
+
+def _cat(trees: list[Any]) -> Any:
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: _cat([t[k] for t in trees]) for k in first}
+    if torch.is_tensor(first) and first.dim() > 0:
+        return torch.cat(trees, dim=0)
+    return first
+
+
+def _detach(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _detach(v) for k, v in tree.items()}
+    return tree.detach() if torch.is_tensor(tree) else tree
+
+
+# --------------------------------------------------------------------------- one optimiser step
+
+@dataclass
+class StepContext:
+    net: nn.Module                 # DualEncoder, DDP-wrapped under torchrun
+    raw: DualEncoder               # the same, unwrapped (no-grad pass)
+    model: nn.Module
+    loss_fn: Any
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    info: DistInfo
+    precision: str
+    grad_clip: float
+    params: list = field(default_factory=list)
+
+
+def micro_inputs(model: nn.Module, batch: dict, device: torch.device) -> tuple:
+    tokens = model.tokenize(list(batch["source_text"]) + list(batch["space_text"]))
+    return (batch["waveform"].to(device, non_blocking=True), batch["iv"].to(device, non_blocking=True),
+            _to(dict(tokens), device))
+
+
+def micro_meta(batch: dict, device: torch.device) -> dict:
+    return {"source_id": batch["source_id"].to(device), "space_id": batch["space_id"].to(device),
+            "targets": _to(batch["targets"], device)}
+
+
+def _loss(ctx: StepContext, feats: dict, meta: dict) -> tuple[torch.Tensor, dict]:
+    audio = _float(gather_tree(feats["audio"], ctx.info, grad=True))
+    text = _float(gather_tree(feats["text"], ctx.info, grad=True))
+    return ctx.loss_fn(audio, text, meta, feats["scales"]["source"], feats["scales"]["space"])
+
+
+def train_step(ctx: StepContext, micro: list[dict]) -> tuple[float, dict[str, float], float]:
+    """One optimiser step over the micro-batches -> (loss, {term: value}, grad norm before clipping)."""
+    device = ctx.info.device
+    inputs = [micro_inputs(ctx.model, b, device) for b in micro]
+    meta = gather_tree(_cat([micro_meta(b, device) for b in micro]), ctx.info, grad=False)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    if len(micro) == 1:
+        with autocast_ctx(ctx.precision, device):
+            feats = ctx.net(*inputs[0])
+        loss, terms = _loss(ctx, feats, meta)
+        ctx.scaler.scale(loss).backward()
+    else:
+        with torch.no_grad(), autocast_ctx(ctx.precision, device):
+            cached = [_detach(ctx.raw(*x)) for x in inputs]
+        for j, x in enumerate(inputs):
+            last = j == len(inputs) - 1
+            sync = contextlib.nullcontext() if last or not ctx.info.distributed else ctx.net.no_sync()
+            with sync:
+                with autocast_ctx(ctx.precision, device):
+                    live = ctx.net(*x)
+                spliced = {"audio": _cat([live["audio"] if i == j else c["audio"] for i, c in enumerate(cached)]),
+                           "text": _cat([live["text"] if i == j else c["text"] for i, c in enumerate(cached)]),
+                           "scales": live["scales"]}
+                loss, terms = _loss(ctx, spliced, meta)
+                ctx.scaler.scale(loss).backward()
+    ctx.scaler.unscale_(ctx.optimizer)
+    if ctx.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(ctx.params, ctx.grad_clip)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in ctx.params
+                                                     if p.grad is not None]))
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    return float(loss.detach()), {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}, float(norm)
+
+
+# --------------------------------------------------------------------------- validation
+
+def validate(model: nn.Module, val: ShardList, cfg: TrainConfig, device: torch.device, precision: str,
+             rules: Any) -> dict[str, float]:
+    """disse-eval's metrics on the fixed validation shards (rank 0 only)."""
+    from disse.trainer.evaluate import embed, evaluate_embeddings
+
+    loader = eval_loader(val, cfg.data.val_batch_size, cfg.data.val_num_workers)
+    with autocast_ctx(precision, device):
+        emb = embed(model, loader, device, rules, max_items=cfg.eval.max_items or None)
+    return evaluate_embeddings(emb, rules)
+
+
+# --------------------------------------------------------------------------- the run
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    step: int
+    total_steps: int
+    last_loss: float
+    best: dict
+    bad_data: dict
+
+
+def _gather_objects(obj: Any, info: DistInfo) -> list:
+    if not info.distributed:
+        return [obj]
+    out: list = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def train(cfg: TrainConfig, resume: str | None = None) -> RunResult:
+    """Train per ``cfg`` (single process, or one rank under torchrun). ``resume``: 'latest' or a path."""
+    info = init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, info, resume)
+    finally:
+        cleanup(info)
+
+
+def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
+    t = cfg.train
+    device = info.device
+    precision = resolve_precision(t.precision, device)
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    out_dir = Path(t.out_dir)
+    resume_path = ckpt.resolve_resume(resume, out_dir)
+    shards = resolve_shards(cfg.data.train, what="data.train")
+    val = resolve_shards(cfg.data.val, what="data.val") if cfg.data.val else None
+    rules = load_caption_rules(cfg.eval.caption_rules) if cfg.eval.caption_rules else load_caption_rules()
+
+    torch.manual_seed(t.seed)
+    model = build_model(cfg)
+    apply_freeze(model, t.freeze)
+    model.to(device)
+    loss_fn = build_loss(cfg)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to(device)
+    optimizer = make_optimizer(model, cfg)
+    global_batch = cfg.data.batch_size * t.accum_steps * info.world
+    spe = steps_per_epoch(shards, global_batch)
+    total = t.max_steps if t.max_steps > 0 else t.epochs * spe
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    step, best = 0, {"metric": cfg.eval.best_metric, "value": None, "step": None}
+    position: StreamPosition | None = None
+    if resume_path is not None:
+        state = ckpt.load_checkpoint(resume_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, best = int(state["step"]), state.get("best", best)
+        saved_world = len(state["data"])
+        if saved_world == info.world:
+            position = StreamPosition.from_dict(state["data"][info.rank])
+            ckpt.set_rng_state(state["rng"][info.rank])
+        else:
+            # another world size: the stream restarts its passes (position is per slot)
+            log.warning("resuming with %d ranks (saved with %d): data order restarts", info.world, saved_world)
+            ckpt.set_rng_state(state["rng"][0])
+        if position is not None and position.num_workers != max(1, cfg.data.num_workers):
+            raise SchemaError(f"the checkpoint's data position was saved with {position.num_workers} "
+                              f"worker(s); resume with data.num_workers={position.num_workers}",
+                              file=str(resume_path), field="data.num_workers")
+
+    raw = DualEncoder(model)
+    net: nn.Module = raw
+    if info.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            raw, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=t.find_unused_parameters)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ctx = StepContext(net, raw, model, loss_fn, optimizer, scaler, info, precision, cfg.optim.grad_clip, params)
+
+    logger = None
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out_dir / "config.yaml")
+        logger = RunLogger(out_dir, config=config_to_dict(cfg), use_wandb=cfg.log.wandb,
+                           project=cfg.log.wandb_project, mode=cfg.log.wandb_mode, run_name=cfg.log.run_name)
+        n_train = sum(p.numel() for p in params)
+        logger.write({"event": "start", "step": step, "total_steps": total, "steps_per_epoch": spe,
+                      "global_batch": global_batch, "world": info.world, "device": str(device),
+                      "precision": precision, "trainable_params": n_train, "train_samples": shards.total,
+                      "resumed_from": str(resume_path) if resume_path else None})
+
+    position = position or StreamPosition(num_workers=max(1, cfg.data.num_workers), world=info.world)
+    loader = train_loader(shards, cfg.data, rank=info.rank, world=info.world, start=position)
+    batches: Iterator[dict] = iter(loader)
+    bad = {"bad_shards": 0, "bad_samples": 0}
+    errors_by_slot: dict[int, dict] = {}
+
+    def checkpoint_state() -> dict | None:
+        rngs = _gather_objects(ckpt.rng_state(), info)
+        positions = _gather_objects(position.to_dict(), info)
+        if not info.is_main:
+            return None
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                "epoch": step // spe, "rng": rngs, "data": positions, "config": config_to_dict(cfg),
+                "best": dict(best), "world": info.world}
+
+    def save(names: list[str]) -> None:
+        state = checkpoint_state()  # collective: every rank takes part
+        if state is not None:
+            for name in names:
+                ckpt.save_atomic(state, out_dir / ckpt.CHECKPOINT_DIR / name)
+
+    def run_validation() -> None:
+        nonlocal best
+        if val is None:
+            return
+        if info.is_main:
+            t0 = time.perf_counter()
+            metrics = validate(model, val, cfg, device, precision, rules)
+            key = cfg.eval.best_metric
+            if key not in metrics:
+                raise SchemaError(f"not a validation metric; some available: {sorted(metrics)[:12]}",
+                                  field="eval.best_metric")
+            value = metrics[key]
+            better = best["value"] is None or (value > best["value"] if cfg.eval.best_mode == "max"
+                                               else value < best["value"])
+            logger.write({"event": "val", "step": step, "val_seconds": time.perf_counter() - t0,
+                          **{f"val/{k}": v for k, v in metrics.items()}})
+            if better and step > 0:
+                best = {"metric": key, "value": float(value), "step": step}
+            msg = " ".join(f"{k}={metrics[k]:.3f}" for k in ("SRC/t2a/R@1", "SPA/t2a/R@1", "IR_space",
+                                                              "phys/direction_err_deg/mean") if k in metrics)
+            _print(f"[val step {step}] {msg}")
+        else:
+            better = False
+        better = bool(_gather_objects(better, info)[0])
+        best = _gather_objects(best, info)[0]
+        if better and step > 0:
+            save([ckpt.BEST])
+        barrier(info)
+
+    if cfg.eval.at_start and step == 0:
+        run_validation()
+
+    bar = None
+    if info.is_main and cfg.log.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    stop_at = min(total, t.stop_after) if t.stop_after > 0 else total
+    last_loss, terms = float("nan"), {}
+    window = {"samples": 0, "time": 0.0, "wait": 0.0}
+    try:
+        while step < stop_at:
+            t0 = time.perf_counter()
+            micro = []
+            for _ in range(t.accum_steps):
+                b = next(batches)
+                slot, pass_, index = b.pop("_position")
+                position.positions[slot] = (pass_, index)
+                position.batches += 1
+                eslot, counts = b.pop("_errors")
+                errors_by_slot[eslot] = counts
+                micro.append(b)
+            t1 = time.perf_counter()
+            last_loss, terms, grad_norm = train_step(ctx, micro)
+            scheduler.step()
+            step += 1
+            t2 = time.perf_counter()
+            window["samples"] += global_batch
+            window["time"] += t2 - t0
+            window["wait"] += t1 - t0
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"loss is {last_loss} at step {step}; lower optim.lr or check the data")
+            if bar is not None:
+                bar.update(1)
+            if step % cfg.log.every_steps == 0 or step == stop_at:
+                local = [sum(c["bad_shards"] for c in errors_by_slot.values()),
+                         sum(c["bad_samples"] for c in errors_by_slot.values())]
+                if info.distributed:
+                    tt = torch.tensor(local, dtype=torch.int64, device=device)
+                    dist.all_reduce(tt)
+                    local = tt.tolist()
+                bad = {"bad_shards": int(local[0]), "bad_samples": int(local[1])}
+                rate = window["samples"] / max(window["time"], 1e-9)
+                wait = window["wait"] / max(window["time"], 1e-9)
+                if logger is not None:
+                    logger.write({"event": "train", "step": step, "epoch": step / spe, "loss": last_loss,
+                                  **{f"loss/{k}": v for k, v in terms.items()},
+                                  "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                                  "samples_per_s": rate, "data_wait_frac": wait, **bad})
+                if bar is not None:
+                    bar.set_postfix({"loss": f"{last_loss:.3f}",
+                                     **{k: f"{v:.3f}" for k, v in list(terms.items())[:4]},
+                                     "sps": f"{rate:.1f}", "wait": f"{100 * wait:.0f}%"}, refresh=False)
+                window = {"samples": 0, "time": 0.0, "wait": 0.0}
+            epoch_end = step % spe == 0
+            if cfg.eval.every_steps > 0 and step % cfg.eval.every_steps == 0 or (cfg.eval.each_epoch and epoch_end):
+                run_validation()
+            periodic = t.save_every_steps > 0 and step % t.save_every_steps == 0
+            if periodic or epoch_end or step == stop_at:
+                save([ckpt.LATEST] + ([f"step_{step:07d}.pt"] if periodic else []))
+    finally:
+        if bar is not None:
+            bar.close()
+        del batches
+    if logger is not None:
+        logger.write({"event": "end", "step": step, "loss": last_loss, "best": best, **bad})
+        logger.close()
+    return RunResult(out_dir, step, total, last_loss, best, bad)
+
+
+def _print(msg: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(msg)
