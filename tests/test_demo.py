@@ -1,0 +1,110 @@
+"""The embedded demo: distinct honest sounds, splits disjoint, sources in several spaces and
+spaces with several sources, rooms spanning the rule table's bins, re-runs that redo nothing."""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from disse.pipeline.demo import SOUND_TYPES, DemoConfig, make_clip, run_demo
+from disse.pipeline.features import mel_filterbank, stft
+from disse.pipeline.shards import read_tar_samples
+from disse.schemas import decode_sample, load_feature_params
+
+
+def _metas(root):
+    out = []
+    for tar in sorted(root.glob("*/*.tar")):
+        for raw in read_tar_samples(tar):
+            out.append(decode_sample(raw, audio=False)[2])
+    return out
+
+
+def test_demo_splits_pairs_and_spaces(demo_shards):
+    metas = _metas(demo_shards)
+    manifest = json.loads((demo_shards / "manifest.json").read_text())
+    assert manifest["complete"] and len(metas) == manifest["rendered_samples"] == 48
+    by_split = defaultdict(list)
+    for m in metas:
+        by_split[m.split].append(m)
+    assert set(by_split) == {"train", "val", "test"}
+    types = {s.name for s in SOUND_TYPES[:8]}
+    for split, ms in by_split.items():
+        assert {m.source_id.rsplit("_v", 1)[0] for m in ms} == types  # every type in every split
+        spaces_of, sources_of = defaultdict(set), defaultdict(set)
+        for m in ms:
+            spaces_of[m.source_id].add(m.rir_id)
+            sources_of[m.rir_id].add(m.source_id)
+        assert min(len(v) for v in spaces_of.values()) >= 2   # each source in several spaces
+        assert min(len(v) for v in sources_of.values()) >= 2  # each space holds several sources
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not {m.source_id for m in by_split[a]} & {m.source_id for m in by_split[b]}
+        assert not {m.rir_id for m in by_split[a]} & {m.rir_id for m in by_split[b]}
+    # 4 rooms from the size x reverberation grid: every reverberation bin, every room size
+    assert {m.descriptors["reverberation"] for m in metas} == {
+        "dampened", "slightly-reverberant", "reverberant", "highly-reverberant"}
+    assert {m.descriptors["room_size"] for m in metas} == {"small", "medium", "large"}
+    assert len({m.descriptors["direction"] for m in metas}) >= 5
+
+
+def test_demo_foa_decodes(demo_shards):
+    raw = read_tar_samples(sorted((demo_shards / "val").glob("*.tar"))[0])[0]
+    foa, iv, meta = decode_sample(raw)
+    assert foa.shape == (4, 480000) and iv.shape == (6, 1001, 64)
+    assert meta.source_caption.rstrip(".").lower() in meta.caption.lower()
+
+
+def test_demo_captions_are_the_type_captions(demo_shards):
+    patterns = {s.name: [re.compile("^" + re.sub(r"\\\{\w+\\\}", r"[\\w-]+", re.escape(c)) + "$")
+                         for c in s.captions] for s in SOUND_TYPES}
+    for m in _metas(demo_shards):
+        kind = m.source_id.rsplit("_v", 1)[0]
+        assert any(p.match(m.source_caption) for p in patterns[kind]), (kind, m.source_caption)
+
+
+def test_demo_sine_pitch_word_is_honest(demo_shards):
+    params = load_feature_params()
+    for v in range(3):
+        x, sr = sf.read(demo_shards / "inputs" / "dry" / f"sine_v{v}.flac")
+        f = np.argmax(np.abs(np.fft.rfft(x))) * sr / len(x)
+        caption = next(m.source_caption for m in _metas(demo_shards) if m.source_id == f"sine_v{v}")
+        word = "low" if f < 250 else "mid-range" if f < 1000 else "high"
+        assert word in caption, (f, caption)
+    assert params.sample_rate == sr
+
+
+def test_sound_types_are_distinct():
+    """Summary statistics of the log-mel spectrogram differ between every pair of types."""
+    params = load_feature_params()
+    fb = mel_filterbank(params)
+    stats = []
+    for sound in SOUND_TYPES:
+        x, caption = make_clip(sound, 1, 4, seed=0)
+        assert np.isfinite(x).all() and abs(np.abs(x).max() - 0.5) < 1e-6 and caption
+        logmel = 10 * np.log10(np.abs(stft(x[None], params)[0]) ** 2 @ fb + 1e-6)
+        stats.append(np.concatenate([logmel.mean(0), logmel.std(0)]))
+    v = np.array(stats)
+    d = np.linalg.norm(v[:, None] - v[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    assert len(SOUND_TYPES) >= 30 and d.min() > 5.0
+
+
+def test_demo_rerun_redoes_nothing(demo_shards):
+    tars = sorted(demo_shards.glob("*/*.tar"))
+    before = {t: t.stat().st_mtime_ns for t in tars}
+    cfg = DemoConfig(types=8, clips_per_type=3, rooms=4, positions_per_room=3, rirs_per_clip=2,
+                     clips_per_rir=2, shard_size=4, seed=0)
+    manifest = run_demo(demo_shards, cfg, workers=1, progress=False)
+    assert manifest["complete"]
+    assert {t: t.stat().st_mtime_ns for t in tars} == before
+
+
+@pytest.mark.parametrize("bad", [{"clips_per_type": 2}, {"positions_per_room": 2}])
+def test_demo_rejects_sizes_without_val_and_test(tmp_path, bad):
+    cfg = DemoConfig(**{**DemoConfig(types=1, rooms=1).__dict__, **bad})
+    with pytest.raises(ValueError):
+        run_demo(tmp_path / "d", cfg, progress=False)
