@@ -1,0 +1,327 @@
+"""disse.trainer.metrics and evaluate_embeddings against brute-force references."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from disse.schemas import SchemaError, load_caption_rules
+from disse.trainer import metrics as M
+from disse.trainer.evaluate import Embeddings, evaluate_embeddings
+
+
+# ---------------------------------------------------------------------------------------------
+# brute-force references: full similarity matrix, explicit loops, exhaustive enumeration
+
+def brute_retrieval(q, g, q_ids, g_ids, ks=(1, 5, 10), map_k=10, exclude_self=False):
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+    sim = qn @ gn.T
+    hits = {k: [] for k in ks}
+    aps = []
+    for i in range(len(q)):
+        cand = [j for j in range(len(g)) if not (exclude_self and j == i)]
+        ranked = sorted(cand, key=lambda j: -sim[i, j])
+        m = sum(g_ids[j] == q_ids[i] for j in cand)
+        if m == 0:
+            continue
+        rel = [g_ids[j] == q_ids[i] for j in ranked]
+        for k in ks:
+            hits[k].append(any(rel[:k]))
+        ap = sum((sum(rel[:r + 1]) / (r + 1)) * rel[r] for r in range(min(map_k, len(rel))))
+        aps.append(ap / min(m, map_k))
+    out = {f"R@{k}": float(np.mean(hits[k])) for k in ks}
+    out[f"mAP@{map_k}"] = float(np.mean(aps))
+    out["n_queries"] = len(aps)
+    return out
+
+
+def exhaustive_chance(n, m, k):
+    """Expected hit@k and AP@k over every possible set of positive positions (exact enumeration)."""
+    hit, ap, count = 0.0, 0.0, 0
+    for pos in itertools.combinations(range(n), m):
+        rel = [i in pos for i in range(n)]
+        hit += any(rel[:k])
+        ap += sum(sum(rel[:r + 1]) / (r + 1) * rel[r] for r in range(k)) / min(m, k)
+        count += 1
+    return hit / count, ap / count
+
+
+def brute_ir(x, a, b):
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    d = 1 - xn @ xn.T
+    n = len(x)
+    num = [d[i, j] for i in range(n) for j in range(i + 1, n) if a[i] == a[j] and b[i] != b[j]]
+    den = [d[i, j] for i in range(n) for j in range(i + 1, n) if b[i] == b[j] and a[i] != a[j]]
+    return np.mean(num) / np.mean(den), np.mean(num), np.mean(den), len(num), len(den)
+
+
+def random_ids(rng, n, n_distinct, prefix="id"):
+    return np.array([f"{prefix}{i}" for i in rng.integers(0, n_distinct, n)])
+
+
+# ---------------------------------------------------------------------------------------------
+# retrieval
+
+@pytest.mark.parametrize("chunk", [7, 64, 10_000])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_retrieval_matches_brute_force(chunk, exclude_self):
+    rng = np.random.default_rng(0)
+    n, d = 90, 8
+    q, g = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    ids = random_ids(rng, n, 12)
+    t2a, a2t = M.topk_both_directions(q, g, 11, chunk_size=chunk)
+    for top, qq, gg in ((t2a, q, g), (a2t, g, q)):
+        got = M.retrieval_from_topk(top, ids, ids, exclude_self=exclude_self)
+        ref = brute_retrieval(qq, gg, ids, ids, exclude_self=exclude_self)
+        for key, value in ref.items():
+            assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_retrieval_with_different_query_and_gallery_sizes():
+    rng = np.random.default_rng(1)
+    q, g = rng.normal(size=(23, 5)), rng.normal(size=(41, 5))
+    q_ids, g_ids = rng.integers(0, 6, 23), rng.integers(0, 6, 41)
+    q2g, g2q = M.topk_both_directions(q, g, 10, chunk_size=9)
+    got = M.retrieval_from_topk(q2g, q_ids, g_ids)
+    ref = brute_retrieval(q, g, q_ids, g_ids)
+    assert got["R@5"] == pytest.approx(ref["R@5"]) and got["mAP@10"] == pytest.approx(ref["mAP@10"])
+    got = M.retrieval_from_topk(g2q, g_ids, q_ids)
+    ref = brute_retrieval(g, q, g_ids, q_ids)
+    assert got["R@1"] == pytest.approx(ref["R@1"]) and got["n_queries"] == ref["n_queries"]
+
+
+@pytest.mark.parametrize("n,m,k", [(7, 1, 1), (7, 2, 3), (8, 3, 5), (9, 4, 9), (6, 6, 2), (10, 2, 10)])
+def test_chance_levels_match_exhaustive_enumeration(n, m, k):
+    hit, ap = exhaustive_chance(n, m, k)
+    assert M.chance_hit_at_k(np.array([m]), n, k)[0] == pytest.approx(hit, abs=1e-12)
+    assert M.chance_ap_at_k(np.array([m]), n, k)[0] == pytest.approx(ap, abs=1e-12)
+
+
+def test_chance_is_what_random_rankings_score():
+    """Monte-Carlo over random rankings agrees with the closed form (R@K and mAP@10)."""
+    rng = np.random.default_rng(2)
+    n = 60
+    ids = rng.integers(0, 9, n)
+    reps = []
+    for _ in range(300):
+        top = np.stack([rng.permutation(n)[:11] for _ in range(n)])
+        reps.append(M.retrieval_from_topk(top, ids, ids))
+    for key in ("R@1", "R@5", "R@10", "mAP@10"):
+        mc = np.mean([r[key] for r in reps])
+        assert mc == pytest.approx(reps[0][f"{key}/chance"], abs=0.01), key
+
+
+def one_hot(codes, dim):
+    x = np.zeros((len(codes), dim), np.float32)
+    x[np.arange(len(codes)), codes] = 1.0
+    return x
+
+
+def synthetic(n, n_src, n_spa, seed, perfect=True, shuffle=False):
+    """Each source rendered in random spaces; perfect embeddings are one-hot by the branch's id."""
+    rng = np.random.default_rng(seed)
+    src, spa = rng.integers(0, n_src, n), rng.integers(0, n_spa, n)
+    a_src, a_spa = one_hot(src, n_src), one_hot(spa, n_spa)
+    t_src, t_spa = a_src.copy(), a_spa.copy()
+    if not perfect:
+        a_src, a_spa, t_src, t_spa = (rng.normal(size=x.shape).astype(np.float32) for x in (a_src, a_spa, t_src, t_spa))
+    if shuffle:  # break the pairing: audio rows no longer belong to their text rows
+        # a little noise breaks the exact ties of one-hot vectors, which would otherwise make every
+        # query fall back on the same tie-break items (right on average, but correlated across queries)
+        a_src, a_spa = (x + 0.01 * rng.normal(size=x.shape).astype(np.float32) for x in (a_src, a_spa))
+        perm = rng.permutation(n)
+        a_src, a_spa = a_src[perm], a_spa[perm]
+    return Embeddings(a_src, a_spa, t_src, t_spa, src.astype(np.int64), np.array([f"s{i}" for i in spa]))
+
+
+def test_perfect_embeddings_hit_and_x_checks_sit_at_chance():
+    emb = synthetic(3000, 300, 40, seed=3)
+    r = evaluate_embeddings(emb, chunk_size=512)
+    for task in ("SRC", "SPA"):
+        for d in ("t2a", "a2t"):
+            assert r[f"{task}/{d}/R@1"] == 1.0 and r[f"{task}/{d}/mAP@10"] == 1.0
+    for task in ("X-SRC", "X-SPA"):
+        for d in ("t2a", "a2t"):
+            for k in ("R@1", "R@10"):
+                got, chance, nq = r[f"{task}/{d}/{k}"], r[f"{task}/{d}/{k}/chance"], r[f"{task}/{d}/n_queries"]
+                # binomial standard error of a mean of nq hits
+                se = math.sqrt(chance * (1 - chance) / nq)
+                assert abs(got - chance) < 4 * se + 1e-3, (task, d, k, got, chance)
+    assert r["IR_space"] == math.inf and r["IR_source"] == math.inf  # same-id pairs coincide
+
+
+def test_shuffled_embeddings_score_chance():
+    emb = synthetic(3000, 600, 100, seed=4, shuffle=True)
+    r = evaluate_embeddings(emb, chunk_size=700)
+    n_ids = {"SRC": 600, "X-SRC": 600, "SPA": 100, "X-SPA": 100}
+    for task in ("SRC", "SPA", "X-SRC", "X-SPA"):
+        for k in ("R@1", "R@5", "R@10", "mAP@10"):
+            got, chance = r[f"{task}/t2a/{k}"], r[f"{task}/t2a/{k}/chance"]
+            # queries with the same id rank alike (identical one-hot texts), so the independent
+            # trials are the distinct ids, not the queries: a conservative standard error
+            se = math.sqrt(chance * (1 - chance) / n_ids[task])
+            assert abs(got - chance) < 4 * se, (task, k, got, chance)
+
+
+def test_random_embeddings_score_chance_and_ir_near_one():
+    emb = synthetic(2000, 100, 30, seed=5, perfect=False)
+    r = evaluate_embeddings(emb, chunk_size=300)
+    se = math.sqrt(r["SRC/t2a/R@10/chance"] * (1 - r["SRC/t2a/R@10/chance"]) / 2000)
+    assert abs(r["SRC/t2a/R@10"] - r["SRC/t2a/R@10/chance"]) < 4 * se
+    assert r["IR_space"] == pytest.approx(1.0, abs=0.05) and r["IR_source"] == pytest.approx(1.0, abs=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# invariance ratios
+
+@pytest.mark.parametrize("chunk", [5, 33, 10_000])
+def test_invariance_ratio_matches_brute_force(chunk):
+    rng = np.random.default_rng(6)
+    n = 120
+    x = rng.normal(size=(n, 6))
+    a, b = rng.integers(0, 8, n), random_ids(rng, n, 5)
+    got = M.invariance_ratio(x, a, b, chunk_size=chunk)
+    ratio, d_num, d_den, n_num, n_den = brute_ir(x, a, b)
+    assert got["ratio"] == pytest.approx(ratio, rel=1e-9)
+    assert got["dist_num"] == pytest.approx(d_num, rel=1e-9)
+    assert got["dist_den"] == pytest.approx(d_den, rel=1e-9)
+    assert (got["pairs_num"], got["pairs_den"]) == (n_num, n_den)
+
+
+def test_invariance_ratio_large_group_spanning_chunks():
+    rng = np.random.default_rng(7)
+    n = 80
+    x = rng.normal(size=(n, 4))
+    a = np.r_[np.zeros(50, int), rng.integers(1, 4, 30)]  # one group of 50 spans several chunks of 8
+    b = rng.integers(0, 3, n)
+    got = M.invariance_ratio(x, a, b, chunk_size=8)
+    assert got["ratio"] == pytest.approx(brute_ir(x, a, b)[0], rel=1e-9)
+
+
+def test_evaluate_reports_ir_with_pair_counts():
+    emb = synthetic(200, 20, 10, seed=8, perfect=False)
+    r = evaluate_embeddings(emb, chunk_size=64)
+    ratio, _, _, n_num, n_den = brute_ir(emb.audio_space, emb.source_id, emb.space_id)
+    assert r["IR_space"] == pytest.approx(ratio, rel=1e-6)
+    assert r["IR_space/pairs_same_source_diff_space"] == n_num
+    assert r["IR_space/pairs_same_space_diff_source"] == n_den
+    ratio, _, _, n_num, _ = brute_ir(emb.audio_source, emb.space_id, emb.source_id)
+    assert r["IR_source"] == pytest.approx(ratio, rel=1e-6)
+    assert r["IR_source/pairs_same_space_diff_source"] == n_num
+
+
+# ---------------------------------------------------------------------------------------------
+# physical and zero-shot
+
+def test_angular_error_known_angles_and_convention():
+    left = M.direction_from_angles(np.array([90.0]), np.array([0.0]))
+    np.testing.assert_allclose(left, [[0, 1, 0]], atol=1e-12)  # +azimuth = left = +y
+    up = M.direction_from_angles(np.array([0.0]), np.array([90.0]))
+    np.testing.assert_allclose(up, [[0, 0, 1]], atol=1e-12)
+    front = M.direction_from_angles(np.zeros(4), np.zeros(4))
+    pred = M.direction_from_angles(np.array([0.0, 30.0, -90.0, 180.0]), np.zeros(4)) * 3.0  # scale-free
+    np.testing.assert_allclose(M.angular_error_deg(pred, front), [0, 30, 90, 180], atol=1e-9)
+    assert M.angular_error_deg(np.array([[1.0, 1e-9, 0]]), np.array([[1.0, 0, 0]]))[0] < 1e-6
+
+
+def test_random_direction_error_is_about_90_degrees():
+    rng = np.random.default_rng(9)
+    err = M.angular_error_deg(rng.normal(size=(20000, 3)), rng.normal(size=(20000, 3)))
+    assert err.mean() == pytest.approx(M.RANDOM_DIRECTION_ERROR_DEG, abs=1.0)
+
+
+def test_physical_metrics_in_real_units():
+    rng = np.random.default_rng(10)
+    emb = synthetic(100, 10, 5, seed=10, perfect=False)
+    az, el = rng.uniform(-180, 180, 100), rng.uniform(-60, 60, 100)
+    dist = rng.uniform(0.5, 4, 100)
+    emb.physical = {"true_azimuth_deg": az, "true_elevation_deg": el, "true_distance_m": dist,
+                    "pred_direction": M.direction_from_angles(az + 10.0, el), "pred_distance_m": dist + 0.25}
+    r = evaluate_embeddings(emb)
+    err = M.angular_error_deg(emb.physical["pred_direction"], M.direction_from_angles(az, el))
+    assert r["phys/direction_err_deg/mean"] == pytest.approx(err.mean())
+    assert r["phys/direction_err_deg/median"] == pytest.approx(np.median(err))
+    assert 0 < r["phys/direction_err_deg/mean"] <= 10.0 + 1e-9  # 10 deg azimuth shrinks off the equator
+    assert r["phys/distance_m/mae"] == pytest.approx(0.25)
+    assert r["phys/distance_m/chance"] == pytest.approx(np.mean(np.abs(dist - np.median(dist))))
+    assert "phys/area_m2/mae" not in r
+
+
+def test_zero_shot_uses_prompts_and_rule_labels():
+    rules = load_caption_rules()
+    rng = np.random.default_rng(11)
+    n = 400
+    labels = np.array(rules.attributes["distance"].labels)
+    truth_dist = rng.uniform(0.2, 5.0, n)
+    truth = np.array([rules.attributes["distance"].label_of(v) for v in truth_dist])
+    protos = rng.normal(size=(len(labels), 16))
+    code = np.searchsorted(labels, truth, sorter=np.argsort(labels))
+    code = np.argsort(labels)[code]
+    a_spa = protos[code] + 0.1 * rng.normal(size=(n, 16))
+    a_spa[:100] = rng.normal(size=(100, 16))  # a quarter is noise
+    emb = synthetic(n, 20, 5, seed=11, perfect=False)
+    emb.audio_space, emb.text_space = a_spa.astype(np.float32), a_spa.astype(np.float32)
+    emb.physical = {"true_distance_m": truth_dist}  # labels derived from targets with the rule table
+    emb.prompts = {"distance": (labels, protos.astype(np.float32))}
+    r = evaluate_embeddings(emb, rules)
+    pred = labels[M.zero_shot_predict(a_spa, protos)]
+    assert r["zeroshot/distance/acc"] == pytest.approx((pred == truth).mean())
+    assert 0.75 <= r["zeroshot/distance/acc"] <= 0.95
+    _, counts = np.unique(truth, return_counts=True)
+    assert r["zeroshot/distance/chance"] == pytest.approx(counts.max() / n)
+    assert r["zeroshot/distance/chance_uniform"] == pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad inputs
+
+def arrays_ok(n=10, seed=0):
+    return synthetic(n, 3, 3, seed=seed, perfect=False).to_arrays()
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda a: a.pop("text_space"), "missing array"),
+    (lambda a: a.__setitem__("audio_space", a["audio_space"][:-1]), "audio_space"),
+    (lambda a: a.__setitem__("space_id", a["space_id"][:-2]), "space_id"),
+    (lambda a: a["text_source"].__setitem__((3, 1), np.nan), "row 3"),
+    (lambda a: a.__setitem__("text_space", np.zeros((10, 7), np.float32) + 1), "text_space"),
+    (lambda a: a.__setitem__("source_id", np.linspace(0, 1, 10)), "source_id"),
+    (lambda a: a.__setitem__("pred_distance_m", np.ones(10)), "true_distance_m"),
+    (lambda a: a.__setitem__("prompt_emb_distance", np.ones((3, 3))), "prompt_label_distance"),
+    (lambda a: a["audio_source"].__setitem__(2, 0.0), "zero vector"),
+])
+def test_bad_arrays_raise_clear_schema_errors(mutate, field):
+    arrays = arrays_ok()
+    mutate(arrays)
+    with pytest.raises(SchemaError, match=field.replace("[", r"\[")):
+        Embeddings.from_arrays(arrays, where="x.npz")
+
+
+def test_save_load_roundtrip(tmp_path):
+    emb = synthetic(50, 5, 4, seed=12, perfect=False)
+    emb.physical = {"true_t30_ms": np.linspace(100, 900, 50), "pred_t30_ms": np.linspace(120, 880, 50)}
+    emb.descriptors = {"distance": np.array(["near", "far"] * 25)}
+    emb.prompts = {"distance": (np.array(["near", "far", "mid"]), np.ones((3, 4), np.float32))}
+    path = tmp_path / "e.npz"
+    emb.save(path)
+    back = Embeddings.load(path)
+    for name, value in emb.to_arrays().items():
+        np.testing.assert_array_equal(back.to_arrays()[name], value)
+    assert evaluate_embeddings(back) == evaluate_embeddings(emb)
+
+
+def test_load_rejects_non_npz_and_pickled(tmp_path):
+    bad = tmp_path / "notes.npz"
+    bad.write_text("hello")
+    with pytest.raises(SchemaError, match="notes.npz"):
+        Embeddings.load(bad)
+    with pytest.raises(SchemaError, match="not found"):
+        Embeddings.load(tmp_path / "absent.npz")
+    arrays = arrays_ok()
+    arrays["source_id"] = np.array([object()] * 10, dtype=object)
+    np.savez(tmp_path / "obj.npz", **arrays)
+    with pytest.raises(SchemaError, match="source_id"):
+        Embeddings.load(tmp_path / "obj.npz")
