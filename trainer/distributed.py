@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +78,10 @@ def gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if not info.distributed:
         return x
     import torch.distributed.nn.functional as dnn
-    return torch.cat(dnn.all_gather(x), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public one
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = dnn.all_gather(x)
+    return torch.cat(parts, dim=0)
 
 
 def gather_no_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
