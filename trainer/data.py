@@ -209,7 +209,9 @@ def decode_raw(sample: dict, *, with_audio: bool = True) -> dict:
     if iv.shape[1:] != (params.n_frames, params.n_mels):
         raise SchemaError(f"iv shape {iv.shape} does not match its feature parameters", file=where,
                           field="iv.npy")
-    if not np.isfinite(iv).all():
+    # float16 inf/NaN have all exponent bits set: an integer test is ~10x cheaper than isfinite
+    if iv.dtype == np.float16 and ((iv.view(np.uint16) & 0x7C00) == 0x7C00).any() or \
+            iv.dtype != np.float16 and not np.isfinite(iv).all():
         raise SchemaError("non-finite intensity features", file=where, field="iv.npy")
     out = {"iv": iv, "meta": meta}
     if with_audio:
