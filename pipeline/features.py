@@ -77,7 +77,7 @@ def stft(x: np.ndarray, params: FeatureParams) -> np.ndarray:
     half = params.n_fft // 2
     padded = np.pad(x, ((0, 0), (half, half)))
     frames = np.lib.stride_tricks.sliding_window_view(padded, params.n_fft, axis=-1)[:, ::params.hop_length]
-    return scipy.fft.rfft(frames * _window(params), axis=-1)
+    return scipy.fft.rfft(frames * _window(params), axis=-1, overwrite_x=True)
 
 
 @lru_cache(maxsize=8)
