@@ -302,3 +302,30 @@ def test_cli_schema_error_is_one_line_exit_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nope.csv" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_fuma_rir_converted_on_read_and_clip_resampled(tmp_path):
+    from disse.pipeline.audio_io import load_clip, load_rir
+    from disse.pipeline.foa import ambix_to_fuma
+
+    ambix = plane_wave_rir(-60, 25, 480, delay=10)
+    sf.write(tmp_path / "fuma.wav", ambix_to_fuma(ambix).T, 44100, subtype="FLOAT")
+    got = load_rir(tmp_path / "fuma.wav", "fuma")  # also resampled 44.1 -> 48 kHz
+    assert got.shape == (4, 523)
+    peak = np.abs(got).argmax(axis=1)
+    gains = got[np.arange(4), peak] / got[0, peak[0]]
+    np.testing.assert_allclose(np.sign(gains) * np.abs(gains), ambix[:, 10], atol=0.02)
+    tone = np.sin(2 * np.pi * 1000 * np.arange(44100 * 3) / 44100).astype(np.float32)
+    sf.write(tmp_path / "tone.wav", tone, 44100)
+    clip = load_clip(tmp_path / "tone.wav")
+    assert clip.shape == (480000,) and not clip[150000:].any()  # 3 s of tone, then zero padding
+    spectrum = np.abs(np.fft.rfft(clip[:144000]))
+    assert abs(np.argmax(spectrum) * 48000 / 144000 - 1000) < 1
+
+
+def test_captions_preview_command(inputs):
+    _, _, rirs = inputs
+    res = CliRunner().invoke(main, ["captions", "--rirs", str(rirs), "--limit", "3"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("space_id:") == 3
+    assert "pw1:" in res.output and "left|level|" in res.output
