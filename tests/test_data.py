@@ -1,8 +1,10 @@
 """Streaming data: complete passes, exact resume, few shards, corrupt shards skipped and counted."""
 from __future__ import annotations
 
+import io
 import itertools
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -124,12 +126,28 @@ def test_corrupt_shard_and_sample_skipped_and_counted(tmp_path):
     good = (d / "train-000001.tar").read_bytes()
     (d / "train-000003.tar").write_bytes(good[: len(good) // 2 + 700])  # truncated mid-member
     sizes = json.loads((d / "sizes.json").read_text())
-    sizes.update({"train-000002.tar": 4, "train-000003.tar": 4})
+    # a shard whose two samples are bad: unreadable JSON, non-finite features
+    members = {}
+    with tarfile.open(d / "train-000000.tar") as tar:
+        for m in tar.getmembers():
+            members[m.name] = tar.extractfile(m).read()
+    nan_iv = io.BytesIO()
+    np.save(nan_iv, np.full((6, 26, 64), np.nan, dtype=np.float16))
+    bad = {"bad_a.json": b"{not json", "bad_a.iv.npy": members["train_000000.iv.npy"],
+           "bad_a.foa.flac": members["train_000000.foa.flac"],
+           "bad_b.json": members["train_000000.json"], "bad_b.iv.npy": nan_iv.getvalue(),
+           "bad_b.foa.flac": members["train_000000.foa.flac"]}
+    with tarfile.open(d / "train-000004.tar", "w") as tar:
+        for name, data in bad.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    sizes.update({"train-000002.tar": 4, "train-000003.tar": 4, "train-000004.tar": 2})
     (d / "sizes.json").write_text(json.dumps(sizes))
     shards = resolve_shards(str(d))
     batches = take(train_loader(shards, DataConfig(batch_size=2, num_workers=0, shuffle_buffer=1)), 8)
     errors = batches[-1]["_errors"][1]
-    assert errors["bad_shards"] >= 2
+    assert errors["bad_shards"] >= 2 and errors["bad_samples"] >= 2
     first_pass = [k for b in batches if b["_position"][1] == 0 for k in b["key"]]
     assert set(f"train_{i:06d}" for i in range(8)) <= set(first_pass)
     emb = eval_loader(shards, batch_size=3)
