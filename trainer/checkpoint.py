@@ -6,6 +6,7 @@ so it always loads with ``weights_only=True`` (nothing is unpickled but tensors 
 """
 from __future__ import annotations
 
+import copy
 import os
 import random
 import tempfile
@@ -115,7 +116,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
 
     state = load_checkpoint(path, map_location="cpu")
     cfg = config_from_dict(state.get("config") or {}, source=str(path))
-    model = DELSA(cfg.model)
+    # the weights come from this checkpoint: pretrained files that training started from need not exist
+    # here (HTSAT then starts from random init before being overwritten; the text side keeps a file that
+    # is present, since a RoBERTa without a CLAP file needs its hf_dir weights instead)
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.audio.htsat.checkpoint = None
+    if model_cfg.text.checkpoint and not Path(model_cfg.text.checkpoint).is_file():
+        model_cfg.text.checkpoint = None
+    model = DELSA(model_cfg)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise SchemaError(f"checkpoint does not match the model of its config: missing {missing[:5]}, "

@@ -39,7 +39,8 @@ log = logging.getLogger("disse.train")
 class DualEncoder(nn.Module):
     """One forward for everything the loss needs, so DDP's hooks see a single forward per backward.
 
-    ``tokens`` holds the source captions then the spatial captions (2B rows, one text pass).
+    ``tokens`` holds the source-head texts then the space-head texts (2B rows, one text pass), or
+    B rows read by both heads when the model's ``text_input`` is ``"full"`` (see ``DELSA.text_pairs``).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -50,8 +51,9 @@ class DualEncoder(nn.Module):
         audio = self.model.encode_audio(waveform, iv)
         text = self.model.encode_text(tokens)
         b = waveform.shape[0]
-        return {"audio": audio,
-                "text": {"source": text["source"][:b], "space": text["space"][b:]},
+        if text["source"].shape[0] == 2 * b:
+            text = {"source": text["source"][:b], "space": text["space"][b:]}
+        return {"audio": audio, "text": text,
                 "scales": {"source": self.model.logit_scale_source, "space": self.model.logit_scale_space}}
 
 
@@ -159,7 +161,8 @@ class StepContext:
 
 
 def micro_inputs(model: nn.Module, batch: dict, device: torch.device) -> tuple:
-    tokens = model.tokenize(list(batch["source_text"]) + list(batch["space_text"]))
+    src, spa = model.text_pairs(batch)
+    tokens = model.tokenize(src if src == spa else src + spa)
     return (batch["waveform"].to(device, non_blocking=True), batch["iv"].to(device, non_blocking=True),
             _to(dict(tokens), device))
 
