@@ -1,0 +1,137 @@
+"""Reading LAION-CLAP checkpoints (``.pt`` / ``.safetensors``) without unpickling arbitrary objects.
+
+A released LAION-CLAP checkpoint (e.g. ``630k-audioset-best.pt``) is a ``torch.save`` of a dict whose
+``"state_dict"`` holds keys like ``module.audio_branch.layers.0...`` (DDP prefix) or
+``audio_branch...``; the text side is ``text_branch.*`` (RoBERTa) and ``text_projection.*``.
+Everything here goes through ``torch.load(weights_only=True)``: a checkpoint that needs real
+unpickling (custom classes) is refused with a :class:`~disse.schemas.SchemaError`, never executed.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from disse.schemas.errors import SchemaError
+
+log = logging.getLogger(__name__)
+
+# Prefixes stripped from every key: DDP's "module." and open_clip/lightning style wrappers.
+_WRAPPER_PREFIXES = ("module.", "model.")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint as a flat ``{key: tensor}`` on CPU, wrapper prefixes removed.
+
+    Accepts a plain state dict, ``{"state_dict": ...}`` (LAION-CLAP / lightning) or
+    ``{"model": ...}``; ``.safetensors`` files are read with safetensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SchemaError("checkpoint file not found", file=str(path))
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj: object = load_file(str(path), device="cpu")
+        except Exception as exc:  # corrupt header etc.
+            raise SchemaError(f"cannot read safetensors checkpoint: {exc}", file=str(path)) from None
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SchemaError(
+                "checkpoint refused: it contains pickled Python objects that are not plain tensors/"
+                f"containers, and DISSE never unpickles arbitrary code (weights_only=True said: {first}). "
+                "Re-save it as a plain state_dict (torch.save(model.state_dict(), path)) or as .safetensors",
+                file=str(path)) from None
+        except (RuntimeError, EOFError, OSError) as exc:
+            raise SchemaError(f"cannot read checkpoint: {exc}", file=str(path)) from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise SchemaError(f"expected a dict of tensors, got {type(obj).__name__}", file=str(path))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not torch.is_tensor(value):
+            continue  # e.g. "epoch" stored beside the tensors
+        k = str(key)
+        for prefix in _WRAPPER_PREFIXES:
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+                break
+        out[k] = value
+    if not out:
+        raise SchemaError("checkpoint holds no tensors", file=str(path))
+    return out
+
+
+def sub_state_dict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keys under ``prefix`` (e.g. ``"audio_branch."``) with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+@dataclass
+class LoadReport:
+    """What a partial load did: keys copied, keys the module expected but did not get, extra keys."""
+
+    what: str
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f", ... (+{len(keys) - 8})" if len(keys) > 8 else "")
+
+        lines = [f"{self.what} <- {self.source}: {len(self.loaded)} tensors loaded"]
+        if self.missing:
+            lines.append(f"  missing (kept at init) {len(self.missing)}: {show(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected (not used) {len(self.unexpected)}: {show(self.unexpected)}")
+        if self.ignored:
+            lines.append(f"  ignored (recomputed, not learned) {len(self.ignored)}: {show(self.ignored)}")
+        return "\n".join(lines)
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], *, what: str, source: str,
+              ignore_prefixes: tuple[str, ...] = ()) -> LoadReport:
+    """Copy matching tensors of ``state`` into ``module`` and report missing / unexpected keys.
+
+    A key whose shape differs from the module's is an error (it means the wrong architecture,
+    e.g. an HTSAT-base checkpoint for an HTSAT-tiny model). Loading nothing at all is an error too:
+    the prefix or the file is wrong. Keys under ``ignore_prefixes`` (constants the module
+    recomputes) are neither loaded nor reported as unexpected.
+    """
+    own = module.state_dict()
+    report = LoadReport(what=what, source=source)
+    usable: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ignore_prefixes and key.startswith(ignore_prefixes):
+            report.ignored.append(key)
+        elif key not in own:
+            report.unexpected.append(key)
+        elif tuple(own[key].shape) != tuple(value.shape):
+            raise SchemaError(f"shape {tuple(value.shape)} in checkpoint, model expects {tuple(own[key].shape)}"
+                              f" (wrong model size for this checkpoint?)", file=source, field=key)
+        else:
+            usable[key] = value
+    report.missing = sorted(k for k in own if k not in usable
+                            and not (ignore_prefixes and k.startswith(ignore_prefixes)))
+    report.unexpected.sort()
+    report.loaded = sorted(usable)
+    if not usable:
+        raise SchemaError(f"no tensor of the checkpoint matches the {what} "
+                          f"(first keys: {sorted(state)[:5]})", file=source)
+    module.load_state_dict(usable, strict=False)
+    log.info("%s", report)
+    return report

@@ -1,0 +1,112 @@
+"""DELSA losses: multi-positive symmetric contrastive loss for the source and space pairs, physical losses.
+
+The loss takes *precomputed* features, so the trainer can all-gather them across ranks and, for
+gradient accumulation, concatenate cached (detached) features of other micro-batches with the
+current micro-batch's live features (open_clip's ``accum_freq`` scheme) - the loss is then exact over
+the whole accumulated batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from disse.trainer.physics import DEFAULT_STATS, SCALARS, PhysicsStats, normalize_targets
+
+
+@dataclass
+class LossConfig:
+    """The ``loss:`` section of configs/{demo,paper}.yaml: term weights and temperature clamp."""
+
+    source_weight: float = 1.0       # contrastive, audio source <-> text source, positives = same source_id
+    space_weight: float = 1.0        # contrastive, audio space <-> text space, positives = same space_id
+    direction_weight: float = 1.0    # 1 - cos(predicted, true direction)
+    area_weight: float = 1.0         # MSE on normalised log area (disse.trainer.physics)
+    distance_weight: float = 1.0     # MSE on normalised log distance
+    t30_weight: float = 1.0          # MSE on normalised log T30
+    max_logit_scale: float = 100.0   # exp(log scale) clamped to [min, max] (CLIP: 100)
+    min_logit_scale: float = 1.0
+
+
+def multi_positive_contrastive(a: torch.Tensor, t: torch.Tensor, ids: torch.Tensor,
+                               logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric supervised contrastive loss with several positives per query (scalar).
+
+    ``a``, ``t``: ``(N, D)`` paired audio / text embeddings (row i of each comes from sample i; rows
+    may be gathered from all ranks), normally L2-normalised. ``ids``: ``(N,)``; j is a positive of i
+    iff ``ids[j] == ids[i]`` (so i is always its own positive). ``logit_scale``: the multiplicative
+    scale s = exp(log temperature), already clamped. With ``L = s * a @ t.T`` and ``P_i`` the
+    positives of i::
+
+        loss_a2t = mean_i [ -1/|P_i| * sum_{j in P_i} log softmax_j(L[i, :]) ]
+        loss_t2a = mean_i [ -1/|P_i| * sum_{j in P_i} log softmax_j(L[:, i]) ]
+        loss     = (loss_a2t + loss_t2a) / 2
+
+    With all ids distinct this is exactly CLIP's InfoNCE,
+    ``(cross_entropy(L, arange) + cross_entropy(L.T, arange)) / 2``. Computed in float32 at least.
+    """
+    if a.shape != t.shape or a.dim() != 2:
+        raise ValueError(f"a and t must both be (N, D), got {tuple(a.shape)} and {tuple(t.shape)}")
+    if ids.shape != (a.shape[0],):
+        raise ValueError(f"ids must be ({a.shape[0]},), got {tuple(ids.shape)}")
+    dtype = torch.promote_types(torch.promote_types(a.dtype, t.dtype), torch.float32)  # bf16 AMP -> fp32
+    logits = logit_scale * (a.to(dtype) @ t.to(dtype).T)
+    pos = (ids[:, None] == ids[None, :]).to(logits.dtype)
+    n_pos = pos.sum(1)  # >= 1: the diagonal; pos is symmetric, so it serves both directions
+    a2t = -((F.log_softmax(logits, dim=1) * pos).sum(1) / n_pos).mean()
+    t2a = -((F.log_softmax(logits.T, dim=1) * pos).sum(1) / n_pos).mean()
+    return 0.5 * (a2t + t2a)
+
+
+class DELSALoss(nn.Module):
+    """``(audio_out, text_out, batch, log_scale_source, log_scale_space) -> (total, {term: detached tensor})``.
+
+    ``audio_out``: :meth:`DELSA.encode_audio` output (``source``, ``space``, ``phys``); ``text_out``:
+    ``{"source", "space"}`` aligned row-by-row with the audio features. ``batch``: ``source_id``,
+    ``space_id`` ``(N,)`` aligned with the features, and ``targets`` in real units aligned with
+    ``audio_out["phys"]`` (omit ``targets`` to skip the physical terms). ``log_scale_*``: the model's
+    learnable log temperatures; clamped here so that s stays in [min, max]_logit_scale.
+    Terms: ``source``, ``space``, ``direction``, ``area``, ``distance``, ``t30`` (unweighted),
+    ``scale_source``, ``scale_space`` (the clamped scales) and ``total``; all detached, left on device
+    (call ``.item()`` only when logging).
+    """
+
+    def __init__(self, cfg: LossConfig = LossConfig(), stats: PhysicsStats = DEFAULT_STATS) -> None:
+        super().__init__()
+        if not 0 < cfg.min_logit_scale <= cfg.max_logit_scale:
+            raise ValueError("loss: need 0 < min_logit_scale <= max_logit_scale")
+        self.cfg, self.stats = cfg, stats
+        self._log_bounds = (math.log(cfg.min_logit_scale), math.log(cfg.max_logit_scale))
+
+    def scale(self, log_scale: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(log_scale, *self._log_bounds).exp()
+
+    def forward(self, audio_out: dict, text_out: dict, batch: dict, log_scale_source: torch.Tensor,
+                log_scale_space: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        c = self.cfg
+        s_src, s_spa = self.scale(log_scale_source), self.scale(log_scale_space)
+        terms: dict[str, torch.Tensor] = {
+            "source": multi_positive_contrastive(audio_out["source"], text_out["source"], batch["source_id"], s_src),
+            "space": multi_positive_contrastive(audio_out["space"], text_out["space"], batch["space_id"], s_spa),
+        }
+        total = c.source_weight * terms["source"] + c.space_weight * terms["space"]
+        if batch.get("targets") is not None and "phys" in audio_out:
+            phys = audio_out["phys"]
+            n = phys["direction"].shape[0]
+            tgt = normalize_targets({k: v.to(phys["direction"].device) if torch.is_tensor(v) else v
+                                     for k, v in batch["targets"].items()}, self.stats)
+            if tgt["direction"].shape[0] != n:
+                raise ValueError(f"targets hold {tgt['direction'].shape[0]} samples, phys predictions {n}")
+            pred_dir = phys["direction"].float()
+            terms["direction"] = (1.0 - F.cosine_similarity(pred_dir, tgt["direction"], dim=-1)).mean()
+            total = total + c.direction_weight * terms["direction"]
+            for name in SCALARS:
+                terms[name] = F.mse_loss(phys[name].float(), tgt[name])
+                total = total + getattr(c, f"{name}_weight") * terms[name]
+        out = {k: v.detach() for k, v in terms.items()}
+        out["scale_source"], out["scale_space"] = s_src.detach(), s_spa.detach()
+        out["total"] = total.detach()
+        return total, out

