@@ -273,6 +273,13 @@ def test_zero_shot_uses_prompts_and_rule_labels():
     _, counts = np.unique(truth, return_counts=True)
     assert r["zeroshot/distance/chance"] == pytest.approx(counts.max() / n)
     assert r["zeroshot/distance/chance_uniform"] == pytest.approx(1 / 3)
+    recall = [np.mean(pred[truth == c] == c) for c in np.unique(truth)]
+    assert r["zeroshot/distance/balanced_acc"] == pytest.approx(np.mean(recall))
+    assert r["zeroshot/distance/balanced_acc/chance"] == pytest.approx(1 / len(np.unique(truth)))
+    # an input-blind classifier (always the commonest label) gets the majority chance, balanced 1/classes
+    blind = M.zero_shot_accuracy(np.ones((n, 16)), np.eye(3, 16) + 1, labels, truth)
+    assert blind["acc"] in (pytest.approx(c / n) for c in counts)
+    assert blind["balanced_acc"] == pytest.approx(1 / len(np.unique(truth)))
 
 
 # ---------------------------------------------------------------------------------------------

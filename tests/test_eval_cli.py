@@ -1,0 +1,165 @@
+"""disse-eval end to end: --embeddings, --compare, bad input, and --checkpoint on real shards."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from disse.schemas import load_caption_rules
+from disse.trainer import metrics as M
+from disse.trainer.eval_cli import main
+from disse.trainer.evaluate import Embeddings, evaluate_embeddings
+
+
+def make_npz(path, n=240, seed=0, quality=1.0):
+    """Embeddings of a partly learned model with every optional array (physical, descriptors, prompts)."""
+    rng = np.random.default_rng(seed)
+    rules = load_caption_rules()
+    src = np.arange(n) // 4
+    az, el = rng.uniform(-180, 180, n), rng.uniform(-70, 70, n)
+    dist, area, t30 = rng.uniform(0.5, 4, n), rng.uniform(20, 200, n), rng.uniform(100, 1500, n)
+    desc = {a: np.array([rules.attributes[a].label_of(v) for v in vals])
+            for a, vals in (("direction", az), ("elevation", el), ("distance", dist), ("room_size", area),
+                            ("reverberation", t30))}
+    space = np.array(["|".join(desc[a][i] for a in rules.space_id_order) for i in range(n)])
+    _, spa_code = np.unique(space, return_inverse=True)
+    p_src, p_spa = rng.normal(size=(src.max() + 1, 32)), rng.normal(size=(spa_code.max() + 1, 16))
+
+    def noisy(p, ids):
+        return (quality * p[ids] + rng.normal(size=(n, p.shape[1]))).astype(np.float32)
+
+    prompts = {a: (np.array(rules.attributes[a].labels), rng.normal(size=(len(rules.attributes[a].labels), 16))
+                   .astype(np.float32)) for a in rules.attributes}
+    emb = Embeddings(noisy(p_src, src), noisy(p_spa, spa_code), noisy(p_src, src), noisy(p_spa, spa_code),
+                     np.array([f"clip{i}" for i in src]), space,
+                     physical={"true_azimuth_deg": az, "true_elevation_deg": el, "true_distance_m": dist,
+                               "true_area_m2": area, "true_t30_ms": t30,
+                               "pred_direction": M.direction_from_angles(az + rng.normal(0, 15, n), el),
+                               "pred_distance_m": dist + rng.normal(0, 0.3, n),
+                               "pred_area_m2": area + rng.normal(0, 20, n), "pred_t30_ms": t30 + rng.normal(0, 100, n)},
+                     descriptors=desc, prompts=prompts, keys=np.array([f"k{i:05d}" for i in range(n)]))
+    emb.save(path)
+    return emb
+
+
+def run(args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval")
+    emb = make_npz(d / "emb.npz")
+    res = run(["--embeddings", d / "emb.npz", "--out", d / "out", "--chunk-size", "50"])
+    return d, emb, res
+
+
+def test_embeddings_path_writes_report_metrics_and_plots(scored):
+    d, emb, res = scored
+    assert res.exit_code == 0, res.output + res.stderr
+    out = d / "out"
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["format"] == "disse-eval metrics" and doc["meta"]["embeddings"].endswith("emb.npz")
+    m = doc["metrics"]
+    # the file holds exactly what evaluate_embeddings computes (same function as the trainer's validation)
+    ref = evaluate_embeddings(emb, load_caption_rules(), chunk_size=50)
+    assert m.keys() == ref.keys()
+    assert all(m[k] == pytest.approx(v) for k, v in ref.items())
+    for task in ("SRC", "SPA", "X-SRC", "X-SPA"):
+        for d_ in ("t2a", "a2t"):
+            for k in ("R@1", "R@5", "R@10", "mAP@10"):
+                assert 0.0 <= m[f"{task}/{d_}/{k}/chance"] <= m[f"{task}/{d_}/R@10/chance"] + 1e-12 or k == "R@10"
+    assert m["SRC/t2a/R@1"] > 3 * m["SRC/t2a/R@1/chance"]  # the embeddings carry source identity
+    assert 5 < m["phys/direction_err_deg/mean"] < 30
+    assert {f"zeroshot/{a}/acc" for a in ("direction", "elevation", "distance", "room_size", "reverberation")} <= m.keys()
+    report = (out / "report.md").read_text()
+    for needle in ("Retrieval", "X-SRC", "IR_space", "direction error", "Zero-shot", "projection_spatial.png",
+                   "direction_error.png", "(chance)"):
+        assert needle in report
+    for png in ("projection_spatial.png", "projection_source.png", "direction_error.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert "SRC t2a R@1" in res.output and "report.md" in res.output
+
+
+def test_compare_prints_two_runs_side_by_side(scored, tmp_path):
+    d, _, _ = scored
+    make_npz(tmp_path / "worse.npz", quality=0.3)
+    res = run(["--embeddings", tmp_path / "worse.npz", "--out", tmp_path / "worse", "--no-plots"])
+    assert res.exit_code == 0, res.stderr
+    assert not list((tmp_path / "worse").glob("*.png"))
+    res = run(["--compare", d / "out" / "metrics.json", tmp_path / "worse" / "metrics.json"])
+    assert res.exit_code == 0, res.stderr
+    a = json.loads((d / "out" / "metrics.json").read_text())["metrics"]
+    b = json.loads((tmp_path / "worse" / "metrics.json").read_text())["metrics"]
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("SRC/t2a/R@1 "))
+    cols = line.split()
+    assert float(cols[1]) == pytest.approx(a["SRC/t2a/R@1"], abs=5e-4)
+    assert float(cols[2]) == pytest.approx(b["SRC/t2a/R@1"], abs=5e-4)
+    assert float(cols[3]) == pytest.approx(b["SRC/t2a/R@1"] - a["SRC/t2a/R@1"], abs=1e-3)
+    assert float(cols[3]) < 0  # the noisier embeddings retrieve worse
+
+
+def test_save_embeddings_roundtrip(scored, tmp_path):
+    d, emb, _ = scored
+    res = run(["--embeddings", d / "emb.npz", "--out", tmp_path / "o", "--no-plots",
+               "--save-embeddings", tmp_path / "again.npz"])
+    assert res.exit_code == 0, res.stderr
+    back = Embeddings.load(tmp_path / "again.npz")
+    np.testing.assert_array_equal(back.audio_space, emb.audio_space)
+    np.testing.assert_array_equal(back.space_id, emb.space_id)
+
+
+def _bad_npz(tmp_path, mutate):
+    arrays = dict(np.load(tmp_path.parent / "good.npz")) if (tmp_path.parent / "good.npz").exists() else None
+    if arrays is None:
+        make_npz(tmp_path / "good.npz", n=40)
+        arrays = dict(np.load(tmp_path / "good.npz"))
+    mutate(arrays)
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda a: a.pop("audio_source"), "missing array(s) ['audio_source']"),
+    (lambda a: a.__setitem__("text_space", a["text_space"][:-3]), "field 'text_space'"),
+    (lambda a: a["audio_space"].__setitem__((5, 2), np.nan), "field 'audio_space': non-finite value (NaN or inf) at row 5"),
+    (lambda a: a.__setitem__("source_id", a["source_id"][:10]), "field 'source_id': shape (10,), expected (40,)"),
+    (lambda a: a.__setitem__("pred_direction", a["pred_direction"][:, :2]), "field 'pred_direction'"),
+])
+def test_bad_inputs_one_line_error_exit_2(tmp_path, mutate, needle):
+    path = _bad_npz(tmp_path, mutate)
+    res = run(["--embeddings", path, "--out", tmp_path / "o"])
+    assert res.exit_code == 2
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert needle in res.stderr and "bad.npz" in res.stderr
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_wrong_files_and_arguments(tmp_path):
+    (tmp_path / "x.npz").write_text("not an archive")
+    cases = [
+        (["--embeddings", tmp_path / "x.npz"], "x.npz"),
+        (["--embeddings", tmp_path / "nope.npz"], "not found"),
+        ([], "give either --checkpoint"),
+        (["--checkpoint", tmp_path / "m.pt"], "--checkpoint needs --shards"),
+        (["--compare", tmp_path / "x.npz", tmp_path / "x.npz"], "not JSON"),
+    ]
+    for args, needle in cases:
+        res = run(list(args) + ["--out", tmp_path / "o"])
+        assert res.exit_code == 2, (args, res.output)
+        assert res.stderr.startswith("error: ") and needle in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_console_script_reports_bad_file_without_traceback(tmp_path):
+    """The installed entry point itself: one line on stderr, exit status 2."""
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
+    exe = [sys.executable, "-c", "from disse.trainer.eval_cli import main; main()"]
+    p = subprocess.run(exe + ["--embeddings", str(tmp_path / "bad.npz")], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.startswith("error: ") and "Traceback" not in p.stderr and "bad.npz" in p.stderr

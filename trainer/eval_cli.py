@@ -1,0 +1,138 @@
+"""`disse-eval`: score a checkpoint on fixed shards, or precomputed embeddings, and write a report.
+
+    disse-eval --checkpoint runs/demo/checkpoints/best.pt --shards 'demo/test/test-{000000..000001}.tar' --out eval/
+    disse-eval --embeddings emb.npz --out eval/
+    disse-eval --compare runA/metrics.json runB/metrics.json
+
+Bad input is reported as one ``error: ...`` line naming the file and field, with exit status 2.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import click
+import numpy as np
+
+from disse.schemas import SchemaError, load_caption_rules
+from disse.trainer.metrics import DEFAULT_CHUNK
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("disse")
+    except metadata.PackageNotFoundError:  # running from a plain checkout
+        return "unknown"
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SchemaError("CUDA is not available on this machine", field="--device")
+    return name
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Training checkpoint (.pt) to embed the shards with.")
+@click.option("--shards", help="Shards to embed: brace pattern ('val/val-{000000..000009}.tar') or a directory.")
+@click.option("--embeddings", type=click.Path(dir_okay=False), help="Precomputed embeddings (.npz; see docs/evaluation.md).")
+@click.option("--compare", nargs=2, type=click.Path(dir_okay=False), metavar="A.json B.json",
+              help="Print two metrics.json side by side (with differences) and exit.")
+@click.option("--out", type=click.Path(file_okay=False), default="eval_report", show_default=True,
+              help="Folder for metrics.json, report.md and the plots.")
+@click.option("--save-embeddings", type=click.Path(dir_okay=False), help="Also write the embeddings (.npz).")
+@click.option("--rules", type=click.Path(dir_okay=False), help="Caption rule table (default: packaged v1).")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True, help="Data loader workers.")
+@click.option("--max-items", type=click.IntRange(1), help="Embed only the first N items of the shards.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK, show_default=True,
+              help="Rows per similarity block (memory ~ 4 * chunk^2 bytes).")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.version_option(package_name="disse")
+def main(checkpoint: str | None, shards: str | None, embeddings: str | None, compare: tuple[str, str] | None,
+         out: str, save_embeddings: str | None, rules: str | None, batch_size: int, num_workers: int,
+         max_items: int | None, device: str, chunk_size: int, no_plots: bool) -> None:
+    """Score retrieval (SRC, SPA, X-SRC, X-SPA), invariance ratios, physical errors and zero-shot
+    descriptors, each next to its chance level; write metrics.json, report.md and PNG plots."""
+    try:
+        _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules, batch_size, num_workers,
+             max_items, device, chunk_size, no_plots)
+    except SchemaError as exc:
+        _fail(str(exc))
+    except MemoryError:
+        _fail(f"out of memory; try a smaller --chunk-size (now {chunk_size})")
+
+
+def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_path, batch_size, num_workers,
+         max_items, device, chunk_size, no_plots) -> None:
+    from disse.trainer import report
+    from disse.trainer.evaluate import Embeddings, evaluate_embeddings
+
+    if compare:
+        if checkpoint or embeddings or shards:
+            raise SchemaError("--compare takes two metrics.json files and nothing else", field="--compare")
+        a, b = (report.read_metrics_json(p) for p in compare)
+        click.echo(report.compare(a, b, compare[0], compare[1]))
+        return
+    if bool(checkpoint) == bool(embeddings):
+        raise SchemaError("give either --checkpoint with --shards, or --embeddings", field="--checkpoint/--embeddings")
+    if checkpoint and not shards:
+        raise SchemaError("--checkpoint needs --shards (the fixed validation or test shards)", field="--shards")
+    if embeddings and (shards or max_items):
+        raise SchemaError("--shards / --max-items only apply with --checkpoint", field="--shards")
+    rules = load_caption_rules(rules_path)
+    meta: dict = {"disse_version": _version(), "chunk_size": chunk_size,
+                  "caption_rules": rules_path or "packaged v1", "rules_version": rules.version}
+    t0 = time.perf_counter()
+    if embeddings:
+        emb = Embeddings.load(embeddings)
+        meta["embeddings"] = str(embeddings)
+    else:
+        emb = _embed_checkpoint(checkpoint, shards, device, batch_size, num_workers, max_items, rules)
+        meta.update({"checkpoint": str(checkpoint), "shards": shards, "device": _device(device),
+                     "embed_seconds": round(time.perf_counter() - t0, 2)})
+    if save_embeddings:
+        emb.save(save_embeddings)
+        meta["saved_embeddings"] = str(save_embeddings)
+    t1 = time.perf_counter()
+    metrics = evaluate_embeddings(emb, rules, chunk_size=chunk_size)
+    meta.update({"seconds": round(time.perf_counter() - t1, 2),
+                 "n_source_ids": int(len(np.unique(emb.source_id))), "n_space_ids": int(len(np.unique(emb.space_id))),
+                 "dim_source": int(emb.audio_source.shape[1]), "dim_space": int(emb.audio_space.shape[1])})
+    paths = report.write_report(metrics, emb, out, meta, rules, plots=not no_plots)
+    click.echo(report.console_summary(metrics))
+    click.echo(f"\nreport: {paths['report']}\nmetrics: {paths['metrics']}")
+    if save_embeddings:
+        click.echo(f"embeddings: {save_embeddings}")
+
+
+def _embed_checkpoint(checkpoint: str, shards: str, device: str, batch_size: int, num_workers: int,
+                      max_items: int | None, rules):
+    import torch
+
+    from disse.trainer.checkpoint import load_model
+    from disse.trainer.data import eval_loader
+    from disse.trainer.evaluate import embed
+
+    if not Path(checkpoint).is_file():
+        raise SchemaError("checkpoint not found", file=checkpoint)
+    dev = _device(device)
+    model, _cfg = load_model(checkpoint, dev)
+    loader = eval_loader(shards, batch_size, num_workers)
+    torch.manual_seed(0)  # nothing should be random in eval mode; this makes sure of it
+    return embed(model, loader, dev, rules, max_items=max_items)
+
+
+if __name__ == "__main__":
+    main()

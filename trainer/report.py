@@ -1,0 +1,365 @@
+"""disse-eval's outputs: metrics.json, report.md, PNG plots, and the side-by-side comparison of two runs.
+
+Plots use matplotlib's Agg backend (no display). Projections are a plain SVD PCA of a fixed,
+seeded subsample, so the same embeddings always give the same pictures.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from disse.schemas import CaptionRules, SchemaError
+from disse.trainer.evaluate import Embeddings, finite_or_none, per_item_direction_error
+
+METRICS_FORMAT = "disse-eval metrics"
+METRICS_VERSION = 1
+TASKS = (("SRC", "source embeddings, positives share source_id", "higher is better"),
+         ("SPA", "spatial embeddings, positives share space_id", "higher is better"),
+         ("X-SRC", "spatial embeddings scored by source_id (leakage)", "lower is better; chance = no leakage"),
+         ("X-SPA", "source embeddings scored by space_id (leakage)", "lower is better; chance = no leakage"))
+DIRECTIONS = (("t2a", "text → audio"), ("a2t", "audio → text"))
+MAX_PLOT_POINTS = 4000
+MAX_COLOURS = 10
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics.json
+
+def write_metrics_json(metrics: dict[str, float], meta: dict[str, Any], path: str | Path) -> Path:
+    """``{"format", "version", "meta", "metrics"}``; non-finite values are written as null."""
+    doc = {"format": METRICS_FORMAT, "version": METRICS_VERSION, "meta": meta,
+           "metrics": {k: finite_or_none(v) for k, v in metrics.items()}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def read_metrics_json(path: str | Path) -> dict[str, Any]:
+    """Load a metrics.json written by disse-eval (SchemaError naming the file otherwise)."""
+    where = str(path)
+    if not Path(path).is_file():
+        raise SchemaError("metrics file not found", file=where)
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"not JSON ({exc})", file=where) from None
+    if not isinstance(doc, dict) or doc.get("format") != METRICS_FORMAT or not isinstance(doc.get("metrics"), dict):
+        raise SchemaError(f"not a disse-eval metrics.json (expected \"format\": \"{METRICS_FORMAT}\")", file=where)
+    return doc
+
+
+# ----------------------------------------------------------------------------------------------
+# formatting
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{int(value):,}"
+    value = float(value)
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    return f"{value:.{digits}f}"
+
+
+def _with_chance(m: dict, key: str, digits: int = 3) -> str:
+    if key not in m:
+        return "–"
+    chance = m.get(f"{key}/chance")
+    return f"{fmt(m[key], digits)} ({fmt(chance, digits)})" if f"{key}/chance" in m else fmt(m[key], digits)
+
+
+def retrieval_rows(m: dict) -> list[list[str]]:
+    rows = []
+    for task, _, _ in TASKS:
+        for d, _ in DIRECTIONS:
+            p = f"{task}/{d}"
+            if f"{p}/R@1" not in m:
+                continue
+            ks = sorted({int(k.split("@")[1]) for k in m if k.startswith(f"{p}/R@") and not k.endswith("/chance")})
+            maps = [k for k in m if k.startswith(f"{p}/mAP@") and not k.endswith("/chance")]
+            rows.append([task, d] + [_with_chance(m, f"{p}/R@{k}") for k in ks]
+                        + [_with_chance(m, k) for k in maps] + [fmt(m.get(f"{p}/n_queries"))])
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def console_summary(m: dict) -> str:
+    """A compact plain-text table for the terminal: each figure next to its chance level."""
+    lines = [f"{'metric':<34} {'value':>10} {'chance':>10}"]
+
+    def add(name: str, key: str, digits: int = 3, chance_key: str | None = None) -> None:
+        if key in m:
+            ck = chance_key or f"{key}/chance"
+            chance = fmt(m[ck], digits) if ck in m else ""
+            lines.append(f"{name:<34} {fmt(m[key], digits):>10} {chance:>10}")
+
+    for task, _, _ in TASKS:
+        for d, _ in DIRECTIONS:
+            for k in ("R@1", "R@10", "mAP@10"):
+                add(f"{task} {d} {k}", f"{task}/{d}/{k}")
+    add("IR_space", "IR_space")
+    add("IR_source", "IR_source")
+    add("direction error mean (deg)", "phys/direction_err_deg/mean", 1, "phys/direction_err_deg/chance")
+    add("direction error median (deg)", "phys/direction_err_deg/median", 1, "phys/direction_err_deg/chance")
+    add("distance MAE (m)", "phys/distance_m/mae", 2, "phys/distance_m/chance")
+    add("area MAE (m²)", "phys/area_m2/mae", 1, "phys/area_m2/chance")
+    add("T30 MAE (ms)", "phys/t30_ms/mae", 0, "phys/t30_ms/chance")
+    for key in sorted(k for k in m if k.startswith("zeroshot/") and k.endswith("/acc")):
+        add(f"zero-shot {key.split('/')[1]} acc", key, 3, key[: -len("acc")] + "chance")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# report.md
+
+def render_markdown(m: dict, meta: dict[str, Any], plots: dict[str, str]) -> str:
+    out = ["# disse-eval report", ""]
+    src = meta.get("checkpoint") or meta.get("embeddings") or "?"
+    out += [f"- input: `{src}`" + (f" on `{meta['shards']}`" if meta.get("shards") else ""),
+            f"- items: {fmt(m.get('n_items'))}; source ids: {fmt(meta.get('n_source_ids'))}; "
+            f"space ids: {fmt(meta.get('n_space_ids'))}",
+            f"- scored in {fmt(meta.get('seconds'), 1)} s (chunk {meta.get('chunk_size', '?')}); "
+            f"disse {meta.get('disse_version', '?')}", ""]
+    out += ["## Retrieval (multi-positive)", "",
+            "A query hits at K when any gallery item sharing its id is in its top K. Each cell is "
+            "**value (chance)**: chance is the exact expectation under a random ranking given the id "
+            "frequencies. X-checks leave the query's own pair out of the gallery (it shares both ids by "
+            "construction) and should sit at chance.", ""]
+    rows = retrieval_rows(m)
+    if rows:
+        n_cols = len(rows[0]) - 3
+        ks = sorted({int(k.split("@")[1]) for k in m if "/R@" in k and not k.endswith("/chance")})
+        header = ["task", "direction"] + [f"R@{k}" for k in ks][:n_cols] + \
+            [k.split("/")[-1] for k in m if k.startswith("SRC/t2a/mAP@") and not k.endswith("/chance")] + ["queries"]
+        out += [_table(header, rows), ""]
+        out += ["| task | what | reading |", "| --- | --- | --- |"]
+        out += [f"| {t} | {w} | {r} |" for t, w, r in TASKS] + [""]
+    out += ["## Invariance ratios", "",
+            "Mean cosine distance (1 − cos) over pairs of audio embeddings. IR_space = d(same source, "
+            "different space) / d(same space, different source) in the spatial embedding; IR_source is the "
+            "inverse pairing in the source embedding. Larger is better; 1 = no preference (chance).", ""]
+    ir_rows = []
+    for name, num, den in (("IR_space", "same_source_diff_space", "same_space_diff_source"),
+                           ("IR_source", "same_space_diff_source", "same_source_diff_space")):
+        if name in m:
+            ir_rows.append([name, fmt(m[name]), fmt(m.get(f"{name}/chance")),
+                            f"{fmt(m.get(f'{name}/dist_{num}'), 4)} over {fmt(m.get(f'{name}/pairs_{num}'))} pairs",
+                            f"{fmt(m.get(f'{name}/dist_{den}'), 4)} over {fmt(m.get(f'{name}/pairs_{den}'))} pairs"])
+    if ir_rows:
+        out += [_table(["ratio", "value", "chance", "numerator: mean distance", "denominator: mean distance"],
+                       ir_rows), ""]
+    phys = [("direction error, mean", "phys/direction_err_deg/mean", "°", "phys/direction_err_deg/chance", 1),
+            ("direction error, median", "phys/direction_err_deg/median", "°", "phys/direction_err_deg/chance", 1),
+            ("distance MAE", "phys/distance_m/mae", "m", "phys/distance_m/chance", 2),
+            ("floor area MAE", "phys/area_m2/mae", "m²", "phys/area_m2/chance", 1),
+            ("T30 MAE", "phys/t30_ms/mae", "ms", "phys/t30_ms/chance", 0)]
+    phys_rows = [[name, fmt(m[k], d), unit, fmt(m.get(c), d)] for name, k, unit, c, d in phys if k in m]
+    if phys_rows:
+        out += ["## Physical attributes", "",
+                f"Predictions from the spatial embedding, in real units, over {fmt(m.get('phys/n'))} items. "
+                "Chance: a uniformly random direction is 90° off on average (and in median); for the MAEs, "
+                "the best constant guess (the median of the targets).", "",
+                _table(["quantity", "error", "unit", "chance"], phys_rows), ""]
+    zs = sorted({k.split("/")[1] for k in m if k.startswith("zeroshot/")})
+    if zs:
+        out += ["## Zero-shot spatial descriptors", "",
+                "Each audio spatial embedding is given the descriptor whose caption-rule prompt "
+                "(text spatial embedding) is closest. Chance: the majority-class frequency (always "
+                "answering the commonest label); 1/classes shown too. Balanced accuracy (mean recall per "
+                "label) is not fooled by unbalanced labels: its chance is 1 / labels present.", "",
+                _table(["attribute", "accuracy", "chance (majority)", "1 / classes", "balanced accuracy (chance)",
+                        "items"],
+                       [[a, fmt(m.get(f"zeroshot/{a}/acc")), fmt(m.get(f"zeroshot/{a}/chance")),
+                         fmt(m.get(f"zeroshot/{a}/chance_uniform")), _with_chance(m, f"zeroshot/{a}/balanced_acc"),
+                         fmt(m.get(f"zeroshot/{a}/n"))] for a in zs]), ""]
+    if plots:
+        out += ["## Plots", ""]
+        for title, name in plots.items():
+            out += [f"### {title}", "", f"![{title}]({name})", ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# plots
+
+def _subsample(n: int, k: int = MAX_PLOT_POINTS, seed: int = 0) -> np.ndarray:
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
+
+
+def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows projected on the first two principal axes -> ``((n, 2), explained variance fractions (2,))``."""
+    x = np.asarray(x, np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # cosine geometry
+    xc = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    var = s ** 2
+    frac = var[:2] / max(var.sum(), 1e-300)
+    # fix the sign of each axis so reruns and other platforms give the same picture
+    signs = np.sign(vt[:2, np.argmax(np.abs(vt[:2]), axis=1)].diagonal())
+    proj = xc @ (vt[:2].T * signs)
+    if proj.shape[1] < 2:
+        proj = np.pad(proj, ((0, 0), (0, 2 - proj.shape[1])))
+        frac = np.pad(frac, (0, 2 - len(frac)))
+    return proj, frac
+
+
+def _scatter_by(ax, xy: np.ndarray, labels: np.ndarray, title: str, legend_title: str,
+                order: list[str] | None = None) -> None:
+    import matplotlib.pyplot as plt
+
+    labels = np.asarray(labels).astype(str)
+    uniq, counts = np.unique(labels, return_counts=True)
+    if order is not None:
+        shown = [u for u in order if u in set(uniq)]
+    else:
+        shown = [str(u) for u in uniq[np.argsort(-counts, kind="stable")]]
+    other = len(shown) > MAX_COLOURS
+    shown = shown[:MAX_COLOURS]
+    cmap = plt.get_cmap("tab10")
+    rest = ~np.isin(labels, shown)
+    if rest.any():
+        ax.scatter(xy[rest, 0], xy[rest, 1], s=4, c="0.8", label=f"other ({len(uniq) - len(shown)} ids)",
+                   linewidths=0)
+    for i, u in enumerate(shown):
+        sel = labels == u
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=6, color=cmap(i % 10), label=u if len(u) <= 28 else u[:25] + "…",
+                   linewidths=0)
+    ax.set_title(title, fontsize=10)
+    ax.legend(title=legend_title + (f" ({MAX_COLOURS} most frequent)" if other else ""), fontsize=7,
+              title_fontsize=7, markerscale=2.5, loc="best", framealpha=0.8)
+
+
+def plot_projections(emb: Embeddings, rules: CaptionRules | None, path: Path, which: str) -> Path:
+    """PCA of the audio ``which`` ("space" or "source") embeddings, one panel per colouring:
+    every spatial descriptor available, and the source id."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = _subsample(len(emb))
+    x = (emb.audio_space if which == "space" else emb.audio_source)[idx]
+    xy, frac = pca_2d(x)
+    attrs = list(rules.attributes) if rules is not None else sorted(emb.descriptors)
+    panels: list[tuple[str, np.ndarray, str, list[str] | None]] = []
+    for a in attrs:
+        labels = emb.descriptor_labels(a, rules)
+        if labels is not None:
+            order = rules.attributes[a].labels if rules is not None and a in rules.attributes else None
+            panels.append((f"by {a}", labels[idx], a, order))
+    if not panels:
+        panels.append(("by space_id", np.asarray(emb.space_id)[idx], "space_id", None))
+    panels.append(("by source", np.asarray(emb.source_id)[idx], "source_id", None))
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.6 * rows), squeeze=False)
+    for ax, (title, labels, legend_title, order) in zip(axes.flat, panels):
+        _scatter_by(ax, xy, labels, title, legend_title, order)
+        ax.set_xlabel(f"PC1 ({100 * frac[0]:.1f}% of variance)", fontsize=8)
+        ax.set_ylabel(f"PC2 ({100 * frac[1]:.1f}% of variance)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    name = "spatial" if which == "space" else "source"
+    fig.suptitle(f"Audio {name} embeddings: 2-D PCA of {len(idx):,} of {len(emb):,} items "
+                 f"(dim {x.shape[1]}, cosine geometry)", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_direction_error(err: np.ndarray, path: Path) -> Path:
+    """Histogram of angular errors (degrees) against the distribution of a random guess."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    bins = np.linspace(0, 180, 37)
+    ax.hist(err, bins=bins, density=True, color="tab:blue", alpha=0.75, label=f"model ({len(err):,} items)")
+    t = np.linspace(0, 180, 361)
+    # a uniformly random direction: angle density sin(theta)/2 per radian -> per degree
+    ax.plot(t, np.sin(np.deg2rad(t)) / 2 * np.pi / 180, color="0.3", ls="--", label="random direction (chance)")
+    ax.axvline(float(np.mean(err)), color="tab:red", label=f"mean {np.mean(err):.1f}°")
+    ax.axvline(float(np.median(err)), color="tab:orange", ls=":", label=f"median {np.median(err):.1f}°")
+    ax.axvline(90.0, color="0.5", lw=0.8, ls="-.", label="chance mean 90°")
+    ax.set_xlim(0, 180)
+    ax.set_xticks(range(0, 181, 30))
+    ax.set_xlabel("angular error between predicted and true direction (degrees)")
+    ax.set_ylabel("density (fraction of items per degree)")
+    ax.set_title("Direction error distribution")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(emb: Embeddings, rules: CaptionRules | None, out_dir: Path) -> dict[str, str]:
+    """All PNGs -> ``{title: file name}`` (names relative to ``out_dir``, for report.md)."""
+    plots = {}
+    plot_projections(emb, rules, out_dir / "projection_spatial.png", "space")
+    plots["Spatial embeddings (2-D PCA)"] = "projection_spatial.png"
+    plot_projections(emb, rules, out_dir / "projection_source.png", "source")
+    plots["Source embeddings (2-D PCA)"] = "projection_source.png"
+    err = per_item_direction_error(emb)
+    if err is not None:
+        plot_direction_error(err, out_dir / "direction_error.png")
+        plots["Direction error"] = "direction_error.png"
+    return plots
+
+
+def write_report(metrics: dict[str, float], emb: Embeddings | None, out_dir: str | Path, meta: dict[str, Any],
+                 rules: CaptionRules | None = None, plots: bool = True) -> dict[str, Path]:
+    """metrics.json, report.md and (with ``emb`` and ``plots``) the PNGs in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": write_metrics_json(metrics, meta, out_dir / "metrics.json")}
+    made = write_plots(emb, rules, out_dir) if (plots and emb is not None) else {}
+    paths.update({name: out_dir / name for name in made.values()})
+    report = out_dir / "report.md"
+    report.write_text(render_markdown(metrics, meta, made) + "\n")
+    paths["report"] = report
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# comparison
+
+def compare(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_b: str = "B") -> str:
+    """Two metrics.json documents side by side: value A, value B, B − A, and the chance level(s)."""
+    ma, mb = a["metrics"], b["metrics"]
+    keys = [k for k in ma if not k.endswith("/chance")] + [k for k in mb if k not in ma and not k.endswith("/chance")]
+    w = max([len(k) for k in keys] + [6])
+    lines = [f"A: {name_a}", f"B: {name_b}", "",
+             f"{'metric':<{w}} {'A':>10} {'B':>10} {'B - A':>10} {'chance':>14}"]
+    for k in keys:
+        va, vb = ma.get(k), mb.get(k)
+        diff = fmt(vb - va) if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else ""
+        if diff and not diff.startswith("-") and diff != "n/a":
+            diff = "+" + diff
+        ca, cb = ma.get(f"{k}/chance"), mb.get(f"{k}/chance")
+        if f"{k}/chance" not in ma and f"{k}/chance" not in mb:
+            chance = ""
+        elif ca is not None and cb is not None and abs(ca - cb) < 5e-4:
+            chance = fmt(ca)
+        else:
+            chance = f"{fmt(ca)}|{fmt(cb)}"
+        lines.append(f"{k:<{w}} {fmt(va) if k in ma else '–':>10} {fmt(vb) if k in mb else '–':>10} "
+                     f"{diff:>10} {chance:>14}")
+    return "\n".join(lines)
