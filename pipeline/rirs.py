@@ -436,6 +436,17 @@ def simulate_room(job: _RoomJob) -> list[dict]:
     return rows
 
 
+def _pool_context() -> mp.context.BaseContext:
+    """fork where it is safe and cheap (Linux, torch not loaded: its native thread pools do not
+    survive a fork); spawn otherwise (each worker re-imports numpy/pyroomacoustics, ~1-3 s)."""
+    import sys
+
+    if (sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+            and "torch" not in sys.modules):
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
 def simulate_bank(out_dir: str | Path, n_rooms: int, positions_per_room: int, seed: int = 0,
                   workers: int = 1, area_range: tuple[float, float] = (10.0, 300.0),
                   t30_range: tuple[float, float] | None = None, *, fast: bool = False,
@@ -470,8 +481,7 @@ def simulate_bank(out_dir: str | Path, n_rooms: int, positions_per_room: int, se
             rows.extend(simulate_room(job))
             bar.update()
     else:
-        # spawn, not fork: callers (demo, tests) may hold threads (torch) that fork would copy
-        with mp.get_context("spawn").Pool(min(workers, n_rooms)) as pool:
+        with _pool_context().Pool(min(workers, n_rooms)) as pool:
             for room_rows in pool.imap(simulate_room, jobs):  # imap keeps room order
                 rows.extend(room_rows)
                 bar.update()
