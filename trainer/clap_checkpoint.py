@@ -128,6 +128,7 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], *, what: str, s
     report.missing = sorted(k for k in own if k not in usable
                             and not (ignore_prefixes and k.startswith(ignore_prefixes)))
     report.unexpected.sort()
+    report.ignored.sort()
     report.loaded = sorted(usable)
     if not usable:
         raise SchemaError(f"no tensor of the checkpoint matches the {what} "

@@ -1,0 +1,150 @@
+"""LAION-CLAP checkpoints: built here from laion-clap's own HTSAT / a toy RoBERTa, loaded, compared.
+
+Nothing is downloaded: the checkpoints are made in the test in the released files' format
+(``{"state_dict": {"module.audio_branch.<k>": ...}}``).
+"""
+import collections
+import json
+import types
+
+import pytest
+import torch
+
+from disse.schemas import SchemaError
+from disse.trainer.audio_encoder import HTSATBranch, HTSATConfig, htsat_audio_cfg, laion_clap_module
+from disse.trainer.clap_checkpoint import read_state_dict
+from disse.trainer.text_encoder import TextConfig, TextEncoder, Tokenizer
+
+
+@pytest.fixture(scope="module")
+def laion_htsat_ckpt(tmp_path_factory):
+    """laion-clap's HTSAT-tiny (create_htsat_model, seeded random init) and its CLAP-format checkpoint."""
+    torch.manual_seed(1234)
+    cfg = types.SimpleNamespace(**htsat_audio_cfg(HTSATConfig(preset="tiny")))
+    ref = laion_clap_module("htsat").create_htsat_model(cfg).eval()
+    with torch.no_grad():  # non-default BN statistics, so that loading them is checked too
+        ref.bn0.running_mean.uniform_(-1, 1)
+        ref.bn0.running_var.uniform_(0.5, 2)
+    path = tmp_path_factory.mktemp("clap") / "clap_htsat_tiny.pt"
+    state = {"module.audio_branch." + k: v for k, v in ref.state_dict().items()}
+    state["module.logit_scale_a"] = torch.tensor(2.0)  # other CLAP tensors are ignored by the audio branch
+    torch.save({"epoch": 45, "name": "test", "state_dict": state}, path)
+    return ref, path
+
+
+@pytest.fixture(scope="module")
+def waveform():
+    g = torch.Generator().manual_seed(7)
+    t = torch.arange(480000) / 48000.0
+    return (0.3 * torch.sin(2 * torch.pi * 440.0 * t) + 0.05 * torch.randn(480000, generator=g))[None]
+
+
+def test_laion_checkpoint_gives_laion_embedding(laion_htsat_ckpt, waveform):
+    ref, path = laion_htsat_ckpt
+    torch.manual_seed(0)  # a different init than the reference: only the checkpoint can make them agree
+    branch = HTSATBranch(HTSATConfig(preset="tiny")).eval()
+    assert not torch.equal(branch.htsat.patch_embed.proj.weight, ref.patch_embed.proj.weight)
+    report = branch.load_checkpoint(str(path))
+    assert report is not None and not report.missing and not report.unexpected
+    assert len(report.loaded) > 100
+    # torchlibrosa's DFT kernels are not loaded: the FFT spectrogram recomputes them (checked in test_model)
+    assert report.ignored == ["spectrogram_extractor.stft.conv_imag.weight",
+                              "spectrogram_extractor.stft.conv_real.weight"]
+    with torch.no_grad():
+        want = ref({"waveform": waveform})["embedding"]
+        got = branch(waveform)
+    assert got.shape == (1, 768)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+class Evil:  # a custom class inside a checkpoint: torch.load(weights_only=False) would run its code
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_with_custom_objects_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"audio_branch.bn0.weight": torch.ones(64)}, "extra": Evil()}, path)
+    with pytest.raises(SchemaError, match="refused.*never unpickles") as err:
+        read_state_dict(path)
+    assert str(path) in str(err.value)
+    assert "pwned" not in capsys.readouterr().out
+
+
+SMALL = dict(spec_size=64, mel_bins=16, n_fft=1024, hop_size=1920, embed_dim=16, depths=[1, 1, 1],
+             num_heads=[1, 1, 2])
+
+
+def test_missing_unexpected_and_mismatched_keys_are_reported(tmp_path):
+    ref = HTSATBranch(HTSATConfig(**SMALL)).htsat
+    state = {"audio_branch." + k: v for k, v in ref.state_dict().items()}
+    dropped = "audio_branch.layers.0.blocks.0.attn.qkv.weight"
+    del state[dropped]
+    state["audio_branch.some_new_layer.weight"] = torch.zeros(3)
+    path = tmp_path / "partial.pt"
+    torch.save(collections.OrderedDict(state), path)  # a bare state dict, no "module." prefix
+    branch = HTSATBranch(HTSATConfig(**SMALL, checkpoint=str(path)))
+    rep = branch.load_report
+    assert rep.missing == ["layers.0.blocks.0.attn.qkv.weight"]
+    assert rep.unexpected == ["some_new_layer.weight"]
+    assert "missing" in str(rep) and "some_new_layer.weight" in str(rep)
+
+    state = {"audio_branch." + k: v for k, v in ref.state_dict().items()}
+    state["audio_branch.norm.weight"] = torch.ones(5)
+    torch.save(state, path)
+    with pytest.raises(SchemaError, match="norm.weight.*shape"):
+        HTSATBranch(HTSATConfig(**SMALL, checkpoint=str(path)))
+
+    torch.save({"state_dict": {"text_branch.x": torch.ones(2)}}, path)
+    with pytest.raises(SchemaError, match="audio_branch"):
+        HTSATBranch(HTSATConfig(**SMALL, checkpoint=str(path)))
+    with pytest.raises(SchemaError, match="not found"):
+        read_state_dict(tmp_path / "nope.pt")
+
+
+def _toy_roberta_dir(path, hidden=32, layers=2):
+    """A local Hugging Face folder with a tiny RoBERTa config and a character-level BPE vocabulary."""
+    from transformers import RobertaConfig
+
+    chars = list("abcdefghijklmnopqrstuvwxyz.,") + ["\u0120" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+    for c in chars:
+        vocab[c] = len(vocab)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    RobertaConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                  intermediate_size=2 * hidden, max_position_embeddings=100, pad_token_id=1,
+                  bos_token_id=0, eos_token_id=2).save_pretrained(path)
+    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
+    return path
+
+
+def test_clap_roberta_text_branch_loads_from_checkpoint(tmp_path):
+    from transformers import RobertaConfig, RobertaModel
+
+    hf_dir = _toy_roberta_dir(tmp_path / "roberta")
+    torch.manual_seed(3)
+    roberta = RobertaModel(RobertaConfig.from_pretrained(hf_dir)).eval()
+    proj = torch.nn.Sequential(torch.nn.Linear(32, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512))
+    state = {f"module.text_branch.{k}": v for k, v in roberta.state_dict().items()}
+    state.update({f"module.text_projection.{k}": v for k, v in proj.state_dict().items()})
+    state["module.audio_branch.bn0.weight"] = torch.ones(64)
+    ckpt = tmp_path / "clap.pt"
+    torch.save({"state_dict": state}, ckpt)
+
+    cfg = TextConfig(kind="clap_roberta", hf_dir=str(hf_dir), checkpoint=str(ckpt))
+    enc = TextEncoder(cfg, out_dim=512).eval()
+    assert not enc.load_report.missing
+    tokens = Tokenizer(cfg)(["a dog barks far away.", "rain"])
+    with torch.no_grad():
+        want = proj(roberta(**tokens).pooler_output)
+        got = enc(tokens)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_clap_roberta_without_local_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SchemaError, match="hf_dir.*roberta-base"):
+        TextEncoder(TextConfig(kind="clap_roberta"))
+    with pytest.raises(SchemaError, match="no config.json"):
+        TextEncoder(TextConfig(kind="clap_roberta", hf_dir=str(tmp_path)))
