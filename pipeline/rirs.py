@@ -275,26 +275,27 @@ def _ray_exit(origin: np.ndarray, u: np.ndarray, lo: np.ndarray, hi: np.ndarray)
 
 
 def sample_position(rng: np.random.Generator, room: Room, p: SimParams) -> Position:
-    """Receiver anywhere (ear height 1-1.9 m), random yaw; source at a direction uniform on the
-    sphere and a log-uniform distance limited to what fits inside the room minus the margin."""
+    """Receiver anywhere (ear height 1-1.9 m), random yaw; source at a log-uniform distance, then
+    a direction uniform on the sphere among those where that distance stays inside the room minus
+    the margin (a distance that fits nowhere is redrawn). Distance first keeps far sources common
+    in low rooms (they are then mostly near the horizontal plane, as in real rooms)."""
     dims = np.array(room.dims)
     m = p.receiver_margin_m
     receiver = np.array([rng.uniform(m, dims[0] - m), rng.uniform(m, dims[1] - m),
                          rng.uniform(1.0, max(1.0, min(1.9, dims[2] - m)))])
     yaw = rng.uniform(-math.pi, math.pi)
     lo, hi = np.full(3, p.wall_margin_m), dims - p.wall_margin_m
-    d_min, d_max = p.distance_range
+    log_d = np.log(p.distance_range)
     rot = rotation_z(yaw)
-    for _ in range(1000):
-        az = rng.uniform(-math.pi, math.pi)
-        sin_el = rng.uniform(-1.0, 1.0)
-        cos_el = math.sqrt(1 - sin_el ** 2)
-        u = rot @ np.array([math.cos(az) * cos_el, math.sin(az) * cos_el, sin_el])
-        reach = _ray_exit(receiver, u, lo, hi)
-        if reach < d_min:
-            continue  # this direction hits a wall too soon: draw another
-        d = math.exp(rng.uniform(math.log(d_min), math.log(min(d_max, reach))))
-        return Position(receiver=receiver, yaw=yaw, source=receiver + d * u)
+    for _ in range(200):
+        d = math.exp(rng.uniform(*log_d))
+        for _ in range(50):
+            az = rng.uniform(-math.pi, math.pi)
+            sin_el = rng.uniform(-1.0, 1.0)
+            cos_el = math.sqrt(1 - sin_el ** 2)
+            u = rot @ np.array([math.cos(az) * cos_el, math.sin(az) * cos_el, sin_el])
+            if _ray_exit(receiver, u, lo, hi) >= d:
+                return Position(receiver=receiver, yaw=yaw, source=receiver + d * u)
     raise RuntimeError(f"no source position fits room {room.dims}")  # margins leave no space
 
 

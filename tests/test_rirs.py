@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from disse.pipeline.cli import main as synth_main
 from disse.pipeline.rirs import (FAST, Position, Room, SimParams, measure_t30, room_rng, rotation_z,
-                                 sample_room, simulate_bank, simulate_rir)
+                                 sample_position, sample_room, simulate_bank, simulate_rir)
 from disse.schemas import read_rirs_csv
 
 SR = 48000
@@ -118,6 +118,25 @@ def test_sampled_rooms_span_the_requested_ranges():
     assert t60.min() >= 0.149 and t60.max() <= 2.5 and t60.min() < 0.2 and t60.max() > 2.0
     assert all(max(r.absorption) <= 0.99 for r in rooms)
     assert all(2.4 <= r.dims[2] <= 6.0 for r in rooms)
+
+
+def test_sampled_positions_fit_and_cover_distances_and_elevations():
+    p = SimParams()
+    dist, elev = [], []
+    for i in range(200):
+        rng = room_rng(5, i)
+        room = sample_room(rng, p)
+        pos = sample_position(rng, room, p)
+        dims = np.array(room.dims)
+        assert np.all(pos.source >= p.wall_margin_m - 1e-9) and np.all(pos.source <= dims - p.wall_margin_m + 1e-9)
+        _, el, d = pos.direction()
+        dist.append(d)
+        elev.append(el)
+    dist, elev = np.array(dist), np.array(elev)
+    assert dist.min() >= 0.5 and dist.max() <= 6.0
+    # every caption bin is well populated: near < 1 m, far > 2 m, above / below beyond 40°
+    assert (dist < 1).mean() > 0.2 and (dist > 2).mean() > 0.2
+    assert (elev > 40).mean() > 0.05 and (elev < -40).mean() > 0.05
 
 
 # -- the bank ------------------------------------------------------------------------------------
