@@ -10,14 +10,16 @@ Spaces: a small bank simulated with ``disse.pipeline.rirs.simulate_bank``, one c
 room drawn from one cell of a room-size x reverberation grid so the bank spans the rule table's
 small / medium / large and dampened ... highly reverberant bins; source directions are uniform
 on the sphere (left, right, behind, above and below all occur). In every room one position
-goes to validation, one to test and the rest to training: splits are disjoint in RIRs.
+goes to validation and one to test, chosen across rooms to lie nearest to target directions
+(above, below, left, right, behind, front, in turn) so that small validation and test sets still
+hear every side; the rest go to training: splits are disjoint in RIRs.
 
 Pairing: K RIRs per clip and L clips per RIR (blocks, :func:`disse.pipeline.splits.pair_blocks`),
 so each source is heard in several spaces and each space holds several sources.
 
 Default size (``disse-synth demo --out demo``): 32 types x 4 variants = 128 clips (64 train, 32
 val, 32 test); 12 rooms x 6 positions = 72 RIRs (48 / 12 / 12); K = L = 4 gives 256 train, 128
-val and 128 test samples (about 2.2 GB of shards).
+val and 128 test samples (about 1.5 GB of shards; 1-2 minutes on 2 idle cores).
 """
 from __future__ import annotations
 
@@ -485,8 +487,30 @@ ROOM_GRID: tuple[tuple[tuple[float, float], tuple[float, float], tuple[float, fl
 )
 
 
-def position_split(position: int, n_positions: int) -> str:
-    return "test" if position == n_positions - 1 else "val" if position == n_positions - 2 else "train"
+# Directions (azimuth, elevation) that validation and test positions are picked towards: with random
+# positions alone a small split can miss a whole side. The hard ones (above, below) pick first.
+VAL_TARGETS = ((0.0, 70.0), (0.0, -70.0), (90.0, 0.0), (-90.0, 0.0), (180.0, 0.0), (0.0, 0.0))
+TEST_TARGETS = ((0.0, -70.0), (0.0, 70.0), (-90.0, 0.0), (90.0, 0.0), (0.0, 0.0), (180.0, 0.0))
+
+
+def assign_position_splits(per_room: list[list[dict]]) -> None:
+    """Give every room exactly one 'val' and one 'test' position, the rest 'train' (in place).
+
+    Targets are taken in turn; each goes to the free position nearest to it among the rooms that
+    have no position in that split yet, so the split spreads over directions and over rooms."""
+    from disse.pipeline.foa import angular_error_deg
+
+    for rows in per_room:
+        for row in rows:
+            row["split"] = "train"
+    for split, targets in (("val", VAL_TARGETS), ("test", TEST_TARGETS)):
+        rooms_left = set(range(len(per_room)))
+        for i in range(len(per_room)):
+            target = targets[i % len(targets)]
+            _, r, k = min((angular_error_deg(float(row["azimuth_deg"]), float(row["elevation_deg"]), *target), r, k)
+                          for r in rooms_left for k, row in enumerate(per_room[r]) if row["split"] == "train")
+            per_room[r][k]["split"] = split
+            rooms_left.remove(r)
 
 
 def _simulate_room(args: tuple[str, int, int, int]) -> list[dict]:
@@ -503,7 +527,6 @@ def _simulate_room(args: tuple[str, int, int, int]) -> list[dict]:
     for k, row in enumerate(rows):
         row["rir_id"] = f"room{room:02d}_p{k}"
         row["rir_path"] = f"room{room:02d}/{row['rir_path']}"
-        row["split"] = position_split(k, positions)
     return rows
 
 
@@ -516,8 +539,11 @@ def write_rir_bank(out_dir: Path, n_rooms: int, positions_per_room: int, seed: i
     if workers > 1 and n_rooms > 1:
         with mp.get_context("spawn").Pool(min(workers, n_rooms)) as pool:
             per_room = pool.map(_simulate_room, jobs)
+            pool.close()
+            pool.join()
     else:
         per_room = [_simulate_room(j) for j in jobs]
+    assign_position_splits(per_room)
     rows = [row for room_rows in per_room for row in room_rows]
     csv_path = out_dir / "rirs.csv"
     tmp = out_dir / "rirs.csv.part"
@@ -546,7 +572,7 @@ class DemoConfig:
 
 
 def _inputs_fingerprint(cfg: DemoConfig) -> str:
-    return f"types={cfg.types} clips={cfg.clips_per_type} rooms={cfg.rooms} positions={cfg.positions_per_room} seed={cfg.seed}\n"
+    return f"demo-inputs v3 types={cfg.types} clips={cfg.clips_per_type} rooms={cfg.rooms} positions={cfg.positions_per_room} seed={cfg.seed}\n"
 
 
 def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, workers: int = 1,
@@ -573,7 +599,35 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, workers: in
     plan = plan_from_files(clips_csv, rirs_csv, options)
     # Inputs recorded relative to the output folder, so the manifest does not depend on where it lives.
     plan.inputs.update(clips_csv="inputs/dry/clips.csv", rirs_csv="inputs/rirs/rirs.csv")
+    _drop_stale_render(out, plan, progress)
     return run_plan(plan, out, workers=workers, progress=progress)
+
+
+def _drop_stale_render(out: Path, plan, progress: bool) -> None:
+    """The demo owns its folder: shards of an earlier demo with other settings (even a killed one)
+    are removed, where a plain ``render`` refuses to mix renders."""
+    import json
+    import shutil
+
+    wanted = {t.name[:-4]: t.fingerprint for t in plan.shards}
+    stale = False
+    manifest = out / "manifest.json"
+    records = [manifest] if manifest.is_file() else []
+    records += sorted((out / "_parts").glob("*.json")) if (out / "_parts").is_dir() else []
+    for path in records:
+        try:
+            fp = json.loads(path.read_text()).get("fingerprint")
+        except ValueError:
+            fp = None
+        expected = plan.fingerprint if path == manifest else wanted.get(path.stem)
+        stale = stale or fp != expected
+    if not stale:
+        return
+    if progress:
+        print(f"demo: settings changed; removing the earlier shards in {out}", flush=True)
+    for name in ("train", "val", "test", "_parts"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    manifest.unlink(missing_ok=True)
 
 
 def _make_command():

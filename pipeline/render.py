@@ -425,6 +425,8 @@ def run_plan(plan: RenderPlan, out_dir: str | Path, *, workers: int = 1,
                       initargs=(plan.params, plan.rules, plan.options), maxtasksperchild=None) as pool:
             for record in pool.imap_unordered(_worker_task, [(t, str(out)) for t in todo]):
                 bar.update(record["planned"])
+            pool.close()  # let workers exit cleanly (terminate() would leak their semaphores)
+            pool.join()
     bar.close()
     return write_summary(plan, out)
 
