@@ -227,3 +227,21 @@ def test_errors_are_one_line_with_status_2(dataset, tmp_path, case):
     expected = {"unknown_key": "'nope'", "empty_dir": "no shards", "missing_brace": "train-000002.tar",
                 "not_a_tar": "junk.tar", "nowhere": "missing"}[case]
     assert expected in lines[0]
+
+
+# -- on the renderer's own output -----------------------------------------------------------------
+
+def test_inspect_the_rendered_demo(demo_shards):
+    """The shared demo fixture (rendered by disse-synth's renderer): summary agrees with sizes.json,
+    statistics cover every sample, and every sample can be shown."""
+    sizes = {split: sum(json.loads((demo_shards / split / "sizes.json").read_text()).values())
+             for split in ("train", "val", "test")}
+    res = run(demo_shards)
+    assert res.exit_code == 0, res.output
+    assert f"{sum(sizes.values())} sample(s)" in res.output and "disagrees" not in res.output
+    for split, n in sizes.items():
+        assert any(line.split()[:1] == [split] and line.split()[2] == str(n) for line in res.output.splitlines())
+    metas, bad = collect_metas(find_shards(demo_shards))
+    assert not bad and dataset_stats(metas)["samples"] == sum(sizes.values())
+    res = run(f"{demo_shards}/val", "--show", metas[-1].key)
+    assert res.exit_code == 0 and metas[-1].caption in res.output
