@@ -163,3 +163,75 @@ def test_console_script_reports_bad_file_without_traceback(tmp_path):
     p = subprocess.run(exe + ["--embeddings", str(tmp_path / "bad.npz")], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.startswith("error: ") and "Traceback" not in p.stderr and "bad.npz" in p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# --checkpoint --shards: a randomly initialised DELSA (demo config) saved as a real checkpoint
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    import torch
+
+    from disse.configs import config_path
+    from disse.schemas.config import config_to_dict
+    from disse.trainer.checkpoint import save_atomic
+    from disse.trainer.config import load_train_config
+    from disse.trainer.model import DELSA
+
+    cfg = load_train_config(config_path("demo.yaml"), ["data.train=unused"])
+    torch.manual_seed(0)
+    model = DELSA(cfg.model)
+    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
+    save_atomic({"model": model.state_dict(), "config": config_to_dict(cfg), "step": 0}, path)
+    return path
+
+
+def test_checkpoint_on_demo_shards(random_checkpoint, demo_shards, tmp_path):
+    import torch
+
+    from disse.trainer import physics
+    from disse.trainer.checkpoint import load_model
+    from disse.trainer.data import eval_loader, resolve_shards
+
+    shards = demo_shards / "test"
+    res = run(["--checkpoint", random_checkpoint, "--shards", shards, "--out", tmp_path / "out",
+               "--batch-size", 5, "--save-embeddings", tmp_path / "emb.npz", "--device", "cpu"])
+    assert res.exit_code == 0, res.output + res.stderr
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    m = doc["metrics"]
+    n = resolve_shards(str(shards)).total
+    assert m["n_items"] == n and doc["meta"]["checkpoint"] == str(random_checkpoint)
+    for key in ("SRC/t2a/R@1", "SPA/a2t/mAP@10", "X-SRC/t2a/R@5/chance", "IR_space", "IR_source/pairs_same_space_diff_source",
+                "phys/direction_err_deg/median", "phys/t30_ms/mae", "zeroshot/direction/acc", "zeroshot/reverberation/chance"):
+        assert key in m, key
+    for png in ("projection_spatial.png", "projection_source.png", "direction_error.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 10_000
+
+    # the saved embeddings are the model's own outputs for those samples, ids and targets from the shards
+    emb = Embeddings.load(tmp_path / "emb.npz")
+    assert len(emb) == n and len(set(emb.keys.tolist())) == n
+    assert evaluate_embeddings(emb, load_caption_rules()).keys() == m.keys()
+    model, _ = load_model(random_checkpoint, "cpu")
+    batch = next(iter(eval_loader(str(shards), batch_size=3)))
+    row = {k: i for i, k in enumerate(emb.keys.tolist())}
+    idx = np.array([row[k] for k in batch["key"]])
+    with torch.no_grad():
+        audio = model.encode_audio(batch["waveform"], batch["iv"])
+        text = model.encode_batch_text(batch)
+        real = physics.to_real_units(audio["phys"])
+    np.testing.assert_allclose(emb.audio_space[idx], audio["space"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(emb.text_source[idx], text["source"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(emb.physical["pred_t30_ms"][idx], real["t30_ms"].numpy(), rtol=1e-4)
+    np.testing.assert_allclose(emb.physical["true_azimuth_deg"][idx], batch["targets"]["azimuth_deg"].numpy())
+    assert emb.space_id[idx].tolist() == batch["space_id_str"]
+    assert emb.descriptors["direction"][idx].tolist() == [d["direction"] for d in batch["descriptors"]]
+    assert set(emb.prompts) == set(load_caption_rules().attributes)
+
+
+def test_bad_checkpoint_is_one_line_error(tmp_path, demo_shards):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    res = run(["--checkpoint", tmp_path / "junk.pt", "--shards", demo_shards / "test", "--out", tmp_path / "o"])
+    assert res.exit_code == 2 and res.stderr.startswith("error: ") and "junk.pt" in res.stderr
+    assert res.stderr.count("\n") == 1
+    res = run(["--checkpoint", tmp_path / "junk.pt", "--shards", tmp_path / "nowhere", "--out", tmp_path / "o"])
+    assert res.exit_code == 2 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr

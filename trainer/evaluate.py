@@ -303,9 +303,11 @@ def embed(model: Any, loader: Iterable[dict], device: torch.device | str, rules:
           max_items: int | None = None) -> Embeddings:
     """Run ``model`` over every batch of ``loader`` (the Batch contract of docs/internals.md).
 
-    Audio -> source/space embeddings and physical predictions (mapped to real units); the source text
-    -> text source embedding; the spatial text -> text space embedding; each caption-rule prompt ->
-    text space embedding for zero-shot. Stops after ``max_items`` when given.
+    Audio -> source/space embeddings and physical predictions (mapped to real units with
+    ``disse.trainer.physics.to_real_units``); captions -> text source / space embeddings through
+    ``model.encode_batch_text`` (which caption feeds which head is the model's ``text_input``, as in
+    training); each caption-rule prompt -> text space embedding for zero-shot. Stops after
+    ``max_items`` when given. Batches of the loader are the Batch contract (disse.trainer.data).
     """
     from disse.trainer import physics  # the model's normalised outputs -> real units
 
@@ -318,12 +320,12 @@ def embed(model: Any, loader: Iterable[dict], device: torch.device | str, rules:
     with torch.no_grad():
         for batch in loader:
             audio = model.encode_audio(batch["waveform"].to(device), batch["iv"].to(device))
-            t_src = model.encode_text(_to_device(model.tokenize(list(batch["source_text"])), device))
-            t_spa = model.encode_text(_to_device(model.tokenize(list(batch["space_text"])), device))
+            # the model decides which caption each text head reads (DELSA.text_pairs), as in training
+            text = model.encode_batch_text(batch, device)
             cols["audio_source"].append(_np(audio["source"]))
             cols["audio_space"].append(_np(audio["space"]))
-            cols["text_source"].append(_np(t_src["source"]))
-            cols["text_space"].append(_np(t_spa["space"]))
+            cols["text_source"].append(_np(text["source"]))
+            cols["text_space"].append(_np(text["space"]))
             cols["source_id"].extend(batch["source_id_str"])
             cols["space_id"].extend(batch["space_id_str"])
             cols["key"].extend(batch["key"])

@@ -231,17 +231,18 @@ def _scatter_by(ax, xy: np.ndarray, labels: np.ndarray, title: str, legend_title
     other = len(shown) > MAX_COLOURS
     shown = shown[:MAX_COLOURS]
     cmap = plt.get_cmap("tab10")
+    size = float(np.clip(6000.0 / max(len(xy), 1), 5.0, 40.0))  # big dots for small sets, small for large
     rest = ~np.isin(labels, shown)
     if rest.any():
-        ax.scatter(xy[rest, 0], xy[rest, 1], s=4, c="0.8", label=f"other ({len(uniq) - len(shown)} ids)",
+        ax.scatter(xy[rest, 0], xy[rest, 1], s=0.7 * size, c="0.8", label=f"other ({len(uniq) - len(shown)} ids)",
                    linewidths=0)
     for i, u in enumerate(shown):
         sel = labels == u
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=6, color=cmap(i % 10), label=u if len(u) <= 28 else u[:25] + "…",
-                   linewidths=0)
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=cmap(i % 10), label=u if len(u) <= 28 else u[:25] + "…",
+                   linewidths=0, alpha=0.85)
     ax.set_title(title, fontsize=10)
     ax.legend(title=legend_title + (f" ({MAX_COLOURS} most frequent)" if other else ""), fontsize=7,
-              title_fontsize=7, markerscale=2.5, loc="best", framealpha=0.8)
+              title_fontsize=7, markerscale=max(1.0, 15.0 / size), loc="best", framealpha=0.8)
 
 
 def plot_projections(emb: Embeddings, rules: CaptionRules | None, path: Path, which: str) -> Path:
@@ -275,8 +276,8 @@ def plot_projections(emb: Embeddings, rules: CaptionRules | None, path: Path, wh
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     name = "spatial" if which == "space" else "source"
-    fig.suptitle(f"Audio {name} embeddings: 2-D PCA of {len(idx):,} of {len(emb):,} items "
-                 f"(dim {x.shape[1]}, cosine geometry)", fontsize=12)
+    shown = f"all {len(emb):,} items" if len(idx) == len(emb) else f"{len(idx):,} of {len(emb):,} items (random subset)"
+    fig.suptitle(f"Audio {name} embeddings: 2-D PCA of {shown}, dim {x.shape[1]}, cosine geometry", fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
