@@ -537,7 +537,9 @@ def write_rir_bank(out_dir: Path, n_rooms: int, positions_per_room: int, seed: i
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(str(out_dir), r, positions_per_room, seed) for r in range(n_rooms)]
     if workers > 1 and n_rooms > 1:
-        with mp.get_context("spawn").Pool(min(workers, n_rooms)) as pool:
+        from disse.pipeline.render import pool_context
+
+        with pool_context().Pool(min(workers, n_rooms)) as pool:
             per_room = pool.map(_simulate_room, jobs)
             pool.close()
             pool.join()

@@ -387,6 +387,17 @@ def render_shard(task: ShardTask, out_dir: Path, renderer: Renderer,
 _WORKER: dict = {}
 
 
+def pool_context() -> mp.context.BaseContext:
+    """fork where it is safe and cheap (Linux, torch not loaded in this process: its native thread
+    pools do not survive a fork); spawn otherwise (workers re-import numpy / scipy, ~1-3 s)."""
+    import sys
+
+    if (sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+            and "torch" not in sys.modules):
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
 def _init_worker(params: FeatureParams, rules: CaptionRules, options: RenderOptions) -> None:
     try:  # one BLAS thread per process: workers, not threads, use the cores
         from threadpoolctl import threadpool_limits
@@ -419,8 +430,7 @@ def run_plan(plan: RenderPlan, out_dir: str | Path, *, workers: int = 1,
         for task in todo:
             render_shard(task, out, _WORKER["renderer"], on_sample=lambda: bar.update())
     else:
-        # fork keeps start-up cheap (no re-import); the renderer state is built per worker.
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        ctx = pool_context()
         with ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
                       initargs=(plan.params, plan.rules, plan.options), maxtasksperchild=None) as pool:
             for record in pool.imap_unordered(_worker_task, [(t, str(out)) for t in todo]):
