@@ -183,15 +183,16 @@ def random_checkpoint(tmp_path_factory):
     model = DELSA(cfg.model)
     path = tmp_path_factory.mktemp("ckpt") / "random.pt"
     save_atomic({"model": model.state_dict(), "config": config_to_dict(cfg), "step": 0}, path)
-    return path
+    return path, model.eval()
 
 
 def test_checkpoint_on_demo_shards(random_checkpoint, demo_shards, tmp_path):
     import torch
 
     from disse.trainer import physics
-    from disse.trainer.checkpoint import load_model
     from disse.trainer.data import eval_loader, resolve_shards
+
+    random_checkpoint, model = random_checkpoint  # the saved model, still in memory: the reference
 
     shards = demo_shards / "test"
     res = run(["--checkpoint", random_checkpoint, "--shards", shards, "--out", tmp_path / "out",
@@ -211,7 +212,6 @@ def test_checkpoint_on_demo_shards(random_checkpoint, demo_shards, tmp_path):
     emb = Embeddings.load(tmp_path / "emb.npz")
     assert len(emb) == n and len(set(emb.keys.tolist())) == n
     assert evaluate_embeddings(emb, load_caption_rules()).keys() == m.keys()
-    model, _ = load_model(random_checkpoint, "cpu")
     batch = next(iter(eval_loader(str(shards), batch_size=3)))
     row = {k: i for i, k in enumerate(emb.keys.tolist())}
     idx = np.array([row[k] for k in batch["key"]])

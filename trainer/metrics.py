@@ -65,8 +65,8 @@ def topk_both_directions(queries: np.ndarray | torch.Tensor, gallery: np.ndarray
     qinv, ginv = _inv_norms(q), _inv_norms(g)
     neg_inf = float("-inf")
     row_i = torch.empty((nq, kq), dtype=torch.int64)
-    col_v = torch.full((kg, ng), neg_inf)
-    col_i = torch.zeros((kg, ng), dtype=torch.int64)
+    col_v = torch.full((ng, 0), neg_inf)  # running top-k of each gallery item over the queries so far
+    col_i = torch.zeros((ng, 0), dtype=torch.int64)
     with torch.no_grad():
         for r0 in range(0, nq, chunk_size):
             r1 = min(r0 + chunk_size, nq)
@@ -78,11 +78,15 @@ def topk_both_directions(queries: np.ndarray | torch.Tensor, gallery: np.ndarray
                 s = qb @ (g[c0:c1] * ginv[c0:c1, None]).T  # (rb, cb) cosines
                 v, i = s.topk(min(kq, c1 - c0), dim=1)
                 rv, ri = _merge_topk(rv, ri, v, i + c0, kq, dim=1)
-                v, i = s.topk(min(kg, r1 - r0), dim=0)
-                col_v[:, c0:c1], col_i[:, c0:c1] = _merge_topk(col_v[:, c0:c1], col_i[:, c0:c1], v, i + r0,
-                                                               kg, dim=0)
+                # a contiguous transpose then a row-wise topk is faster on CPU than topk along dim 0
+                v, i = s.T.contiguous().topk(min(kg, r1 - r0), dim=1)
+                cv, ci = _merge_topk(col_v[c0:c1], col_i[c0:c1], v, i + r0, kg, dim=1)
+                if col_v.shape[1] < cv.shape[1]:  # first row block: the running lists grow to k
+                    col_v = torch.cat([col_v, torch.full((ng, cv.shape[1] - col_v.shape[1]), neg_inf)], dim=1)
+                    col_i = torch.cat([col_i, torch.zeros((ng, ci.shape[1] - col_i.shape[1]), dtype=torch.int64)], dim=1)
+                col_v[c0:c1], col_i[c0:c1] = cv, ci
             row_i[r0:r1] = ri
-    return row_i.numpy(), col_i.T.contiguous().numpy()
+    return row_i.numpy(), col_i.numpy()
 
 
 def _positives(q_codes: np.ndarray, g_codes: np.ndarray, exclude_self: bool) -> np.ndarray:
