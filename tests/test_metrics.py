@@ -246,7 +246,7 @@ def test_physical_metrics_in_real_units():
     assert r["phys/direction_err_deg/median"] == pytest.approx(np.median(err))
     assert 0 < r["phys/direction_err_deg/mean"] <= 10.0 + 1e-9  # 10 deg azimuth shrinks off the equator
     assert r["phys/distance_m/mae"] == pytest.approx(0.25)
-    assert r["phys/distance_m/chance"] == pytest.approx(np.mean(np.abs(dist - np.median(dist))))
+    assert r["phys/distance_m/mae/chance"] == pytest.approx(np.mean(np.abs(dist - np.median(dist))))
     assert "phys/area_m2/mae" not in r
 
 
@@ -271,8 +271,8 @@ def test_zero_shot_uses_prompts_and_rule_labels():
     assert r["zeroshot/distance/acc"] == pytest.approx((pred == truth).mean())
     assert 0.75 <= r["zeroshot/distance/acc"] <= 0.95
     _, counts = np.unique(truth, return_counts=True)
-    assert r["zeroshot/distance/chance"] == pytest.approx(counts.max() / n)
-    assert r["zeroshot/distance/chance_uniform"] == pytest.approx(1 / 3)
+    assert r["zeroshot/distance/acc/chance"] == pytest.approx(counts.max() / n)
+    assert r["zeroshot/distance/acc/chance_uniform"] == pytest.approx(1 / 3)
     recall = [np.mean(pred[truth == c] == c) for c in np.unique(truth)]
     assert r["zeroshot/distance/balanced_acc"] == pytest.approx(np.mean(recall))
     assert r["zeroshot/distance/balanced_acc/chance"] == pytest.approx(1 / len(np.unique(truth)))

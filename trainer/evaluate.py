@@ -230,12 +230,15 @@ def evaluate_embeddings(emb: Embeddings, rules: CaptionRules | None = None, *, k
     ``zeroshot/<attr>/...``. Missing optional inputs simply leave their keys out.
     """
     out: dict[str, float] = {"n_items": len(emb)}
-    out.update(M.paired_retrieval(emb.text_source, emb.audio_source,
-                                  [M.IdSet("SRC", emb.source_id), M.IdSet("X-SPA", emb.space_id, exclude_self=True)],
-                                  ks, map_k, chunk_size))
-    out.update(M.paired_retrieval(emb.text_space, emb.audio_space,
+    # one blocked pass per embedding serves two scorings: SRC and X-SPA, SPA and X-SRC
+    ret = M.paired_retrieval(emb.text_source, emb.audio_source,
+                             [M.IdSet("SRC", emb.source_id), M.IdSet("X-SPA", emb.space_id, exclude_self=True)],
+                             ks, map_k, chunk_size)
+    ret.update(M.paired_retrieval(emb.text_space, emb.audio_space,
                                   [M.IdSet("SPA", emb.space_id), M.IdSet("X-SRC", emb.source_id, exclude_self=True)],
                                   ks, map_k, chunk_size))
+    for task in ("SRC", "SPA", "X-SRC", "X-SPA"):  # a stable, readable key order
+        out.update({k: v for k, v in ret.items() if k.startswith(task + "/")})
     for name, x, a, b, num, den in (
             ("IR_space", emb.audio_space, emb.source_id, emb.space_id, "same_source_diff_space", "same_space_diff_source"),
             ("IR_source", emb.audio_source, emb.space_id, emb.source_id, "same_space_diff_source", "same_source_diff_space")):
@@ -256,11 +259,12 @@ def physical_metrics(emb: Embeddings) -> dict[str, float]:
         err = M.angular_error_deg(p["pred_direction"], true_dir)
         out.update({"phys/direction_err_deg/mean": float(err.mean()),
                     "phys/direction_err_deg/median": float(np.median(err)),
-                    "phys/direction_err_deg/chance": M.RANDOM_DIRECTION_ERROR_DEG, "phys/n": len(err)})
+                    "phys/direction_err_deg/mean/chance": M.RANDOM_DIRECTION_ERROR_DEG,
+                    "phys/direction_err_deg/median/chance": M.RANDOM_DIRECTION_ERROR_DEG, "phys/n": len(err)})
     for pred, true, name in MAE_QUANTITIES:
         if pred in p:
             out[f"phys/{name}/mae"] = M.mae(p[pred], p[true])
-            out[f"phys/{name}/chance"] = M.constant_baseline_mae(p[true])
+            out[f"phys/{name}/mae/chance"] = M.constant_baseline_mae(p[true])
             out["phys/n"] = len(p[true])
     return out
 

@@ -326,8 +326,8 @@ def zero_shot_predict(audio: np.ndarray, prompts: np.ndarray, chunk_size: int = 
 
 def zero_shot_accuracy(audio: np.ndarray, prompts: np.ndarray, prompt_labels: np.ndarray,
                        true_labels: np.ndarray, chunk_size: int = DEFAULT_CHUNK) -> dict[str, float]:
-    """Accuracy of picking the closest prompt; chance = majority-class frequency of the true labels
-    (what always answering the commonest label scores); ``chance_uniform`` = 1 / number of prompts.
+    """Accuracy of picking the closest prompt; ``acc/chance`` = majority-class frequency of the true
+    labels (what always answering the commonest label scores); ``acc/chance_uniform`` = 1 / prompts.
     ``balanced_acc`` (mean per-label recall over the labels present) has chance 1 / labels present
     whatever the class balance."""
     labels = np.asarray(prompt_labels).astype(str)
@@ -339,6 +339,6 @@ def zero_shot_accuracy(audio: np.ndarray, prompts: np.ndarray, prompt_labels: np
     present, counts = np.unique(truth, return_counts=True)
     # balanced accuracy: mean recall over the labels present; any input-blind guess scores 1/classes
     recall = [float((pred[truth == c] == c).mean()) for c in present]
-    return {"acc": float((pred == truth).mean()), "chance": float(counts.max() / len(truth)),
-            "chance_uniform": 1.0 / len(labels), "balanced_acc": float(np.mean(recall)),
+    return {"acc": float((pred == truth).mean()), "acc/chance": float(counts.max() / len(truth)),
+            "acc/chance_uniform": 1.0 / len(labels), "balanced_acc": float(np.mean(recall)),
             "balanced_acc/chance": 1.0 / len(present), "n": int(len(truth))}

@@ -100,9 +100,9 @@ def console_summary(m: dict) -> str:
     """A compact plain-text table for the terminal: each figure next to its chance level."""
     lines = [f"{'metric':<34} {'value':>10} {'chance':>10}"]
 
-    def add(name: str, key: str, digits: int = 3, chance_key: str | None = None) -> None:
+    def add(name: str, key: str, digits: int = 3) -> None:
         if key in m:
-            ck = chance_key or f"{key}/chance"
+            ck = f"{key}/chance"
             chance = fmt(m[ck], digits) if ck in m else ""
             lines.append(f"{name:<34} {fmt(m[key], digits):>10} {chance:>10}")
 
@@ -112,13 +112,13 @@ def console_summary(m: dict) -> str:
                 add(f"{task} {d} {k}", f"{task}/{d}/{k}")
     add("IR_space", "IR_space")
     add("IR_source", "IR_source")
-    add("direction error mean (deg)", "phys/direction_err_deg/mean", 1, "phys/direction_err_deg/chance")
-    add("direction error median (deg)", "phys/direction_err_deg/median", 1, "phys/direction_err_deg/chance")
-    add("distance MAE (m)", "phys/distance_m/mae", 2, "phys/distance_m/chance")
-    add("area MAE (m²)", "phys/area_m2/mae", 1, "phys/area_m2/chance")
-    add("T30 MAE (ms)", "phys/t30_ms/mae", 0, "phys/t30_ms/chance")
+    add("direction error mean (deg)", "phys/direction_err_deg/mean", 1)
+    add("direction error median (deg)", "phys/direction_err_deg/median", 1)
+    add("distance MAE (m)", "phys/distance_m/mae", 2)
+    add("area MAE (m²)", "phys/area_m2/mae", 1)
+    add("T30 MAE (ms)", "phys/t30_ms/mae", 0)
     for key in sorted(k for k in m if k.startswith("zeroshot/") and k.endswith("/acc")):
-        add(f"zero-shot {key.split('/')[1]} acc", key, 3, key[: -len("acc")] + "chance")
+        add(f"zero-shot {key.split('/')[1]} acc", key)
     return "\n".join(lines)
 
 
@@ -161,12 +161,12 @@ def render_markdown(m: dict, meta: dict[str, Any], plots: dict[str, str]) -> str
     if ir_rows:
         out += [_table(["ratio", "value", "chance", "numerator: mean distance", "denominator: mean distance"],
                        ir_rows), ""]
-    phys = [("direction error, mean", "phys/direction_err_deg/mean", "°", "phys/direction_err_deg/chance", 1),
-            ("direction error, median", "phys/direction_err_deg/median", "°", "phys/direction_err_deg/chance", 1),
-            ("distance MAE", "phys/distance_m/mae", "m", "phys/distance_m/chance", 2),
-            ("floor area MAE", "phys/area_m2/mae", "m²", "phys/area_m2/chance", 1),
-            ("T30 MAE", "phys/t30_ms/mae", "ms", "phys/t30_ms/chance", 0)]
-    phys_rows = [[name, fmt(m[k], d), unit, fmt(m.get(c), d)] for name, k, unit, c, d in phys if k in m]
+    phys = [("direction error, mean", "phys/direction_err_deg/mean", "°", 1),
+            ("direction error, median", "phys/direction_err_deg/median", "°", 1),
+            ("distance MAE", "phys/distance_m/mae", "m", 2),
+            ("floor area MAE", "phys/area_m2/mae", "m²", 1),
+            ("T30 MAE", "phys/t30_ms/mae", "ms", 0)]
+    phys_rows = [[name, fmt(m[k], d), unit, fmt(m.get(f"{k}/chance"), d)] for name, k, unit, d in phys if k in m]
     if phys_rows:
         out += ["## Physical attributes", "",
                 f"Predictions from the spatial embedding, in real units, over {fmt(m.get('phys/n'))} items. "
@@ -182,8 +182,8 @@ def render_markdown(m: dict, meta: dict[str, Any], plots: dict[str, str]) -> str
                 "label) is not fooled by unbalanced labels: its chance is 1 / labels present.", "",
                 _table(["attribute", "accuracy", "chance (majority)", "1 / classes", "balanced accuracy (chance)",
                         "items"],
-                       [[a, fmt(m.get(f"zeroshot/{a}/acc")), fmt(m.get(f"zeroshot/{a}/chance")),
-                         fmt(m.get(f"zeroshot/{a}/chance_uniform")), _with_chance(m, f"zeroshot/{a}/balanced_acc"),
+                       [[a, fmt(m.get(f"zeroshot/{a}/acc")), fmt(m.get(f"zeroshot/{a}/acc/chance")),
+                         fmt(m.get(f"zeroshot/{a}/acc/chance_uniform")), _with_chance(m, f"zeroshot/{a}/balanced_acc"),
                          fmt(m.get(f"zeroshot/{a}/n"))] for a in zs]), ""]
     if plots:
         out += ["## Plots", ""]
@@ -345,7 +345,10 @@ def write_report(metrics: dict[str, float], emb: Embeddings | None, out_dir: str
 def compare(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_b: str = "B") -> str:
     """Two metrics.json documents side by side: value A, value B, B − A, and the chance level(s)."""
     ma, mb = a["metrics"], b["metrics"]
-    keys = [k for k in ma if not k.endswith("/chance")] + [k for k in mb if k not in ma and not k.endswith("/chance")]
+    def is_chance(k: str) -> bool:
+        return k.endswith("/chance") or k.endswith("/chance_uniform")
+
+    keys = [k for k in ma if not is_chance(k)] + [k for k in mb if k not in ma and not is_chance(k)]
     w = max([len(k) for k in keys] + [6])
     lines = [f"A: {name_a}", f"B: {name_b}", "",
              f"{'metric':<{w}} {'A':>10} {'B':>10} {'B - A':>10} {'chance':>14}"]
