@@ -1,9 +1,10 @@
 """Distributed training on CPU (gloo): gathered-feature gradients are exact, torchrun runs end to end."""
 from __future__ import annotations
 
+import json
 import os
-import socket
-import tempfile
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -74,3 +75,25 @@ def test_gathered_loss_gradient_equals_big_batch_gradient(tmp_path):
     assert got["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
     for n, p in model.named_parameters():
         torch.testing.assert_close(got[n], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_torchrun_two_ranks_on_cpu(demo_shards, tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo) trains, with one log and one checkpoint writer."""
+    from test_train import SMALL
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "disse.trainer.train_cli", "--config", "demo", *SMALL, "train.threads=1",
+           f"data.train={demo_shards / 'train'}", "data.val=", f"train.out_dir={out}", "train.max_steps=2",
+           "data.batch_size=2", "data.num_workers=1", "eval.at_start=false", "eval.each_epoch=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.count("done: 2/2 steps") == 1  # rank 0 reports; rank 1 stays quiet
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    start = records[0]
+    assert start["event"] == "start" and start["world"] == 2 and start["global_batch"] == 4
+    assert sum(r["event"] == "start" for r in records) == 1
+    state = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["step"] == 2 and len(state["data"]) == 2 and len(state["rng"]) == 2
+    assert not list((out / "checkpoints").glob(".*.tmp"))  # no temporary file left behind

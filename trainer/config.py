@@ -121,7 +121,12 @@ _SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 def _fix_scientific(item: str) -> str:
     key, sep, value = item.partition("=")
-    return f"{key}={float(value)!r}" if sep and _SCI.fullmatch(value.strip()) else item
+    if not (sep and _SCI.fullmatch(value.strip())):
+        return item
+    text = repr(float(value))  # exact; '1e-08' -> '1.0e-08', a form YAML 1.1 reads as a float
+    if "e" in text and "." not in text.split("e")[0]:
+        text = text.replace("e", ".0e", 1)
+    return f"{key}={text}"
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
