@@ -135,3 +135,60 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_overrides_accept_scientific_notation():
     cfg = load_train_config(config_path("demo.yaml"), ["optim.lr=3e-4", "optim.eps=1E-8"])
     assert cfg.optim.lr == 3e-4 and cfg.optim.eps == 1e-8
+
+
+def _split(batch: dict, parts: int) -> list[dict]:
+    """A batch dict cut into ``parts`` equal micro-batches (tensors, lists and the targets dict)."""
+    n = len(batch["key"]) // parts
+
+    def cut(v, i):
+        if isinstance(v, dict):
+            return {k: cut(x, i) for k, x in v.items()}
+        return v[i * n:(i + 1) * n]
+    return [{k: cut(v, i) for k, v in batch.items()} for i in range(parts)]
+
+
+def test_accumulation_gives_the_big_batch_step(demo_shards):
+    """2 micro-batches of 4 with feature caching == one batch of 8: the same weights after a step.
+
+    The model runs in eval mode (no dropout, BatchNorm on running statistics) so that a sample's
+    features do not depend on which micro-batch it is in; a plain sum of per-micro-batch losses
+    (negatives from 4 items only) is shown to differ.
+    """
+    from disse.trainer.data import eval_loader
+    from disse.trainer.distributed import DistInfo
+    from disse.trainer.train import DualEncoder, StepContext, build_loss, build_model, make_optimizer, train_step
+
+    cfg = cfg_for(demo_shards, "unused", "optim.grad_clip=0", "optim.weight_decay=0")
+    batch = next(iter(eval_loader(demo_shards / "train", batch_size=8)))
+
+    def one_step(micro: list[dict]) -> dict:
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        raw = DualEncoder(model)
+        ctx = StepContext(raw, raw, model, build_loss(cfg), make_optimizer(model, cfg),
+                          torch.amp.GradScaler("cpu", enabled=False), DistInfo(), "fp32", 0.0,
+                          [p for p in model.parameters() if p.requires_grad])
+        train_step(ctx, micro)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    big = one_step([batch])
+    acc = one_step(_split(batch, 2))
+    for k in big:
+        torch.testing.assert_close(acc[k], big[k], rtol=1e-4, atol=1e-6, msg=k)
+    # without the cache each half only sees its own negatives: a different step
+    naive = one_step(_split(batch, 2)[:1])
+    assert any(not torch.allclose(naive[k], big[k], atol=1e-6) for k in big)
+
+
+def test_wandb_missing_is_a_clear_error(tmp_path, monkeypatch):
+    import sys as _sys
+
+    from disse.trainer.logging_utils import RunLogger
+    monkeypatch.setitem(_sys.modules, "wandb", None)  # import wandb -> ImportError
+    with pytest.raises(SchemaError, match="log.wandb.*pip install wandb|pip install wandb.*log.wandb"):
+        RunLogger(tmp_path, config={}, use_wandb=True)
+    logger = RunLogger(tmp_path, config={})  # without wandb: the JSONL log only
+    logger.write({"event": "x", "step": 1, "loss": float("nan")})
+    logger.close()
+    assert read_log(tmp_path / "log.jsonl")[0]["loss"] is None

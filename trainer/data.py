@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -96,12 +97,12 @@ def _read_sizes(directory: Path) -> dict[str, int]:
     return {Path(k).name: int(v) for k, v in data.items()}
 
 
-def resolve_shards(spec: str | list[str], *, what: str = "data.train") -> ShardList:
+def resolve_shards(spec: str | os.PathLike | list[str], *, what: str = "data.train") -> ShardList:
     """Expand a brace pattern, a directory (all ``*.tar`` in it) or a list of either.
 
     Missing files or sizes are a :class:`SchemaError` naming ``what`` (the config field).
     """
-    specs = [spec] if isinstance(spec, str) else list(spec)
+    specs = [str(spec)] if isinstance(spec, (str, os.PathLike)) else [str(s) for s in spec]
     if not specs or not all(specs):
         raise SchemaError("no shards given", field=what)
     urls: list[str] = []
@@ -409,7 +410,7 @@ def train_loader(shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: in
                       generator=gen, **kw)
 
 
-def eval_loader(spec: str | list[str] | ShardList, batch_size: int = 16, num_workers: int = 0, *,
+def eval_loader(spec: str | os.PathLike | list[str] | ShardList, batch_size: int = 16, num_workers: int = 0, *,
                 with_audio: bool = True) -> DataLoader:
     """A finite loader over fixed (validation / test) shards, for ``evaluate.embed``."""
     shards = spec if isinstance(spec, ShardList) else resolve_shards(spec, what="shards")
