@@ -202,6 +202,7 @@ def test_checkpoint_on_demo_shards(random_checkpoint, demo_shards, tmp_path):
     m = doc["metrics"]
     n = resolve_shards(str(shards)).total
     assert m["n_items"] == n and doc["meta"]["checkpoint"] == str(random_checkpoint)
+    assert doc["meta"]["skipped_samples"] == 0
     for key in ("SRC/t2a/R@1", "SPA/a2t/mAP@10", "X-SRC/t2a/R@5/chance", "IR_space", "IR_source/pairs_same_space_diff_source",
                 "phys/direction_err_deg/median", "phys/t30_ms/mae", "zeroshot/direction/acc", "zeroshot/reverberation/acc/chance"):
         assert key in m, key
@@ -228,10 +229,11 @@ def test_checkpoint_on_demo_shards(random_checkpoint, demo_shards, tmp_path):
     assert set(emb.prompts) == set(load_caption_rules().attributes)
 
 
-def test_bad_checkpoint_is_one_line_error(tmp_path, demo_shards):
+def test_bad_checkpoint_or_shards_is_one_line_error(tmp_path, demo_shards, random_checkpoint):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     res = run(["--checkpoint", tmp_path / "junk.pt", "--shards", demo_shards / "test", "--out", tmp_path / "o"])
     assert res.exit_code == 2 and res.stderr.startswith("error: ") and "junk.pt" in res.stderr
     assert res.stderr.count("\n") == 1
-    res = run(["--checkpoint", tmp_path / "junk.pt", "--shards", tmp_path / "nowhere", "--out", tmp_path / "o"])
+    res = run(["--checkpoint", random_checkpoint[0], "--shards", tmp_path / "nowhere", "--out", tmp_path / "o"])
     assert res.exit_code == 2 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert "nowhere" in res.stderr and not (tmp_path / "o").exists()

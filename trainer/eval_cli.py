@@ -99,9 +99,11 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
         emb = Embeddings.load(embeddings)
         meta["embeddings"] = str(embeddings)
     else:
-        emb = _embed_checkpoint(checkpoint, shards, device, batch_size, num_workers, max_items, rules)
+        emb, skipped = _embed_checkpoint(checkpoint, shards, device, batch_size, num_workers, max_items, rules)
         meta.update({"checkpoint": str(checkpoint), "shards": shards, "device": _device(device),
-                     "embed_seconds": round(time.perf_counter() - t0, 2)})
+                     "embed_seconds": round(time.perf_counter() - t0, 2), "skipped_samples": skipped})
+        if skipped:  # unreadable samples are skipped by the loader (and logged); say so plainly here
+            click.echo(f"warning: {skipped} sample(s) of the shards could not be read and were skipped", err=True)
     if save_embeddings:
         emb.save(save_embeddings)
         meta["saved_embeddings"] = str(save_embeddings)
@@ -122,16 +124,19 @@ def _embed_checkpoint(checkpoint: str, shards: str, device: str, batch_size: int
     import torch
 
     from disse.trainer.checkpoint import load_model
-    from disse.trainer.data import eval_loader
+    from disse.trainer.data import eval_loader, resolve_shards
     from disse.trainer.evaluate import embed
 
     if not Path(checkpoint).is_file():
         raise SchemaError("checkpoint not found", file=checkpoint)
+    shard_list = resolve_shards(shards, what="--shards")  # fail fast, before building the model
     dev = _device(device)
     model, _cfg = load_model(checkpoint, dev)
-    loader = eval_loader(shards, batch_size, num_workers)
+    loader = eval_loader(shard_list, batch_size, num_workers)
     torch.manual_seed(0)  # nothing should be random in eval mode; this makes sure of it
-    return embed(model, loader, dev, rules, max_items=max_items)
+    emb = embed(model, loader, dev, rules, max_items=max_items)
+    expected = shard_list.total if max_items is None else min(max_items, shard_list.total)
+    return emb, expected - len(emb)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,7 @@ def render_markdown(m: dict, meta: dict[str, Any], plots: dict[str, str]) -> str
     out += [f"- input: `{src}`" + (f" on `{meta['shards']}`" if meta.get("shards") else ""),
             f"- items: {fmt(m.get('n_items'))}; source ids: {fmt(meta.get('n_source_ids'))}; "
             f"space ids: {fmt(meta.get('n_space_ids'))}",
+            *([f"- **{meta['skipped_samples']} unreadable sample(s) skipped**"] if meta.get("skipped_samples") else []),
             f"- scored in {fmt(meta.get('seconds'), 1)} s (chunk {meta.get('chunk_size', '?')}); "
             f"disse {meta.get('disse_version', '?')}", ""]
     out += ["## Retrieval (multi-positive)", "",
