@@ -111,8 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     shards = resolve_shards(spec, what="--shards")
     n = args.batches * args.batch_size
     print(f"shards: {len(shards.urls)} ({shards.total} samples) from {spec}; cores: {os.cpu_count()}")
-    for name, ms in parts(shards.urls).items():
+    costs = parts(shards.urls)
+    for name, ms in costs.items():
         print(f"  {name:22s} {ms:8.2f}" + ("" if "MB" in name else " ms/sample"))
+    # libsndfile decodes every channel of a FLAC frame: this bounds any reader of 4-channel foa.flac
+    print(f"ceiling set by 4-channel FLAC decoding alone: {1e3 / costs['flac 4ch decode']:.1f} samples/s/core")
     r_naive = naive(shards.urls, n)
     r_one = pipeline(shards, 0, args.batch_size, args.batches)
     r_many = pipeline(shards, args.workers, args.batch_size, args.batches * max(1, args.workers // 2))

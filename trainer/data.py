@@ -399,15 +399,19 @@ def _collate_identity(batches: list[dict]) -> dict:
 
 
 def train_loader(shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: int = 1,
-                 start: StreamPosition | None = None, with_audio: bool = True) -> DataLoader:
-    """An infinite loader of training batches for this rank (batches are made in the workers)."""
+                 start: StreamPosition | None = None, with_audio: bool = True,
+                 pin_memory: bool = False) -> DataLoader:
+    """An infinite loader of training batches for this rank (batches are made in the workers).
+
+    ``pin_memory``: page-locked batches for faster, asynchronous copies to a GPU.
+    """
     ds = TrainStream(shards, cfg, rank=rank, world=world, start=start, with_audio=with_audio)
     kw: dict[str, Any] = {"prefetch_factor": cfg.prefetch_factor} if cfg.num_workers > 0 else {}
     # a private generator: creating the loader must not draw from the global torch RNG (dropout),
     # or a resumed run would diverge from an uninterrupted one
     gen = torch.Generator().manual_seed(cfg.seed)
     return DataLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=cfg.num_workers,
-                      generator=gen, **kw)
+                      generator=gen, pin_memory=pin_memory, **kw)
 
 
 def eval_loader(spec: str | os.PathLike | list[str] | ShardList, batch_size: int = 16, num_workers: int = 0, *,

@@ -327,7 +327,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
                       "resumed_from": str(resume_path) if resume_path else None})
 
     position = position or StreamPosition(num_workers=max(1, cfg.data.num_workers), world=info.world)
-    loader = train_loader(shards, cfg.data, rank=info.rank, world=info.world, start=position)
+    loader = train_loader(shards, cfg.data, rank=info.rank, world=info.world, start=position,
+                          pin_memory=device.type == "cuda")
     batches: Iterator[dict] = iter(loader)
     bad = {"bad_shards": 0, "bad_samples": 0}
     errors_by_slot: dict[int, dict] = {}
