@@ -246,6 +246,8 @@ class SpatialBranch(nn.Module):
 
     def __init__(self, cfg: SpatialConfig) -> None:
         super().__init__()
+        if len(cfg.input_pool) != 2 or min(cfg.input_pool) < 1:
+            raise SchemaError("need [frames, mel] >= 1", field="model.audio.spatial.input_pool")
         self.cfg = cfg
         self.act_cnn = _stream_cnn(cfg)
         self.rea_cnn = _stream_cnn(cfg)

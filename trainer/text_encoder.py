@@ -154,7 +154,8 @@ class TextEncoder(nn.Module):
         return self.load_report
 
     def _apply(self, fn, *args, **kwargs):  # .to(device) / .half(): cached vectors would be stale
-        self._cache.clear()
+        if hasattr(self, "_cache"):
+            self._cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True) -> "TextEncoder":
@@ -179,7 +180,7 @@ class TextEncoder(nn.Module):
             length = int(sub_mask.sum(1).max())  # right padding: cut to the longest missing text
             pooled = self._pool(input_ids[idx, :length], sub_mask[:, :length])
             for j, i in enumerate(todo):
-                self._cache[keys[i]] = pooled[j]
+                self._cache[keys[i]] = pooled[j].float()  # fp32 whatever the autocast: reused in and out of it
         out = torch.stack([self._cache[k] for k in keys])
         for k in keys:
             self._cache.move_to_end(k)
