@@ -43,7 +43,7 @@ def test_short_run_learns(demo_shards, tmp_path):
     rooms to 4 others, so "validation" here scores the training shards with the validation
     machinery (disse-eval's metrics); the full demo (README) validates on its val split.
     """
-    cfg = cfg_for(demo_shards, tmp_path / "run", "train.max_steps=20", "data.batch_size=8", "optim.lr=2e-3",
+    cfg = cfg_for(demo_shards, tmp_path / "run", "train.max_steps=20", "data.batch_size=8", "optim.lr=1e-3",
                   "optim.warmup_steps=2", "eval.at_start=true", "eval.every_steps=10", "eval.each_epoch=false",
                   "log.every_steps=1", "data.num_workers=1", f"data.val={demo_shards / 'train'}")
     result = train(cfg)
