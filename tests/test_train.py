@@ -77,9 +77,9 @@ def train_with_bad_shard(demo_shards, tmp_path_factory):
 
 
 def test_resume_mid_epoch_reaches_the_same_weights(demo_shards, train_with_bad_shard, tmp_path):
-    """Stopped after 2 of 4 steps (mid-epoch, accumulation on, a corrupt shard in the list) and resumed
+    """Stopped after 2 of 3 steps (mid-epoch, accumulation on, a corrupt shard in the list) and resumed
     with --resume latest == run straight through. The corrupt shard is skipped and counted."""
-    common = [f"data.train={train_with_bad_shard}", "train.max_steps=4", "data.batch_size=2", "train.accum_steps=2",
+    common = [f"data.train={train_with_bad_shard}", "train.max_steps=3", "data.batch_size=2", "train.accum_steps=2",
               "data.num_workers=1", "eval.each_epoch=false", "eval.at_start=false", "data.val=",
               "model.dropout=0.1", "log.every_steps=1"]
     straight = train(cfg_for(demo_shards, tmp_path / "a", *common))
@@ -87,7 +87,7 @@ def test_resume_mid_epoch_reaches_the_same_weights(demo_shards, train_with_bad_s
     first = train(cfg_for(demo_shards, tmp_path / "b", *common, "train.stop_after=2"))
     assert first.step == 2
     resumed = train(cfg_for(demo_shards, tmp_path / "b", *common), resume="latest")
-    assert resumed.step == 4
+    assert resumed.step == 3
     a = load_checkpoint(tmp_path / "a" / "checkpoints" / "latest.pt")["model"]
     b = load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["model"]
     for k in a:
