@@ -53,6 +53,12 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
         raise SchemaError(f"expected true/false, got {value!r}", file=source, field=where)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # PyYAML follows YAML 1.1, where `3e-4` (no dot) is a string, not a float.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is str and isinstance(value, str):

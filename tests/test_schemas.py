@@ -112,3 +112,5 @@ def test_load_config_overrides_and_errors(tmp_path):
     with pytest.raises(SchemaError, match="inner.steps"):
         load_config(Outer, p, ["inner.steps=abc"])
     assert math.isclose(load_config(Outer).inner.lr, 1e-3)
+    p.write_text("inner:\n  lr: 3e-4\n")  # YAML 1.1 reads this as a string
+    assert load_config(Outer, p).inner.lr == 3e-4
