@@ -19,8 +19,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# Render the embedded demo, train the demo config on it, evaluate on its test split (README).
+RUN    ?= runs/demo
 demo: install
 	$(VENV)/bin/disse-synth demo --out $(DEMO)
+	$(VENV)/bin/disse-train --config configs/demo.yaml data.train=$(DEMO)/train data.val=$(DEMO)/val \
+		train.out_dir=$(RUN)
+	$(VENV)/bin/disse-eval --checkpoint $(RUN)/checkpoints/best.pt --shards $(DEMO)/test --out $(RUN)/eval
 
 test: install
 	$(PY) -m pytest -q

@@ -17,9 +17,10 @@ hear every side; the rest go to training: splits are disjoint in RIRs.
 Pairing: K RIRs per clip and L clips per RIR (blocks, :func:`disse.pipeline.splits.pair_blocks`),
 so each source is heard in several spaces and each space holds several sources.
 
-Default size (``disse-synth demo --out demo``): 32 types x 4 variants = 128 clips (64 train, 32
-val, 32 test); 12 rooms x 6 positions = 72 RIRs (48 / 12 / 12); K = L = 4 gives 256 train, 128
-val and 128 test samples (about 1.5 GB of shards; 1-2 minutes on 2 idle cores).
+Default size (``disse-synth demo --out demo``): 32 types x 8 variants = 256 clips (192 train, 32
+val, 32 test); 24 rooms x 8 positions = 192 RIRs (144 / 24 / 24); K = L = 4 gives 768 train, 128
+val and 128 test samples (about 3 GB of shards; about 2 minutes on 2 idle cores). Fewer training
+samples than this left the demo model's spatial side near chance (issue 7).
 """
 from __future__ import annotations
 
@@ -564,9 +565,9 @@ def write_rir_bank(out_dir: Path, n_rooms: int, positions_per_room: int, seed: i
 @dataclass(frozen=True)
 class DemoConfig:
     types: int = 32
-    clips_per_type: int = 4
-    rooms: int = 12
-    positions_per_room: int = 6
+    clips_per_type: int = 8
+    rooms: int = 24
+    positions_per_room: int = 8
     rirs_per_clip: int = 4
     clips_per_rir: int = 4
     shard_size: int = 32

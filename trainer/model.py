@@ -130,7 +130,7 @@ class DELSA(nn.Module):
     def param_counts(self) -> dict[str, tuple[int, int]]:
         """``{branch: (total, trainable)}`` parameter counts per top-level branch."""
         groups = {
-            "htsat": self.audio.source, "spatial_cnn": self.audio.spatial, "fusion": self.audio.fusion,
+            "htsat": self.audio.source, "spatial_cnn": self.audio.spatial, "fusion": nn.ModuleList([self.audio.norm_source, self.audio.norm_spatial, self.audio.fusion]),
             "text_backbone": self.text.backbone, "text_projection": self.text.projection,
             "heads": nn.ModuleList([self.audio_source_head, self.audio_space_head,
                                     self.text_source_head, self.text_space_head]),
