@@ -132,22 +132,23 @@ def g_minor_arpeggio(rng, v):
     return out, {"pitch": w}
 
 
-def g_up_chirp(rng, v):
-    f0, _ = _pitch(v, 100, 400)
+def _repeated_sweep(rng, f0: float, ratio: float):
+    """Exponential sweeps from f0 to f0 * ratio, repeated with a random period (1-2.5 s)."""
     t = _t()
     period = 1.0 + 1.5 * rng.random()
     tt = t % period
-    f = f0 * (20.0 ** (tt / period))
+    f = f0 * (ratio ** (tt / period))
     return np.sin(2 * np.pi * np.cumsum(f) / SR) * np.minimum(1, (period - tt) * 50), {}
+
+
+def g_up_chirp(rng, v):
+    f0, _ = _pitch(v, 100, 400)
+    return _repeated_sweep(rng, f0, 20.0)
 
 
 def g_down_chirp(rng, v):
     f0, _ = _pitch(v, 2000, 6000)
-    t = _t()
-    period = 1.0 + 1.5 * rng.random()
-    tt = t % period
-    f = f0 * (0.05 ** (tt / period))
-    return np.sin(2 * np.pi * np.cumsum(f) / SR) * np.minimum(1, (period - tt) * 50), {}
+    return _repeated_sweep(rng, f0, 0.05)
 
 
 def g_noise_bursts(rng, v):
