@@ -28,7 +28,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -46,6 +45,7 @@ from webdataset import tariterators
 from disse.schemas import SchemaError, stable_id_int
 from disse.schemas.features import FeatureParams
 from disse.schemas.shard import decode_iv, decode_meta
+from disse.trainer.physics import direction_from_angles
 
 log = logging.getLogger("disse.data")
 
@@ -192,12 +192,6 @@ def decode_w(data: bytes, *, where: str, n_samples: int, sample_rate: int) -> np
     return w
 
 
-def direction_vector(azimuth_deg: float, elevation_deg: float) -> tuple[float, float, float]:
-    """Unit vector (x front, y left, z up) of an azimuth (positive = left) and elevation, degrees."""
-    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
-    return (math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el))
-
-
 def decode_raw(sample: dict, *, with_audio: bool = True) -> dict:
     """One raw webdataset sample (bytes per member) -> a decoded sample dict (see :func:`collate`)."""
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
@@ -244,8 +238,10 @@ def collate(samples: list[dict]) -> dict[str, Any]:
         "distance_m": torch.tensor([m.source_distance_m for m in metas], dtype=f32),
         "area_m2": torch.tensor([m.area_m2 for m in metas], dtype=f32),
         "t30_ms": torch.tensor([m.t30_ms for m in metas], dtype=f32),
-        "direction": torch.tensor([direction_vector(m.azimuth_deg, m.elevation_deg) for m in metas],
-                                  dtype=f32),
+        # from float64 angles, as the metadata holds them, then rounded once to float32
+        "direction": direction_from_angles(
+            torch.tensor([m.azimuth_deg for m in metas], dtype=torch.float64),
+            torch.tensor([m.elevation_deg for m in metas], dtype=torch.float64)).to(f32),
     }
     return batch
 

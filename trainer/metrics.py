@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from disse.trainer import physics
+
 DEFAULT_CHUNK = 4096
 EPS_NORM = 1e-12
 
@@ -282,18 +284,14 @@ def invariance_ratio(x: np.ndarray | torch.Tensor, ids_a: np.ndarray, ids_b: np.
 
 def direction_from_angles(azimuth_deg: np.ndarray, elevation_deg: np.ndarray) -> np.ndarray:
     """Unit vectors ``(N, 3)``, x front, y left, z up; azimuth positive to the left (DESIGN.md)."""
-    az, el = np.deg2rad(np.asarray(azimuth_deg, np.float64)), np.deg2rad(np.asarray(elevation_deg, np.float64))
-    return np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], axis=1)
+    return physics.direction_from_angles(torch.as_tensor(np.asarray(azimuth_deg, np.float64)),
+                                         torch.as_tensor(np.asarray(elevation_deg, np.float64))).numpy()
 
 
 def angular_error_deg(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """Great-circle angle in degrees between direction vectors ``(N, 3)`` (need not be unit length)."""
-    p = np.asarray(pred, np.float64)
-    t = np.asarray(true, np.float64)
-    p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), EPS_NORM)
-    t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), EPS_NORM)
-    # atan2 of cross and dot is accurate at small and large angles, unlike arccos of the dot
-    return np.rad2deg(np.arctan2(np.linalg.norm(np.cross(p, t), axis=1), (p * t).sum(axis=1)))
+    return physics.angular_error_deg(torch.as_tensor(np.asarray(pred, np.float64)),
+                                     torch.as_tensor(np.asarray(true, np.float64))).numpy()
 
 
 # A uniformly random direction is on average (and in median) 90 degrees from any fixed direction.
