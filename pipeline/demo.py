@@ -178,11 +178,16 @@ def g_metronome(rng, v):
     return out, {"speed": "fast" if period < 0.45 else "slow"}
 
 
-def g_crackle(rng, v):
+def _filtered_impulses(rng, count: int, b: list[float], a: list[float]) -> np.ndarray:
+    """``count`` random-amplitude impulses at distinct random samples, through the filter ``b / a``."""
     x = np.zeros(N)
-    idx = rng.choice(N, size=int(60 + 200 * v), replace=False)
+    idx = rng.choice(N, size=count, replace=False)
     x[idx] = rng.uniform(-1, 1, idx.size)
-    return lfilter([1.0, -0.9], [1.0], x), {}
+    return lfilter(b, a, x)
+
+
+def g_crackle(rng, v):
+    return _filtered_impulses(rng, int(60 + 200 * v), [1.0, -0.9], [1.0]), {}
 
 
 def g_hum(rng, v):
@@ -282,10 +287,7 @@ def g_snare(rng, v):
 
 
 def g_patter(rng, v):
-    x = np.zeros(N)
-    idx = rng.choice(N, size=int(3000 + 6000 * v), replace=False)
-    x[idx] = rng.uniform(-1, 1, idx.size)
-    return lfilter([1.0, -0.5], [1.0, -0.6], x), {}
+    return _filtered_impulses(rng, int(3000 + 6000 * v), [1.0, -0.5], [1.0, -0.6]), {}
 
 
 def g_wind(rng, v):
