@@ -256,12 +256,12 @@ def export_wav(sample: RawSample, out: str | Path) -> Path:
 
 
 def iv_direction(iv: np.ndarray) -> tuple[float, float]:
-    """(azimuth, elevation) in degrees of the active intensity summed over time and bands."""
-    v = np.asarray(iv[:3], dtype=np.float64).sum(axis=(1, 2))
-    norm = np.linalg.norm(v)
-    if norm == 0:
+    """(azimuth, elevation) in degrees of the active intensity summed over time and bands (NaN if zero)."""
+    from disse.pipeline.features import direction_from_iv
+
+    if not np.asarray(iv[:3], dtype=np.float64).sum(axis=(1, 2)).any():
         return float("nan"), float("nan")
-    return math.degrees(math.atan2(v[1], v[0])), math.degrees(math.asin(np.clip(v[2] / norm, -1, 1)))
+    return direction_from_iv(iv)
 
 
 def plot_sample(sample: RawSample, out: str | Path) -> Path:
