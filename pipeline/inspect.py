@@ -21,7 +21,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from disse.schemas import SchemaError, ShardMeta
-from disse.schemas.shard import IV_CHANNELS, decode_foa, decode_iv, decode_meta
+from disse.schemas.shard import (IV_CHANNELS, decode_foa, decode_iv, decode_meta, decode_w_wav,
+                                 group_tar_members)
 
 QUANTITIES = (  # (json field, label with unit)
     ("azimuth_deg", "azimuth (°)"),
@@ -86,28 +87,16 @@ def iter_shard(path: Path, read: Iterable[str] | None = ("json",)) -> Iterator[R
     """Samples of one tar in order, grouped the WebDataset way (key = name up to the first dot of
     the basename, members consecutive). ``read``: extensions whose bytes are loaded (None: all)."""
     wanted = None if read is None else set(read)
-    current: RawSample | None = None
     try:
         with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                if "." not in base:
-                    continue  # not a sample member (WebDataset ignores these too)
-                stem, ext = base.split(".", 1)
-                key = f"{folder}/{stem}" if folder else stem
-                if current is None or current.key != key:
-                    if current is not None:
-                        yield current
-                    current = RawSample(key=key, shard=path)
-                current.sizes[ext] = member.size
-                if wanted is None or ext in wanted:
-                    current.data[ext] = tar.extractfile(member).read()
+            for key, group in group_tar_members(tar):
+                sample = RawSample(key=key, shard=path, sizes={ext: info.size for ext, info in group.items()})
+                for ext, info in group.items():
+                    if wanted is None or ext in wanted:
+                        sample.data[ext] = tar.extractfile(info).read()
+                yield sample
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise SchemaError(f"cannot read tar ({exc})", file=str(path)) from None
-    if current is not None:
-        yield current
 
 
 def iter_samples(shards: Iterable[Path], read: Iterable[str] | None = ("json",)) -> Iterator[RawSample]:
@@ -236,11 +225,23 @@ def format_sample(sample: RawSample) -> str:
         f"foa.flac: 4 x {foa.shape[1]} at {sr} Hz ({foa.shape[1] / sr:.2f} s), peak "
         f"{np.abs(foa).max():.3f}, RMS W/Y/Z/X " + "/".join(f"{20 * math.log10(max(r, 1e-12)):.1f}" for r in rms)
         + " dBFS",
+        *_w_line(sample, foa, sr),
         f"iv.npy: {iv.shape} {iv.dtype}",
         "render: " + json.dumps(meta.render, sort_keys=True),
         "features: " + json.dumps(meta.features, sort_keys=True),
     ]
     return "\n".join(lines)
+
+
+def _w_line(sample: RawSample, foa: np.ndarray, sr: int) -> list[str]:
+    """``w.wav`` (schema v2): its length and how far it is from W of ``foa.flac``, in 16-bit steps."""
+    if "w.wav" not in sample.data:
+        return []
+    w, w_sr = decode_w_wav(sample.data["w.wav"], where=sample.where)
+    n = min(len(w), foa.shape[1])
+    steps = float(np.abs(w[:n].astype(np.float64) - foa[0, :n]).max(initial=0.0)) * 2 ** 15
+    same = "matches" if len(w) == foa.shape[1] and w_sr == sr and steps <= 0.51 else "DIFFERS from"
+    return [f"w.wav: 1 x {len(w)} at {w_sr} Hz, 16-bit; {same} W of foa.flac (max {steps:.2f} steps)"]
 
 
 def export_wav(sample: RawSample, out: str | Path) -> Path:

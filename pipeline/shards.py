@@ -16,6 +16,8 @@ import tarfile
 from pathlib import Path
 from typing import Iterable
 
+from disse.schemas.shard import group_tar_members
+
 # 2024-01-01T00:00:00Z: any constant works; a plausible date keeps tar tools from warning.
 FIXED_MTIME = 1704067200
 TMP_PREFIX = "."
@@ -92,14 +94,6 @@ def write_json_atomic(path: str | Path, obj: object) -> None:
 
 def read_tar_samples(path: str | Path) -> list[dict]:
     """Group a shard's members into sample dicts (``__key__`` + ``ext -> bytes``), with plain tarfile."""
-    samples: list[dict] = []
     with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            base = member.name.rsplit("/", 1)[-1]
-            key, ext = base.split(".", 1)
-            if not samples or samples[-1]["__key__"] != key:
-                samples.append({"__key__": key})
-            samples[-1][ext] = tar.extractfile(member).read()
-    return samples
+        return [{"__key__": key, **{ext: tar.extractfile(info).read() for ext, info in group.items()}}
+                for key, group in group_tar_members(tar)]

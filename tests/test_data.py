@@ -55,8 +55,9 @@ def test_missing_shard_and_sizes_are_clear_errors(shard_dir, tmp_path):
 
 def test_batch_contract(shard_dir):
     batch = take(train_loader(resolve_shards(str(shard_dir)), DataConfig(batch_size=4, num_workers=0)), 1)[0]
-    assert batch["waveform"].shape == (4, 12000) and batch["waveform"].dtype == torch.float32
-    assert batch["iv"].shape == (4, 6, 26, 64) and batch["iv"].dtype == torch.float32
+    # compact on the wire: int16 PCM W and float16 features (the model converts to float32)
+    assert batch["waveform"].shape == (4, 12000) and batch["waveform"].dtype == torch.int16
+    assert batch["iv"].shape == (4, 6, 26, 64) and batch["iv"].dtype == torch.float16
     assert batch["source_id"].dtype == torch.int64
     assert batch["source_id"].tolist() == [stable_id_int(s) for s in batch["source_id_str"]]
     for k in ("source_text", "space_text", "caption", "key", "descriptors", "space_id_str"):
@@ -65,7 +66,7 @@ def test_batch_contract(shard_dir):
     assert torch.allclose(t["direction"].norm(dim=1), torch.ones(4))
     # the W channel, not another: the writer put the sample index into W's first samples
     for key, w in zip(batch["key"], batch["waveform"]):
-        assert w[0].item() == pytest.approx(int(key.split("_")[1]) / 1000, abs=1e-6)
+        assert w[0].item() * 2 ** -15 == pytest.approx(int(key.split("_")[1]) / 1000, abs=2 ** -16)
     # direction vector: azimuth 90 (left) -> +y
     for az, el, d in zip(t["azimuth_deg"].tolist(), t["elevation_deg"].tolist(), t["direction"]):
         exp = [np.cos(np.radians(el)) * np.cos(np.radians(az)), np.cos(np.radians(el)) * np.sin(np.radians(az)),
@@ -159,3 +160,23 @@ def test_eval_loader_sees_every_sample_once(shard_dir):
     for workers in (0, 2):
         keys = [k for b in eval_loader(str(shard_dir), batch_size=4, num_workers=workers) for k in b["key"]]
         assert sorted(keys) == [f"train_{i:06d}" for i in range(15)]
+
+
+def test_schema_v1_shards_still_train(tmp_path):
+    """Older shards (no w.wav) give the same batches, W decoded from the 4-channel foa.flac."""
+    write_shards(tmp_path / "v1", "train", [5, 7, 3], schema_version=1)
+    write_shards(tmp_path / "v2", "train", [5, 7, 3], schema_version=2)
+    cfg = DataConfig(batch_size=5, num_workers=0, shuffle_buffer=4, seed=2)
+    b1 = take(train_loader(resolve_shards(str(tmp_path / "v1" / "train")), cfg), 3)
+    b2 = take(train_loader(resolve_shards(str(tmp_path / "v2" / "train")), cfg), 3)
+    for x, y in zip(b1, b2):
+        assert x["key"] == y["key"] and torch.equal(x["iv"], y["iv"])
+        # v1 rounds its 24-bit W to 16 bits, v2 the float render: at most one step apart at ties
+        assert (x["waveform"].int() - y["waveform"].int()).abs().max() <= 1
+
+
+def test_v2_reader_drops_the_unused_foa_flac_before_the_shuffle_buffer(shard_dir):
+    """Training reads W from w.wav: the 4-channel FLAC must not be held in memory or decoded."""
+    from disse.trainer.data import ErrorLog, _raw_samples
+    raw = list(_raw_samples(str(shard_dir / "train-000000.tar"), ErrorLog()))
+    assert len(raw) == 5 and all("w.wav" in s and "foa.flac" not in s for s in raw)

@@ -69,8 +69,7 @@ def _write_tar(path: Path, samples: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w") as tar:
         for s in samples:
-            for ext in ("flac", "iv.npy", "json"):
-                name = "foa.flac" if ext == "flac" else ext
+            for name in sorted(k for k in s if k != "__key__"):
                 info = tarfile.TarInfo(f"{s['__key__']}.{name}")
                 info.size = len(s[name])
                 tar.addfile(info, io.BytesIO(s[name]))
@@ -130,7 +129,7 @@ def test_summary(dataset, how):
     assert res.exit_code == 0, res.output
     expected = {"root": (3, 9), "brace": (2, 6), "file": (1, 3)}[how]
     assert f"{expected[0]} shard(s), {expected[1]} sample(s)" in res.output
-    assert "foa.flac" in res.output and "iv.npy" in res.output and "schema_version: 1" in res.output
+    assert "foa.flac" in res.output and "w.wav" in res.output and "schema_version: 2" in res.output
     if how == "root":
         lines = {line.split()[0]: line.split() for line in res.output.splitlines() if line.strip()}
         assert lines["train"][1:3] == ["2", "6"] and lines["val"][1:3] == ["1", "3"]
@@ -153,6 +152,7 @@ def test_show_prints_metadata_and_captions(dataset):
     assert "noise burst 1, left of you" in res.output
     assert "azimuth 90.0°" in res.output and "direction=left" in res.output
     assert f"4 x {N} at {SR} Hz" in res.output and "source_id: clip1" in res.output
+    assert f"w.wav: 1 x {N} at {SR} Hz, 16-bit; matches W of foa.flac" in res.output
 
 
 def test_export_writes_the_samples_foa(dataset, tmp_path):

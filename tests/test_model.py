@@ -73,6 +73,21 @@ def test_encoders_give_normalised_embeddings_and_physical_predictions(model):
     assert not torch.allclose(audio["source"][0], audio["source"][1])
 
 
+def test_compact_batch_dtypes_give_the_same_embeddings(model):
+    """Loaders ship W as int16 PCM and iv as float16: the model must see exactly their float values."""
+    batch = make_batch(2, seed=3)
+    pcm = torch.clamp(torch.round(batch["waveform"] * 32768), -32768, 32767).to(torch.int16)
+    iv16 = batch["iv"].half()
+    model.eval()
+    with torch.no_grad():
+        compact = model.encode_audio(pcm, iv16)
+        full = model.encode_audio(pcm.float() / 32768, iv16.float())
+    for k in ("source", "space"):
+        assert torch.equal(compact[k], full[k])
+    with pytest.raises(TypeError, match="int16 PCM or floating point"):
+        model.encode_audio(pcm.int(), iv16)
+
+
 def test_gradients_reach_every_trainable_parameter(model):
     batch = make_batch(4, seed=1)
     model.train()

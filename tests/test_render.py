@@ -155,12 +155,12 @@ def test_read_back_with_webdataset_and_tarfile_and_sizes(reference):
         for tar in tars:
             with tarfile.open(tar) as tf:
                 members = tf.getmembers()
-            assert len(members) == 3 * sizes[tar.name]
+            assert len(members) == 4 * sizes[tar.name]  # foa.flac, iv.npy, json, w.wav
             assert all(m.mtime == members[0].mtime and m.uid == 0 and m.uname == "" for m in members)
         ds = wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False)
         n = 0
         for s in ds:
-            assert {"foa.flac", "iv.npy", "json"} <= set(s)
+            assert {"foa.flac", "iv.npy", "json", "w.wav"} <= set(s)
             n += 1
         assert n == sum(sizes.values()) == manifest["splits"][split]["rendered"]
         total += n

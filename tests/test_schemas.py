@@ -1,12 +1,15 @@
 """The data contracts: CSV validation names file/row/field, rule-table thresholds, sample round trip."""
+import io
 import math
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from disse.schemas import (SchemaError, ShardMeta, decode_sample, encode_sample, load_caption_rules,
                            load_feature_params, read_clips_csv, read_rirs_csv, stable_id_int)
 from disse.schemas.config import load_config
+from disse.schemas.shard import decode_meta, decode_w, decode_w_wav
 from disse.schemas.records import wrap_azimuth
 
 RIR_HEADER = "rir_path,azimuth_deg,elevation_deg,source_distance_m,area_m2,fullband_T30_ms\n"
@@ -85,6 +88,44 @@ def test_sample_round_trip():
         encode_sample(foa, iv, ShardMeta(**{**meta.__dict__, "key": "a.b"}))
 
 
+def _meta(**kw) -> ShardMeta:
+    fp = load_feature_params()
+    return ShardMeta(**{**dict(key="s0", split="train", source_id="c1", space_id="left", rir_id="r1",
+                                 source_caption="a dog", spatial_caption="on the left", caption="a dog on the left",
+                                 azimuth_deg=90.0, elevation_deg=0.0, source_distance_m=0.5, area_m2=20.0,
+                                 t30_ms=150.0, descriptors={}, features=fp.to_dict()), **kw})
+
+
+def test_w_wav_is_the_foa_w_channel_in_16_bits():
+    """v2's w.wav holds W of foa.flac, rounded to 16 bits; v1 (no w.wav) gives W from foa.flac."""
+    rng = np.random.default_rng(1)
+    foa = (rng.standard_normal((4, 4800)) * 0.2).clip(-1, 1).astype(np.float32)
+    iv = np.zeros((6, 11, 64), np.float16)
+    v2 = encode_sample(foa, iv, _meta())
+    v1 = encode_sample(foa, iv, _meta(schema_version=1))
+    assert set(v2) - set(v1) == {"w.wav"} and sf.info(io.BytesIO(v2["w.wav"])).channels == 1
+    w2, sr = decode_w(v2, decode_meta(v2["json"]), where="v2")
+    w1, _ = decode_w(v1, decode_meta(v1["json"]), where="v1")
+    assert sr == 48000 and w2.dtype == np.float32 and w2.shape == (4800,)
+    assert np.abs(w2 - foa[0]).max() <= 2 ** -16 and np.abs(w1 - foa[0]).max() <= 2 ** -24
+    assert np.array_equal(decode_w_wav(v2["w.wav"], frames=100)[0], w2[:100])
+
+
+def test_w_member_errors_name_the_member():
+    foa = np.zeros((4, 480), np.float32)
+    v2 = encode_sample(foa, np.zeros((6, 2, 64), np.float16), _meta())
+    with pytest.raises(SchemaError, match="w.wav.*missing member 'w.wav'"):
+        decode_sample({k: v for k, v in v2.items() if k != "w.wav"})
+    stereo = io.BytesIO()
+    sf.write(stereo, np.zeros((480, 2), np.float32), 48000, format="WAV", subtype="PCM_16")
+    with pytest.raises(SchemaError, match="field 'w.wav'.*1 channel"):
+        decode_w_wav(stereo.getvalue(), where="x")
+    with pytest.raises(SchemaError, match="field 'w.wav'.*cannot decode WAV"):
+        decode_w_wav(b"RIFFjunk", where="x")
+    with pytest.raises(SchemaError, match="schema_version.*not supported"):
+        decode_meta(_meta(schema_version=3).to_json_bytes())
+
+
 def test_stable_id_int_is_stable():
     assert stable_id_int("clip-1") == stable_id_int("clip-1") != stable_id_int("clip-2")
     assert -(2 ** 63) <= stable_id_int("x") < 2 ** 63
@@ -114,3 +155,32 @@ def test_load_config_overrides_and_errors(tmp_path):
     assert math.isclose(load_config(Outer).inner.lr, 1e-3)
     p.write_text("inner:\n  lr: 3e-4\n")  # YAML 1.1 reads this as a string
     assert load_config(Outer, p).inner.lr == 3e-4
+
+
+def test_group_tar_members_groups_as_webdataset(tmp_path):
+    """One grouping for trainer, inspect and tests: same keys and extensions as webdataset's reader."""
+    import tarfile
+
+    import webdataset as wds
+
+    from disse.schemas.shard import group_tar_members
+    names = ["__index__.json", "d/a.foa.flac", "d/a.JSON", "b.iv.npy", "b.json", "noext", "a.json"]
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, "w") as tar:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    with tarfile.open(path) as tar:
+        ours = [(k, sorted(g)) for k, g in group_tar_members(tar)]
+    theirs = [(s["__key__"], sorted(k for k in s if not k.startswith("__")))
+              for s in wds.WebDataset(str(path), shardshuffle=False, empty_check=False)]
+    assert ours == theirs == [("__index__", ["json"]), ("d/a", ["foa.flac", "json"]), ("b", ["iv.npy", "json"]),
+                              ("a", ["json"])]
+    with tarfile.open(path, "a") as tar:
+        for name in ("c.json", "c.json"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    with tarfile.open(path) as tar, pytest.raises(tarfile.ReadError, match="duplicate"):
+        list(group_tar_members(tar))

@@ -292,8 +292,27 @@ class AudioConfig:
     dropout: float = 0.0
 
 
+PCM16_SCALE = 2.0 ** -15  # int16 sample -> float in [-1, 1), the inverse of schemas.shard.w_to_pcm16
+
+
+def audio_inputs_as_float(waveform: torch.Tensor, iv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batches carry W as int16 PCM and the features as float16 (half the bytes through the loader's
+    shared memory and to the GPU); the model computes in float32. Float inputs pass unchanged.
+
+    ``waveform (B, T)`` int16 or float, ``iv (B, 6, F, M)`` any float -> both float32 (same device).
+    """
+    if waveform.dtype == torch.int16:
+        waveform = waveform.float() * PCM16_SCALE
+    elif not waveform.is_floating_point():
+        raise TypeError(f"waveform must be int16 PCM or floating point, got {waveform.dtype}")
+    return waveform.float(), iv.float()
+
+
 class AudioEncoder(nn.Module):
-    """``(waveform (B, T), iv (B, 6, F, M)) -> (B, out_dim)`` shared audio embedding (not normalised)."""
+    """``(waveform (B, T), iv (B, 6, F, M)) -> (B, out_dim)`` shared audio embedding (not normalised).
+
+    ``waveform``: int16 PCM (as batches carry it) or float in +-1; ``iv``: float16 or float32.
+    """
 
     def __init__(self, cfg: AudioConfig, out_dim: int) -> None:
         super().__init__()
@@ -307,6 +326,7 @@ class AudioEncoder(nn.Module):
         self.fusion = mlp([self.source.out_dim + self.spatial.out_dim, *cfg.fusion_hidden, out_dim], cfg.dropout)
 
     def forward(self, waveform: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
+        waveform, iv = audio_inputs_as_float(waveform, iv)
         source = self.norm_source(self.source(waveform))
         spatial = self.norm_spatial(self.spatial(iv))
         return self.fusion(torch.cat([source, spatial], dim=1))
