@@ -17,6 +17,7 @@ import importlib.util
 import json
 import sys
 import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,13 +159,17 @@ def build_htsat(cfg: HTSATConfig) -> nn.Module:
     arch = htsat_arch(cfg)
     audio = types.SimpleNamespace(**htsat_audio_cfg(cfg))
     overridden = any(getattr(cfg, k) is not None for k in _OVERRIDES)
-    if not overridden and cfg.drop_path_rate == 0.1:
-        return htsat.create_htsat_model(audio)  # the exact LAION-CLAP audio branch
-    return htsat.HTSAT_Swin_Transformer(
-        spec_size=arch["spec_size"], patch_size=_PATCH, patch_stride=(_PATCH, _PATCH),
-        num_classes=audio.class_num, embed_dim=arch["embed_dim"], depths=arch["depths"],
-        num_heads=arch["num_heads"], window_size=arch["window_size"], config=audio,
-        drop_path_rate=cfg.drop_path_rate)
+    with warnings.catch_warnings():
+        # laion-clap's Swin blocks call torch.meshgrid without `indexing` (its default, "ij", is what
+        # they need); the deprecation notice is about their code, not something a user can act on
+        warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
+        if not overridden and cfg.drop_path_rate == 0.1:
+            return htsat.create_htsat_model(audio)  # the exact LAION-CLAP audio branch
+        return htsat.HTSAT_Swin_Transformer(
+            spec_size=arch["spec_size"], patch_size=_PATCH, patch_stride=(_PATCH, _PATCH),
+            num_classes=audio.class_num, embed_dim=arch["embed_dim"], depths=arch["depths"],
+            num_heads=arch["num_heads"], window_size=arch["window_size"], config=audio,
+            drop_path_rate=cfg.drop_path_rate)
 
 
 class HTSATBranch(nn.Module):
