@@ -162,17 +162,8 @@ def decode_w_from_foa(data: bytes, *, where: str = "foa.flac", frames: int = -1)
 
     Decodes all four channels (FLAC frames interleave them): version 1 shards only.
     """
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            if f.channels != 4:
-                raise SchemaError(f"expected 4 channels, got {f.channels}", file=where, field="foa.flac")
-            sr = f.samplerate
-            audio = f.read(frames=frames, dtype="float32", always_2d=True)
-    except SchemaError:
-        raise
-    except Exception as exc:
-        raise SchemaError(f"cannot decode FLAC ({exc})", file=where, field="foa.flac") from None
-    return np.ascontiguousarray(audio[:, 0]), sr
+    foa, sr = decode_foa(data, where=where)
+    return np.ascontiguousarray(foa[0] if frames < 0 else foa[0, :frames]), sr
 
 
 def check_members(sample: dict, version: int, *, where: str) -> None:
