@@ -34,6 +34,8 @@ from disse.pipeline.demo import demo_command  # noqa: E402
 main.add_command(demo_command)
 from disse.pipeline.inspect import inspect_command  # noqa: E402
 main.add_command(inspect_command)
+from disse.pipeline.upgrade import upgrade_command  # noqa: E402
+main.add_command(upgrade_command)
 
 
 if __name__ == "__main__":  # python -m disse.pipeline.cli

@@ -1,0 +1,134 @@
+"""``disse-synth upgrade SRC DST``: rewrite schema v1 shards as v2 without rendering again.
+
+Version 2 adds ``w.wav`` (W alone, 16-bit PCM) so the trainer never decodes the 4-channel FLAC
+(docs/internals.md). Upgrading a sample decodes W from its ``foa.flac``, rounds it to 16 bits,
+adds ``w.wav`` and sets ``schema_version`` to 2 in its ``json``; every other member is copied
+byte for byte. Samples that are already v2 are copied unchanged. A sample that cannot be
+upgraded (unreadable JSON or FLAC, a missing member) is left out and reported, and the
+destination's ``sizes.json`` counts what was written. Output is deterministic: the same input
+gives byte-identical shards, whatever ``--workers``. Only shards and ``sizes.json`` are written:
+the render ``manifest.json`` stays with the source as the record of how the samples were made.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import click
+import soundfile as sf
+
+from disse.pipeline.inspect import find_shards
+from disse.pipeline.shards import read_tar_samples, write_json_atomic, write_tar_atomic
+from disse.schemas import SchemaError
+from disse.schemas.shard import (SCHEMA_VERSION, W_SUBTYPE, check_members, decode_meta, decode_w_from_foa,
+                                 w_to_pcm16)
+
+def upgrade_sample(sample: dict, *, where: str = "sample") -> dict:
+    """A raw sample dict (``__key__`` + ``ext -> bytes``) of schema v1 -> the same sample in v2.
+
+    v2 samples are returned unchanged. Raises :class:`SchemaError` naming the member at fault.
+    """
+    if "json" not in sample:
+        raise SchemaError("missing member 'json'", file=where, field="json")
+    meta = decode_meta(sample["json"], where=where)
+    check_members(sample, meta.schema_version, where=where)
+    if meta.schema_version >= 2:
+        return sample
+    w, sr = decode_w_from_foa(sample["foa.flac"], where=where)
+    wav = io.BytesIO()
+    sf.write(wav, w_to_pcm16(w), sr, format="WAV", subtype=W_SUBTYPE)
+    # edit the JSON as a dict, not through ShardMeta, so that fields this reader does not know survive
+    d = json.loads(sample["json"].decode("utf-8"))
+    d["schema_version"] = SCHEMA_VERSION
+    out = dict(sample)
+    out["json"] = json.dumps(d, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    out["w.wav"] = wav.getvalue()
+    return out
+
+
+def upgrade_shard(src: Path, dst: Path) -> dict:
+    """Upgrade one tar to ``dst`` (written atomically). Returns counts and the samples left out."""
+    written, upgraded, skipped = [], 0, []
+    try:
+        samples = read_tar_samples(src)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise SchemaError(f"cannot read tar ({exc})", file=str(src)) from None
+    for sample in samples:
+        where = f"{src}:{sample['__key__']}"
+        try:
+            new = upgrade_sample(sample, where=where)
+        except SchemaError as err:
+            skipped.append({"key": sample["__key__"], "field": err.field, "reason": err.reason})
+            continue
+        upgraded += new is not sample
+        written.append(new)
+    write_tar_atomic(dst, written)
+    return {"shard": str(src), "samples": len(written), "upgraded": upgraded, "skipped": skipped}
+
+
+def _upgrade_task(args: tuple[str, str]) -> dict:
+    return upgrade_shard(Path(args[0]), Path(args[1]))
+
+
+def upgrade_tree(src: str | Path, dst: str | Path, *, workers: int = 1, progress: bool = True) -> dict:
+    """Upgrade every shard under ``src`` (a folder, brace pattern or tar) into ``dst``, keeping the
+    folder layout; writes each folder's ``sizes.json`` from the samples written. Returns a report."""
+    from tqdm import tqdm
+
+    shards = find_shards(src)
+    src_root = Path(src) if Path(src).is_dir() else shards[0].parent
+    dst_root = Path(dst)
+    if dst_root.resolve() == src_root.resolve() or src_root.resolve() in dst_root.resolve().parents:
+        raise SchemaError("the destination must not be the source folder or inside it", file=str(dst))
+    jobs = [(str(s), str(dst_root / (s.relative_to(src_root) if s.is_relative_to(src_root) else s.name)))
+            for s in shards]
+    bar = tqdm(total=len(jobs), unit="shard", desc="upgrade", disable=not progress, dynamic_ncols=True)
+    results = []
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            results.append(_upgrade_task(job))
+            bar.update()
+    else:
+        from disse.pipeline.render import pool_context
+
+        with pool_context().Pool(min(workers, len(jobs))) as pool:
+            for record in pool.imap(_upgrade_task, jobs):
+                results.append(record)
+                bar.update()
+            pool.close()
+            pool.join()
+    bar.close()
+    sizes: dict[Path, dict[str, int]] = {}
+    for (s, d), record in zip(jobs, results):
+        sizes.setdefault(Path(d).parent, {})[Path(d).name] = record["samples"]
+    for folder, table in sizes.items():
+        write_json_atomic(folder / "sizes.json", dict(sorted(table.items())))
+    return {
+        "shards": len(results), "samples": sum(r["samples"] for r in results),
+        "upgraded": sum(r["upgraded"] for r in results),
+        "skipped": [dict(s, shard=r["shard"]) for r in results for s in r["skipped"]],
+    }
+
+
+@click.command("upgrade")
+@click.argument("src")
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--workers", type=int, default=1, show_default=True, help="processes (one shard each at a time)")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def upgrade_command(src: str, dst: str, workers: int, no_progress: bool) -> None:
+    """Rewrite the shards under SRC (a folder, brace pattern or tar) as schema v2 into DST.
+
+    Adds each sample's W channel as w.wav (16-bit PCM) so training reads it without decoding the
+    4-channel FLAC; every other member is copied unchanged. Samples that cannot be read are left
+    out and listed; DST's sizes.json counts what was written. Exit status 1 if any was left out.
+    """
+    report = upgrade_tree(src, dst, workers=workers, progress=not no_progress)
+    click.echo(f"{report['shards']} shard(s), {report['samples']} sample(s) written to {dst}; "
+               f"{report['upgraded']} upgraded from v1, {report['samples'] - report['upgraded']} already v2")
+    for s in report["skipped"]:
+        click.echo(f"left out: {s['shard']}:{s['key']}, field '{s['field']}': {s['reason']}", err=True)
+    if report["skipped"]:
+        click.echo(f"{len(report['skipped'])} sample(s) left out", err=True)
+        raise SystemExit(1)

@@ -1,0 +1,97 @@
+"""`disse-synth upgrade`: v1 shards become v2 with W added, nothing else changed, deterministically."""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from disse.pipeline.cli import main as synth
+from disse.pipeline.shards import read_tar_samples
+from disse.schemas.shard import decode_meta
+from disse.trainer.data import DataConfig, resolve_shards, train_loader
+from shardgen import write_shards
+
+
+@pytest.fixture()
+def v1(tmp_path):
+    write_shards(tmp_path / "v1", "train", [4, 3], schema_version=1)
+    return tmp_path / "v1"
+
+
+def upgrade(*args):
+    return CliRunner().invoke(synth, ["upgrade", *map(str, args), "--no-progress"])
+
+
+def test_upgrade_adds_w_and_keeps_every_other_byte(v1, tmp_path):
+    res = upgrade(v1, tmp_path / "v2")
+    assert res.exit_code == 0, res.output
+    assert "7 sample(s) written" in res.output and "7 upgraded from v1" in res.output
+    for name in ("train-000000.tar", "train-000001.tar"):
+        old = read_tar_samples(v1 / "train" / name)
+        new = read_tar_samples(tmp_path / "v2" / "train" / name)
+        assert [s["__key__"] for s in old] == [s["__key__"] for s in new]
+        for a, b in zip(old, new):
+            assert set(b) - set(a) == {"w.wav"}
+            assert a["foa.flac"] == b["foa.flac"] and a["iv.npy"] == b["iv.npy"]
+            meta_a, meta_b = decode_meta(a["json"]), decode_meta(b["json"])
+            assert (meta_a.schema_version, meta_b.schema_version) == (1, 2)
+            assert {**json.loads(a["json"]), "schema_version": 2} == json.loads(b["json"])
+            foa, _ = sf.read(io.BytesIO(a["foa.flac"]), dtype="float64", always_2d=True)
+            w, sr = sf.read(io.BytesIO(b["w.wav"]), dtype="int16")
+            assert sr == 48000 and np.abs(w * 2.0 ** -15 - foa[:, 0]).max() <= 2 ** -16
+    assert json.loads((tmp_path / "v2" / "train" / "sizes.json").read_text()) == {
+        "train-000000.tar": 4, "train-000001.tar": 3}
+
+
+def test_upgraded_shards_train_on_the_same_batches(v1, tmp_path):
+    assert upgrade(v1, tmp_path / "v2").exit_code == 0
+    cfg = DataConfig(batch_size=3, num_workers=0, shuffle_buffer=3, seed=5)
+    old = list(itertools.islice(iter(train_loader(resolve_shards(str(v1 / "train")), cfg)), 4))
+    new = list(itertools.islice(iter(train_loader(resolve_shards(str(tmp_path / "v2" / "train")), cfg)), 4))
+    for a, b in zip(old, new):
+        assert a["key"] == b["key"] and torch.equal(a["waveform"], b["waveform"]) and torch.equal(a["iv"], b["iv"])
+
+
+def test_upgrade_is_deterministic_and_v2_is_copied_unchanged(v1, tmp_path):
+    assert upgrade(v1, tmp_path / "a").exit_code == 0
+    assert upgrade(v1, tmp_path / "b", "--workers", "2").exit_code == 0  # same bytes from a process pool
+    again = upgrade(tmp_path / "a", tmp_path / "c")
+    assert again.exit_code == 0 and "0 upgraded from v1, 7 already v2" in again.output
+    for name in ("train-000000.tar", "train-000001.tar"):
+        a = (tmp_path / "a" / "train" / name).read_bytes()
+        assert a == (tmp_path / "b" / "train" / name).read_bytes()
+        assert read_tar_samples(tmp_path / "a" / "train" / name) == read_tar_samples(tmp_path / "c" / "train" / name)
+
+
+def test_bad_samples_are_left_out_and_counted(v1, tmp_path):
+    path = v1 / "train" / "train-000001.tar"
+    samples = read_tar_samples(path)
+    samples[1]["foa.flac"] = b"not a flac"
+    with tarfile.open(path, "w") as tar:
+        for s in samples:
+            for ext in sorted(k for k in s if k != "__key__"):
+                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
+                info.size = len(s[ext])
+                tar.addfile(info, io.BytesIO(s[ext]))
+    res = upgrade(v1, tmp_path / "v2")
+    assert res.exit_code == 1
+    assert f"left out: {path}:{samples[1]['__key__']}, field 'foa.flac': cannot decode FLAC" in res.output
+    assert json.loads((tmp_path / "v2" / "train" / "sizes.json").read_text())["train-000001.tar"] == 2
+
+
+def test_clear_errors(v1, tmp_path):
+    res = upgrade(v1, v1 / "inside")
+    assert res.exit_code == 2 and "error:" in res.output and "must not be the source" in res.output
+    (tmp_path / "empty").mkdir()
+    res = upgrade(tmp_path / "empty", tmp_path / "out")
+    assert res.exit_code == 2 and "no shards" in res.output
+    (v1 / "train" / "train-000002.tar").write_bytes(b"garbage" * 100)
+    res = upgrade(v1, tmp_path / "out2")
+    assert res.exit_code == 2 and "train-000002.tar" in res.output and "cannot read tar" in res.output
