@@ -11,19 +11,17 @@ the render ``manifest.json`` stays with the source as the record of how the samp
 """
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path
 
 import click
-import soundfile as sf
 
 from disse.pipeline.inspect import find_shards
 from disse.pipeline.shards import read_tar_samples, write_json_atomic, write_tar_atomic
 from disse.schemas import SchemaError
-from disse.schemas.shard import (SCHEMA_VERSION, W_SUBTYPE, check_members, decode_meta, decode_w_from_foa,
-                                 w_to_pcm16)
+from disse.schemas.shard import SCHEMA_VERSION, check_members, decode_meta, decode_w_from_foa, encode_w_wav
+
 
 def upgrade_sample(sample: dict, *, where: str = "sample") -> dict:
     """A raw sample dict (``__key__`` + ``ext -> bytes``) of schema v1 -> the same sample in v2.
@@ -37,14 +35,12 @@ def upgrade_sample(sample: dict, *, where: str = "sample") -> dict:
     if meta.schema_version >= 2:
         return sample
     w, sr = decode_w_from_foa(sample["foa.flac"], where=where)
-    wav = io.BytesIO()
-    sf.write(wav, w_to_pcm16(w), sr, format="WAV", subtype=W_SUBTYPE)
     # edit the JSON as a dict, not through ShardMeta, so that fields this reader does not know survive
     d = json.loads(sample["json"].decode("utf-8"))
     d["schema_version"] = SCHEMA_VERSION
     out = dict(sample)
     out["json"] = json.dumps(d, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    out["w.wav"] = wav.getvalue()
+    out["w.wav"] = encode_w_wav(w, sr)
     return out
 
 

@@ -111,10 +111,15 @@ def encode_sample(foa: np.ndarray, iv: np.ndarray, meta: ShardMeta, sample_rate:
     out = {"__key__": meta.key, "foa.flac": flac.getvalue(), "iv.npy": npy.getvalue(),
            "json": meta.to_json_bytes()}
     if meta.schema_version >= 2:
-        wav = io.BytesIO()
-        sf.write(wav, w_to_pcm16(foa[0]), sample_rate, format="WAV", subtype=W_SUBTYPE)
-        out["w.wav"] = wav.getvalue()
+        out["w.wav"] = encode_w_wav(foa[0], sample_rate)
     return out
+
+
+def encode_w_wav(w: np.ndarray, sample_rate: int) -> bytes:
+    """``w.wav`` bytes: W ``(T,)`` float in +-1 as mono 16-bit PCM WAV (:func:`w_to_pcm16`)."""
+    wav = io.BytesIO()
+    sf.write(wav, w_to_pcm16(w), sample_rate, format="WAV", subtype=W_SUBTYPE)
+    return wav.getvalue()
 
 
 def w_to_pcm16(w: np.ndarray) -> np.ndarray:

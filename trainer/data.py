@@ -250,8 +250,7 @@ def _raw_samples(url: str, errors: ErrorLog) -> Iterator[dict]:
                     group.pop("foa.flac", None)
                 sample = {"__key__": key, "__url__": url}
                 for ext, info in group.items():
-                    f = tar.extractfile(info)
-                    sample[ext] = f.read() if f is not None else b""
+                    sample[ext] = tar.extractfile(info).read()  # regular files only (group_tar_members)
                 yield sample
     except (OSError, EOFError, tarfile.TarError) as exn:
         errors.add("bad_shards", f"{url}: {type(exn).__name__}: {exn}")
