@@ -42,6 +42,18 @@ SR = 48000
 N = 480000
 
 
+def _write_csv_atomic(path: Path, rows: list[dict]) -> Path:
+    """``rows`` as CSV (header from the first row), written to ``path.part`` then renamed: a CSV that
+    exists is complete, so an interrupted demo generation is redone, never half-used."""
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 # Sound generators: (rng, variant in [0, 1]) -> mono float32 (N,) at SR, and caption slots
 # ---------------------------------------------------------------------------------------------
@@ -457,14 +469,8 @@ def write_dry_corpus(out_dir: Path, n_types: int, clips_per_type: int, seed: int
             sf.write(out_dir / f"{clip_id}.flac", audio, SR, format="FLAC", subtype="PCM_24")
             rows.append({"audiocap_id": clip_id, "caption": caption, "path": f"{clip_id}.flac",
                          "split": variant_split(v, clips_per_type), "sound_type": sound.name})
-    csv_path = out_dir / "clips.csv"
-    tmp = out_dir / "clips.csv.part"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, csv_path)  # written last: its presence means the corpus is complete
-    return csv_path
+    # written last: its presence means the corpus is complete
+    return _write_csv_atomic(out_dir / "clips.csv", rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,14 +557,7 @@ def write_rir_bank(out_dir: Path, n_rooms: int, positions_per_room: int, seed: i
         per_room = [_simulate_room(j) for j in jobs]
     assign_position_splits(per_room)
     rows = [row for room_rows in per_room for row in room_rows]
-    csv_path = out_dir / "rirs.csv"
-    tmp = out_dir / "rirs.csv.part"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, csv_path)
-    return csv_path
+    return _write_csv_atomic(out_dir / "rirs.csv", rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import tarfile
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from disse.pipeline.cli import main as synth
-from disse.pipeline.shards import read_tar_samples
+from disse.pipeline.shards import read_tar_samples, write_tar_atomic
 from disse.schemas.shard import decode_meta
 from disse.trainer.data import DataConfig, resolve_shards, train_loader
 from shardgen import write_shards
@@ -74,12 +73,7 @@ def test_bad_samples_are_left_out_and_counted(v1, tmp_path):
     path = v1 / "train" / "train-000001.tar"
     samples = read_tar_samples(path)
     samples[1]["foa.flac"] = b"not a flac"
-    with tarfile.open(path, "w") as tar:
-        for s in samples:
-            for ext in sorted(k for k in s if k != "__key__"):
-                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
-                info.size = len(s[ext])
-                tar.addfile(info, io.BytesIO(s[ext]))
+    write_tar_atomic(path, samples)
     res = upgrade(v1, tmp_path / "v2")
     assert res.exit_code == 1
     assert f"left out: {path}:{samples[1]['__key__']}, field 'foa.flac': cannot decode FLAC" in res.output
