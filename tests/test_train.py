@@ -181,6 +181,54 @@ def test_accumulation_gives_the_big_batch_step(demo_shards):
     assert any(not torch.allclose(naive[k], big[k], atol=1e-6) for k in big)
 
 
+def test_accumulation_gradients_equal_the_big_batch_gradients(demo_shards):
+    """4 micro-batches of 2 accumulate, parameter by parameter, the .grad of one batch of 8.
+
+    Compared before any optimiser step (a zero-lr SGD leaves .grad as train_step built it), so
+    AdamW's first step, which depends on the sign of each gradient only, cannot hide a wrong
+    magnitude. The logit scales are checked by name: they are used by every micro-batch's replay,
+    and must still get the big batch's gradient once, not accum_steps times. The physical heads
+    are checked by name too: each replay must add only its own micro-batch's share of those terms.
+    """
+    from disse.trainer.data import eval_loader
+    from disse.trainer.distributed import DistInfo
+    from disse.trainer.train import DualEncoder, StepContext, build_loss, build_model, train_step
+
+    cfg = cfg_for(demo_shards, "unused", "optim.grad_clip=0")
+    batch = next(iter(eval_loader(demo_shards / "train", batch_size=8)))
+
+    def grads(micro: list[dict]) -> tuple[dict, dict]:
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()  # eval: a sample's features do not depend on its micro-batch
+        raw = DualEncoder(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        ctx = StepContext(raw, raw, model, build_loss(cfg), torch.optim.SGD(params, lr=0.0),
+                          torch.amp.GradScaler("cpu", enabled=False), DistInfo(), "fp32", 0.0, params)
+        _, terms, _ = train_step(ctx, micro)
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, terms
+
+    big, big_terms = grads([batch])
+    acc, acc_terms = grads(_split(batch, 4))
+    assert set(acc) == set(big) and {"logit_scale_source", "logit_scale_space"} <= set(big)
+    for name in ("logit_scale_source", "logit_scale_space"):
+        assert big[name].abs() > 1e-4, (name, big[name])  # a real gradient, so a factor of 4 shows
+        torch.testing.assert_close(acc[name], big[name], rtol=1e-4, atol=0.0,
+                                   msg=lambda m, n=name: f"{n}: accumulated {acc[n].item():.6g}, "
+                                                         f"big batch {big[n].item():.6g}\n{m}")
+    phys = [n for n in big if n.startswith("phys_heads.")]
+    assert phys and all(big[n].abs().max() > 0 for n in phys)
+    # float32 round-off of a sum of 4 vs 1 is ~1e-5 of a tensor's largest gradient; a tensor whose
+    # true gradient is ~0 (a bias before a normalisation) holds only round-off, hence the floor
+    floor = 1e-6 * max(g.abs().max().item() for g in big.values())
+    for name in big:
+        torch.testing.assert_close(acc[name], big[name], rtol=1e-4,
+                                   atol=max(1e-4 * big[name].abs().max().item(), floor),
+                                   msg=lambda m, n=name: f"{n}\n{m}")
+    # the reported loss and terms are those of the whole batch of 8 as well
+    for k in big_terms:
+        assert acc_terms[k] == pytest.approx(big_terms[k], rel=1e-5, abs=1e-7), k
+
+
 def test_wandb_missing_is_a_clear_error(tmp_path, monkeypatch):
     import sys as _sys
 

@@ -3,8 +3,10 @@
 Gradient accumulation keeps the contrastive loss exact over the whole accumulated batch (as
 open_clip's ``accum_freq``): a first no-grad pass computes the features of every micro-batch;
 then each micro-batch is recomputed with gradients and spliced into the cached features, and the
-loss over all of them is back-propagated. Summed over micro-batches this is the gradient of the
-big-batch loss (up to dropout noise between the two passes). Under torchrun the features are also
+loss over all of them is back-propagated. The logit scales, which every replay's loss uses directly
+rather than through the live features, are live in the last replay only. Summed over micro-batches
+this is the gradient of the big-batch loss for every parameter, logit scales and physical heads
+included (up to dropout noise between the two passes). Under torchrun the features are also
 gathered from all ranks with gradients (distributed.gather_with_grad), so the loss is the one of
 the global batch ``batch_size x accum_steps x world``.
 """
@@ -198,9 +200,16 @@ def train_step(ctx: StepContext, micro: list[dict]) -> tuple[float, dict[str, fl
             with sync:
                 with autocast_ctx(ctx.precision, device):
                     live = ctx.net(*x)
+                # Each replay's loss is the whole batch's loss, but only its own micro-batch's
+                # features (and physical predictions) are live, so summed over the replays every
+                # feature-borne gradient is counted once. The logit scales enter every replay's
+                # loss directly: left live in all A replays, they would get A x their gradient.
+                # They stay live in the last replay only (the one DDP synchronises, so they have
+                # their gradient when the reducer runs), detached in the others.
+                scales = live["scales"] if last else _detach(live["scales"])
                 spliced = {"audio": _cat([live["audio"] if i == j else c["audio"] for i, c in enumerate(cached)]),
                            "text": _cat([live["text"] if i == j else c["text"] for i, c in enumerate(cached)]),
-                           "scales": live["scales"]}
+                           "scales": scales}
                 loss, terms = _loss(ctx, spliced, meta)
                 ctx.scaler.scale(loss).backward()
     ctx.scaler.unscale_(ctx.optimizer)
