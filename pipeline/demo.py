@@ -9,18 +9,17 @@ validation, the rest to training, so every split holds every type but no clip tw
 Spaces: a small bank simulated with ``disse.pipeline.rirs.simulate_bank``, one call per room, each
 room drawn from one cell of a room-size x reverberation grid so the bank spans the rule table's
 small / medium / large and dampened ... highly reverberant bins; source directions are uniform
-on the sphere (left, right, behind, above and below all occur). In every room one position
-goes to validation and one to test, chosen across rooms to lie nearest to target directions
-(above, below, left, right, behind, front, in turn) so that small validation and test sets still
-hear every side; the rest go to training: splits are disjoint in RIRs.
+on the sphere (left, right, behind, above and below all occur). Whole rooms are held out: a
+quarter of the rooms are test rooms and an eighth validation rooms (:func:`room_splits`), each
+split walking the grid from its first cell, so test rooms are unseen in training yet span every
+size and reverberation.
 
 Pairing: K RIRs per clip and L clips per RIR (blocks, :func:`disse.pipeline.splits.pair_blocks`),
 so each source is heard in several spaces and each space holds several sources.
 
 Default size (``disse-synth demo --out demo``): 32 types x 8 variants = 256 clips (192 train, 32
-val, 32 test); 24 rooms x 8 positions = 192 RIRs (144 / 24 / 24); K = L = 4 gives 768 train, 128
-val and 128 test samples (about 3 GB of shards; about 2 minutes on 2 idle cores). Fewer training
-samples than this left the demo model's spatial side near chance (issue 7).
+val, 32 test); 48 rooms x 6 positions = 288 RIRs (30 / 6 / 12 rooms); K = L = 4 gives 768 train,
+144 val and 288 test samples (about 4 GB of shards; a few minutes on 2 idle cores).
 """
 from __future__ import annotations
 
@@ -497,37 +496,34 @@ ROOM_GRID: tuple[tuple[tuple[float, float], tuple[float, float], tuple[float, fl
 )
 
 
-# Directions (azimuth, elevation) that validation and test positions are picked towards: with random
-# positions alone a small split can miss a whole side. The hard ones (above, below) pick first.
-VAL_TARGETS = ((0.0, 70.0), (0.0, -70.0), (90.0, 0.0), (-90.0, 0.0), (180.0, 0.0), (0.0, 0.0))
-TEST_TARGETS = ((0.0, -70.0), (0.0, 70.0), (-90.0, 0.0), (90.0, 0.0), (0.0, 0.0), (180.0, 0.0))
+def room_splits(n_rooms: int) -> list[str]:
+    """Split of each demo room: whole rooms are held out (no room has positions in two splits).
+
+    A quarter of the rooms (at least one) go to test and an eighth (at least one) to validation.
+    Rooms are numbered train first, then val, then test."""
+    if n_rooms < 3:
+        raise ValueError("rooms must be >= 3 (one each for val and test)")
+    n_test, n_val = max(1, round(n_rooms / 4)), max(1, round(n_rooms / 8))
+    n_train = n_rooms - n_test - n_val
+    return ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
 
 
-def assign_position_splits(per_room: list[list[dict]]) -> None:
-    """Give every room exactly one 'val' and one 'test' position, the rest 'train' (in place).
+_CELL_OFFSET = {"train": 0, "val": 2, "test": 3}
 
-    Targets are taken in turn; each goes to the free position nearest to it among the rooms that
-    have no position in that split yet, so the split spreads over directions and over rooms."""
-    from disse.pipeline.foa import angular_error_deg
 
-    for rows in per_room:
-        for row in rows:
-            row["split"] = "train"
-    for split, targets in (("val", VAL_TARGETS), ("test", TEST_TARGETS)):
-        rooms_left = set(range(len(per_room)))
-        for i in range(len(per_room)):
-            target = targets[i % len(targets)]
-            _, r, k = min((angular_error_deg(float(row["azimuth_deg"]), float(row["elevation_deg"]), *target), r, k)
-                          for r in rooms_left for k, row in enumerate(per_room[r]) if row["split"] == "train")
-            per_room[r][k]["split"] = split
-            rooms_left.remove(r)
+def room_cell(room: int, splits: list[str]) -> int:
+    """ROOM_GRID cell of a room: its index among the rooms of its split (plus a per-split offset), so
+    every split walks the grid in order and even the smallest demo (4 rooms: 2 / 1 / 1) spans every
+    room size and reverberation bin over its splits."""
+    split = splits[room]
+    return (splits[:room].count(split) + _CELL_OFFSET[split]) % len(ROOM_GRID)
 
 
 def _simulate_room(args: tuple[str, int, int, int]) -> list[dict]:
     from disse.pipeline.rirs import simulate_bank
 
-    out_dir, room, positions, seed = args
-    area, t30, distance = ROOM_GRID[room % len(ROOM_GRID)]
+    out_dir, room, cell, split, positions, seed = args
+    area, t30, distance = ROOM_GRID[cell]
     sub = Path(out_dir) / f"room{room:02d}"
     csv_path = simulate_bank(sub, 1, positions, seed=seed * 1000 + room, workers=1, area_range=area,
                              t30_range=t30, distance_range=distance, early_ms=30.0, max_order=16,
@@ -537,15 +533,19 @@ def _simulate_room(args: tuple[str, int, int, int]) -> list[dict]:
     for k, row in enumerate(rows):
         row["rir_id"] = f"room{room:02d}_p{k}"
         row["rir_path"] = f"room{room:02d}/{row['rir_path']}"
+        row["room_index"] = room  # simulate_bank numbered it 0 within its own one-room bank
+        row["split"] = split
     return rows
 
 
 def write_rir_bank(out_dir: Path, n_rooms: int, positions_per_room: int, seed: int, workers: int) -> Path:
-    """Simulate the demo's rooms into ``out_dir`` and write the merged ``rirs.csv`` (split column)."""
-    if positions_per_room < 3:
-        raise ValueError("positions-per-room must be >= 3 (one each for val and test)")
+    """Simulate the demo's rooms into ``out_dir`` and write the merged ``rirs.csv`` (``room_index`` and
+    ``split`` columns: whole rooms are held out, see :func:`room_splits`)."""
+    if positions_per_room < 1:
+        raise ValueError("positions-per-room must be >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out_dir), r, positions_per_room, seed) for r in range(n_rooms)]
+    splits = room_splits(n_rooms)
+    jobs = [(str(out_dir), r, room_cell(r, splits), splits[r], positions_per_room, seed) for r in range(n_rooms)]
     if workers > 1 and n_rooms > 1:
         from disse.pipeline.render import pool_context
 
@@ -555,7 +555,6 @@ def write_rir_bank(out_dir: Path, n_rooms: int, positions_per_room: int, seed: i
             pool.join()
     else:
         per_room = [_simulate_room(j) for j in jobs]
-    assign_position_splits(per_room)
     rows = [row for room_rows in per_room for row in room_rows]
     return _write_csv_atomic(out_dir / "rirs.csv", rows)
 
@@ -568,8 +567,8 @@ def write_rir_bank(out_dir: Path, n_rooms: int, positions_per_room: int, seed: i
 class DemoConfig:
     types: int = 32
     clips_per_type: int = 8
-    rooms: int = 24
-    positions_per_room: int = 8
+    rooms: int = 48
+    positions_per_room: int = 6
     rirs_per_clip: int = 4
     clips_per_rir: int = 4
     shard_size: int = 32
@@ -577,7 +576,7 @@ class DemoConfig:
 
 
 def _inputs_fingerprint(cfg: DemoConfig) -> str:
-    return f"demo-inputs v3 types={cfg.types} clips={cfg.clips_per_type} rooms={cfg.rooms} positions={cfg.positions_per_room} seed={cfg.seed}\n"
+    return f"demo-inputs v4 types={cfg.types} clips={cfg.clips_per_type} rooms={cfg.rooms} positions={cfg.positions_per_room} seed={cfg.seed}\n"
 
 
 def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, workers: int = 1,
@@ -646,9 +645,10 @@ def _make_command():
                   help="Number of sound types (the first N of the built-in list).")
     @click.option("--clips-per-type", type=click.IntRange(min=3), default=d.clips_per_type, show_default=True,
                   help="Variants per type: the last goes to test, the one before to val.")
-    @click.option("--rooms", type=click.IntRange(min=1), default=d.rooms, show_default=True)
-    @click.option("--positions-per-room", type=click.IntRange(min=3), default=d.positions_per_room,
-                  show_default=True, help="Source positions per room: one to val, one to test.")
+    @click.option("--rooms", type=click.IntRange(min=3), default=d.rooms, show_default=True,
+                  help="Simulated rooms: a quarter are held out for test, an eighth for validation.")
+    @click.option("--positions-per-room", type=click.IntRange(min=1), default=d.positions_per_room,
+                  show_default=True, help="Source/receiver positions per room.")
     @click.option("--rirs-per-clip", type=click.IntRange(min=1), default=d.rirs_per_clip, show_default=True)
     @click.option("--clips-per-rir", type=click.IntRange(min=1), default=d.clips_per_rir, show_default=True)
     @click.option("--shard-size", type=click.IntRange(min=1), default=d.shard_size, show_default=True)

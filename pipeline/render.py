@@ -39,7 +39,7 @@ from disse.pipeline.captions import make_captions
 from disse.pipeline.features import intensity_features
 from disse.pipeline.shards import (shard_name, stale_tmp_files, write_json_atomic,
                                    write_tar_atomic)
-from disse.pipeline.splits import (SPLITS, assign_splits, pair_blocks, per_sample_rng,
+from disse.pipeline.splits import (SPLITS, assign_group_splits, pair_blocks, per_sample_rng,
                                    sample_key)
 from disse.schemas import (CaptionRules, DryClip, FeatureParams, RirRecord, SchemaError,
                            ShardMeta, encode_sample)
@@ -52,7 +52,9 @@ PARTS_DIR = "_parts"
 class RenderOptions:
     """What to render. Everything here except ``max_failure_rate`` is part of the plan fingerprint."""
 
-    seed: int = 0
+    seed: int = 0                    # per-sample RNG (phrasings, gains) and pairing order
+    split_seed: int = 0              # split assignment only: --seed never moves an item between splits
+    room_column: str = "room_index"  # RIR CSV column that names the room (the RIR split group)
     shard_size: int = 256            # samples per shard
     rirs_per_clip: int = 1           # K: each clip rendered in >= K spaces
     clips_per_rir: int = 1           # L: each RIR holds >= L sources
@@ -226,11 +228,11 @@ class Renderer:
         rng = per_sample_rng(o.seed, spec.key)
         caps = make_captions(self.rules, descriptors, spec.clip.caption, rng)
         meta = ShardMeta(
-            key=spec.key, split=spec.split, source_id=spec.clip.audiocap_id,
+            key=spec.key, split=spec.split, source_id=spec.clip.source_id,
             space_id=self.rules.space_id(descriptors), rir_id=rir.rir_id,
             source_caption=spec.clip.caption, spatial_caption=caps.spatial_caption,
             caption=caps.caption, descriptors=descriptors, features=p.to_dict(),
-            render={"seed": o.seed, "gain": round(gain, 9), "gain_db": round(20 * math.log10(gain), 4),
+            render={"seed": o.seed, "split_seed": o.split_seed, "gain": round(gain, 9), "gain_db": round(20 * math.log10(gain), 4),
                     "target_rms_dbfs": o.target_rms_dbfs, "max_peak": o.max_peak,
                     "rules_version": self.rules.version, "phrases": caps.phrases,
                     "source_file": spec.clip.path.name, "rir_file": rir.rir_path.name},
@@ -256,8 +258,19 @@ def _skip_record(err: SchemaError, **extra) -> dict:
 
 def _spec_identity(x: SampleSpec) -> list:
     r = x.rir
-    return [x.key, x.clip.audiocap_id, x.clip.caption, x.clip.path.name, r.rir_id, r.rir_path.name,
+    return [x.key, x.clip.audiocap_id, x.clip.source_id, x.clip.caption, x.clip.path.name, r.rir_id, r.rir_path.name,
             r.foa_format, r.azimuth_deg, r.elevation_deg, r.source_distance_m, r.area_m2, r.t30_ms]
+
+
+def rir_group(rir: RirRecord, room_column: str) -> str:
+    """The split group of a RIR: its room (``room_column`` of the CSV) or, without that column, the
+    RIR itself (documented: a bank without room information cannot be split by room)."""
+    if room_column in rir.extra:
+        value = str(rir.extra[room_column]).strip()
+        if value == "" or value.lower() in ("nan", "none", "null"):
+            raise SchemaError(f"empty room for {rir.rir_id!r}", field=room_column)
+        return f"room:{value}"
+    return f"rir:{rir.rir_id}"
 
 
 def make_plan(clips: list[DryClip], rirs: list[RirRecord], options: RenderOptions,
@@ -273,10 +286,11 @@ def make_plan(clips: list[DryClip], rirs: list[RirRecord], options: RenderOption
         raise SchemaError("no usable dry clips", field="clips")
     if not rirs:
         raise SchemaError("no usable RIRs", field="rirs")
-    clip_split = assign_splits([c.audiocap_id for c in clips], options.val_fraction,
-                               options.test_fraction, options.seed, clip_splits)
-    rir_split = assign_splits([r.rir_id for r in rirs], options.val_fraction, options.test_fraction,
-                              options.seed + 1, rir_splits)
+    clip_split = assign_group_splits({c.audiocap_id: c.source_id for c in clips}, options.val_fraction,
+                                     options.test_fraction, options.split_seed, clip_splits, kind="recording")
+    rir_split = assign_group_splits({r.rir_id: rir_group(r, options.room_column) for r in rirs},
+                                    options.val_fraction, options.test_fraction, options.split_seed + 1,
+                                    rir_splits, kind="room")
     clip_by_id = {c.audiocap_id: c for c in clips}
     rir_by_id = {r.rir_id: r for r in rirs}
     base = {"options": options.plan_dict(), "features": params.to_dict(), "rules_version": rules.version}
@@ -536,10 +550,19 @@ def plan_from_files(clips_csv: str | Path, rirs_csv: str | Path, options: Render
             raise SchemaError(f"split must be one of {SPLITS}, got {s!r} for {rid!r}",
                               file=str(rirs_csv), field="split")
     skipped_rows = [_skip_record(e) for e in bad_clips + bad_rirs]
+    has_rooms = bool(rirs) and all(options.room_column in r.extra for r in rirs)
+    if rirs and not has_rooms and any(options.room_column in r.extra for r in rirs):
+        raise SchemaError("column missing", file=str(rirs_csv), field=options.room_column)
+    for r in rirs:
+        try:
+            rir_group(r, options.room_column)
+        except SchemaError as err:
+            raise SchemaError(err.reason, file=str(rirs_csv), field=options.room_column) from None
     inputs = {"clips_csv": str(clips_csv), "rirs_csv": str(rirs_csv),
               "audio_dir": None if audio_dir is None else str(audio_dir),
               "clips": len(clips), "rirs": len(rirs),
-              "rows": len(clips) + len(rirs) + len(skipped_rows)}
+              "rows": len(clips) + len(rirs) + len(skipped_rows),
+              "rir_split_groups": f"room ({options.room_column})" if has_rooms else "rir (no room column)"}
     return make_plan(clips, rirs, options, params, rules, clip_splits=clip_splits or None,
                      rir_splits=rir_splits or None, skipped_rows=skipped_rows, inputs=inputs)
 
@@ -573,7 +596,13 @@ def _make_command():
                   help="RIR CSV (disse-synth rirs writes one) [, split].")
     @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
     @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True,
+                  help="Render seed: phrasings, gains, pairing order (never the splits).")
+    @click.option("--split-seed", type=int, default=0, show_default=True,
+                  help="Seed of the train/val/test assignment (by recording and by room).")
+    @click.option("--room-column", default="room_index", show_default=True,
+                  help="RIR CSV column naming each RIR's room: all positions of a room share a split. "
+                       "Without it every RIR is its own group (a warning says so).")
     @click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
                   help="Samples per shard.")
     @click.option("--rirs-per-clip", type=click.IntRange(min=1), default=1, show_default=True,
@@ -595,7 +624,7 @@ def _make_command():
     @click.option("--rules", "rules_yaml", type=click.Path(dir_okay=False), default=None,
                   help="Caption rule table YAML (default: configs/caption_rules_v1.yaml).")
     @click.option("--no-progress", is_flag=True)
-    def render_command(clips_csv, audio_dir, rirs_csv, out_dir, workers, seed, shard_size,
+    def render_command(clips_csv, audio_dir, rirs_csv, out_dir, workers, seed, split_seed, room_column, shard_size,
                        rirs_per_clip, clips_per_rir, val_fraction, test_fraction, target_rms_dbfs,
                        max_failure_rate, job_index, num_jobs, shard_range, plan_only,
                        features_yaml, rules_yaml, no_progress):
@@ -609,13 +638,18 @@ def _make_command():
 
         if (job_index is None) != (num_jobs is None):
             raise click.UsageError("--job-index and --num-jobs go together")
-        options = RenderOptions(seed=seed, shard_size=shard_size, rirs_per_clip=rirs_per_clip,
+        options = RenderOptions(seed=seed, split_seed=split_seed, room_column=room_column,
+                                shard_size=shard_size, rirs_per_clip=rirs_per_clip,
                                 clips_per_rir=clips_per_rir, val_fraction=val_fraction,
                                 test_fraction=test_fraction, target_rms_dbfs=target_rms_dbfs,
                                 max_failure_rate=max_failure_rate)
         plan = plan_from_files(clips_csv, rirs_csv, options, audio_dir=audio_dir,
                                params=load_feature_params(features_yaml),
                                rules=load_caption_rules(rules_yaml))
+        if not plan.inputs["rir_split_groups"].startswith("room"):
+            click.echo(f"warning: {rirs_csv} has no {room_column!r} column: RIRs are split one by one, so "
+                       "positions of one room can land in train and test; add a room column "
+                       "(or --room-column NAME) for held-out rooms", err=True)
         job = None if job_index is None else (job_index, num_jobs)
         selected = select_shards(len(plan.shards), parse_shard_range(shard_range), job)
         if plan_only:

@@ -1,9 +1,13 @@
 """Train / validation / test assignment and clip x RIR pairing, both deterministic.
 
-Splits are disjoint in dry clips and in RIRs: each clip id and each RIR id is assigned to one
-split by a seeded hash of the id alone, so an item's split never depends on the number of
-workers, the order of the CSV or the other items (validation and test are fixed sets; adding
-clips to a corpus does not move existing ones). An explicit ``split`` column overrides the hash.
+Splits are disjoint by *group*: dry clips are grouped by recording (their ``source_id``: caption
+rows of one audio file stay together) and RIRs by room (every position of a room in one split),
+and each group goes to one split by a hash of the group id and the *split seed* alone. The split
+seed is not the render seed: re-rendering with another ``--seed`` (new phrasings, new gains) never
+moves an item between splits, and an item's split does not depend on the number of workers, the
+order of the CSV or the other items (adding clips to a corpus does not move existing ones). An
+explicit ``split`` column overrides the hash for a whole group; a group whose rows name two
+splits is an error.
 
 Within a split, clips and RIRs are paired in *blocks*: each block takes the next L clips and the
 next K RIRs of two seeded cyclic orders and pairs all of them (L x K samples). So every clip is
@@ -63,6 +67,27 @@ def assign_splits(ids: list[str], val_fraction: float, test_fraction: float, see
                 cand = sorted((abs(u[i] - centres[split]), i) for i in u if out[i] == donor)
                 out[cand[0][1]] = split
     return {i: out[i] for i in ids}
+
+
+def assign_group_splits(item_groups: dict[str, str], val_fraction: float, test_fraction: float,
+                        seed: int, fixed: dict[str, str] | None = None, *, kind: str = "item",
+                        file: str | None = None) -> dict[str, str]:
+    """Map each item id to a split so that every item of one group shares it.
+
+    ``item_groups``: item id -> group id (a clip's recording, a RIR's room). Fractions are of
+    groups. ``fixed`` (item id -> split, e.g. a CSV's split column) fixes its group's split; two
+    items of one group fixed to different splits raise a :class:`SchemaError` naming the group.
+    """
+    fixed_groups: dict[str, str] = {}
+    for item, split in (fixed or {}).items():
+        g = item_groups[item]
+        if fixed_groups.setdefault(g, split) != split:
+            raise SchemaError(f"{kind} group {g!r} is given two splits ({fixed_groups[g]!r} and "
+                              f"{split!r}, the latter for {item!r}); one group must stay in one split",
+                              file=file, field="split")
+    groups = list(dict.fromkeys(item_groups.values()))
+    group_split = assign_splits(groups, val_fraction, test_fraction, seed, fixed_groups or None)
+    return {item: group_split[g] for item, g in item_groups.items()}
 
 
 def seeded_order(ids: list[str], seed: int, salt: str) -> list[str]:

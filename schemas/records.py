@@ -22,11 +22,22 @@ FOA_FORMATS = ("ambix", "fuma")
 
 @dataclass(frozen=True)
 class DryClip:
-    """One captioned mono clip. ``path`` is resolved (it may not exist: render reports that)."""
+    """One captioned mono clip. ``path`` is resolved (it may not exist: render reports that).
+
+    ``source_id`` names the *recording*: several caption rows of one audio file (AudioCaps val/test,
+    Clotho) share it, so they land in one split and count as positives of each other. It is the
+    CSV's ``source_id`` column when present, else the path column's value without its extension,
+    else (files found by id) the ``audiocap_id``.
+    """
 
     audiocap_id: str
     caption: str
     path: Path
+    source_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.source_id:
+            object.__setattr__(self, "source_id", self.audiocap_id)
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,9 @@ def read_clips_csv(csv_path: str | Path, audio_dir: str | Path | None = None,
                    skipped: list[SchemaError] | None = None) -> list[DryClip]:
     """Read ``audiocap_id, caption`` plus a path column (or files ``{audio_dir}/{audiocap_id}.{ext}``).
 
-    Relative paths are resolved against ``audio_dir`` if given, else the CSV's folder.
+    Relative paths are resolved against ``audio_dir`` if given, else the CSV's folder. Each clip's
+    ``source_id`` (its recording) is the optional ``source_id`` column, else the path column's
+    value without extension, else the ``audiocap_id`` (see :class:`DryClip`).
     """
     path = Path(csv_path)
     df = _read_csv(path, ("audiocap_id", "caption"))
@@ -122,17 +135,22 @@ def read_clips_csv(csv_path: str | Path, audio_dir: str | Path | None = None,
                 raise SchemaError(f"duplicate audiocap_id {clip_id!r}", file=str(path), row=i,
                                   field="audiocap_id")
             if path_col is not None:
-                p = Path(_text(row, path_col, path, i))
+                given = _text(row, path_col, path, i)
+                p = Path(given)
                 p = p if p.is_absolute() else base / p
+                recording = str(Path(given).with_suffix("")).replace("\\", "/")
             else:
                 p = _find_audio(base, clip_id)
+                recording = clip_id
+            if "source_id" in df.columns:
+                recording = _text(row, "source_id", path, i)
         except SchemaError as err:
             if skipped is None:
                 raise
             skipped.append(err)
             continue
         seen.add(clip_id)
-        clips.append(DryClip(audiocap_id=clip_id, caption=caption, path=p))
+        clips.append(DryClip(audiocap_id=clip_id, caption=caption, path=p, source_id=recording))
     return clips
 
 

@@ -24,6 +24,18 @@ def _metas(root):
     return out
 
 
+def _room(meta) -> str:
+    return meta.rir_id.split("_p")[0]
+
+
+def test_demo_rir_bank_holds_out_whole_rooms(demo_shards):
+    import pandas as pd
+
+    rirs = pd.read_csv(demo_shards / "inputs" / "rirs" / "rirs.csv")
+    assert rirs.groupby("room_index")["split"].nunique().max() == 1
+    assert set(rirs.split) == {"train", "val", "test"}
+
+
 def test_demo_splits_pairs_and_spaces(demo_shards):
     metas = _metas(demo_shards)
     manifest = json.loads((demo_shards / "manifest.json").read_text())
@@ -44,6 +56,8 @@ def test_demo_splits_pairs_and_spaces(demo_shards):
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         assert not {m.source_id for m in by_split[a]} & {m.source_id for m in by_split[b]}
         assert not {m.rir_id for m in by_split[a]} & {m.rir_id for m in by_split[b]}
+        # whole rooms are held out: no room has positions in two splits
+        assert not {_room(m) for m in by_split[a]} & {_room(m) for m in by_split[b]}
     # 4 rooms from the size x reverberation grid: every reverberation bin, every room size
     assert {m.descriptors["reverberation"] for m in metas} == {
         "dampened", "slightly-reverberant", "reverberant", "highly-reverberant"}
@@ -103,8 +117,8 @@ def test_demo_rerun_redoes_nothing(demo_shards):
     assert {t: t.stat().st_mtime_ns for t in tars} == before
 
 
-@pytest.mark.parametrize("bad", [{"clips_per_type": 2}, {"positions_per_room": 2}])
+@pytest.mark.parametrize("bad", [{"clips_per_type": 2}, {"rooms": 2}])
 def test_demo_rejects_sizes_without_val_and_test(tmp_path, bad):
-    cfg = DemoConfig(**{**DemoConfig(types=1, rooms=1).__dict__, **bad})
+    cfg = DemoConfig(**{**DemoConfig(types=1, rooms=3).__dict__, **bad})
     with pytest.raises(ValueError):
         run_demo(tmp_path / "d", cfg, progress=False)
