@@ -105,3 +105,29 @@ def to_real_units(phys: dict, stats: PhysicsStats = DEFAULT_STATS) -> dict[str, 
     for name in SCALARS:
         out[REAL_KEYS[name]] = denormalize_scalar(torch.as_tensor(phys[name]).float(), name, stats)
     return out
+
+
+def intensity_direction(iv: torch.Tensor, min_directivity: float = 0.95) -> torch.Tensor:
+    """Physics baseline: source direction from intensity features, no learning.
+
+    ``iv (B, 6, F, M)`` (channels act_x, act_y, act_z, rea_x, rea_y, rea_z; float16 as stored is fine,
+    the sums run in float32) -> ``(B, 3)`` unit vectors (x front, y left, z up). Per item, the active
+    intensity vectors ``iv[:, :3]`` are summed over the time-frequency cells whose directivity
+    ``|I_act|`` is at least ``min_directivity`` (1 = a single plane wave, 0 = diffuse), which keeps
+    the cells dominated by the direct sound. This is the torch twin of the synthesis reference
+    ``disse.pipeline.features.direction_from_iv(iv, min_directivity)``.
+
+    Fallbacks, per item: where no cell reaches the threshold (the reference raises there), the plain
+    sum over all cells is used, i.e. ``direction_from_iv(iv, 0.0)``; where that sum is the zero
+    vector as well (silence), the result is front ``(1, 0, 0)``, a fixed guess that scores like
+    chance (90 degrees on average) rather than a zero vector that would score 0 degrees.
+    """
+    act = torch.as_tensor(iv)[:, :3].float().flatten(2)          # (B, 3, F*M)
+    directivity = torch.linalg.vector_norm(act, dim=1)            # (B, F*M)
+    keep = directivity >= min_directivity
+    selected = (act * keep[:, None].to(act.dtype)).sum(-1)        # (B, 3)
+    has_cells = keep.any(dim=1, keepdim=True)
+    total = torch.where(has_cells, selected, act.sum(-1))
+    norm = torch.linalg.vector_norm(total, dim=-1, keepdim=True)
+    front = torch.tensor([1.0, 0.0, 0.0], dtype=total.dtype, device=total.device).expand_as(total)
+    return torch.where(norm > 0, total / norm.clamp_min(torch.finfo(total.dtype).tiny), front)
