@@ -4,6 +4,8 @@ Everything here works on plain arrays so that any model's embeddings can be scor
 
 * multi-positive retrieval (R@K, mAP@K) from blocked similarities with a running top-K, so memory
   stays bounded whatever N is, and the exact chance level of each figure under a random ranking;
+  cross-modal (text <-> audio, :func:`paired_retrieval`) and intra-modal (audio -> audio with the
+  query left out, :func:`self_retrieval`);
 * invariance ratios from per-group sums (exact, O(N*D), streamed in chunks);
 * physical errors in real units and zero-shot descriptor accuracy.
 
@@ -213,6 +215,57 @@ def paired_retrieval(text: np.ndarray, audio: np.ndarray, id_sets: list[IdSet], 
             out.update({f"{s.name}/{direction}/{k}": v for k, v in res.items()})
     return out
 
+
+
+def topk_self(x: np.ndarray | torch.Tensor, k: int, chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
+    """Top-k by cosine similarity of every row of ``x (N, D)`` among all rows (itself included).
+
+    Returns ``(N, min(k, N))`` row indices, best first. The similarity matrix is symmetric, so only
+    the blocks on and above the diagonal are computed: block (r, c) serves rows r (along its rows)
+    and rows c (along its columns), half the matmuls of :func:`topk_both_directions` on ``(x, x)``.
+    Memory is O(chunk^2 + N k).
+    """
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if x.ndim != 2:
+        raise ValueError(f"need (N, D), got {tuple(x.shape)}")
+    n = x.shape[0]
+    kk = min(k, n)
+    xinv = _inv_norms(x)
+    top_v = torch.full((n, kk), float("-inf"))  # running top-k of each row; placeholders lose to any cosine
+    top_i = torch.zeros((n, kk), dtype=torch.int64)
+    with torch.no_grad():
+        for r0 in range(0, n, chunk_size):
+            r1 = min(r0 + chunk_size, n)
+            xr = x[r0:r1] * xinv[r0:r1, None]
+            for c0 in range(r0, n, chunk_size):
+                c1 = min(c0 + chunk_size, n)
+                s = xr @ (x[c0:c1] * xinv[c0:c1, None]).T  # (rb, cb) cosines
+                v, i = s.topk(min(kk, c1 - c0), dim=1)
+                top_v[r0:r1], top_i[r0:r1] = _merge_topk(top_v[r0:r1], top_i[r0:r1], v, i + c0, kk, dim=1)
+                if c0 != r0:  # the mirrored block (c, r) is s.T
+                    v, i = s.T.contiguous().topk(min(kk, r1 - r0), dim=1)
+                    top_v[c0:c1], top_i[c0:c1] = _merge_topk(top_v[c0:c1], top_i[c0:c1], v, i + r0, kk, dim=1)
+    return top_i.numpy()
+
+
+def self_retrieval(x: np.ndarray, id_sets: list[IdSet], ks: tuple[int, ...] = (1, 5, 10), map_k: int = 10,
+                   chunk_size: int = DEFAULT_CHUNK) -> dict[str, float]:
+    """Intra-modal retrieval: every row of ``x (N, D)`` queries all other rows, scored under several id
+    sets from one blocked pass (the audio-side leakage checks AX-SRC, AX-SPA).
+
+    The query itself is left out of its gallery and of its positives, so every id set must have
+    ``exclude_self=True``; chance is then exact over N - 1 gallery items with m - 1 positives.
+    Keys: ``{set.name}/a2a/R@1``, ``.../R@1/chance``, ``.../mAP@10``, ``.../n_queries``.
+    """
+    for s in id_sets:
+        if not s.exclude_self:
+            raise ValueError(f"{s.name}: intra-modal retrieval must exclude the query itself (exclude_self=True)")
+    top = topk_self(x, max(max(ks), map_k) + 1, chunk_size)  # +1: room to drop the query itself
+    out: dict[str, float] = {}
+    for s in id_sets:
+        res = retrieval_from_topk(top, s.ids, s.ids, ks, map_k, exclude_self=True)
+        out.update({f"{s.name}/a2a/{k}": v for k, v in res.items()})
+    return out
 
 # ----------------------------------------------------------------------------------------------
 # invariance ratios
