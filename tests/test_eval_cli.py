@@ -39,6 +39,8 @@ def make_npz(path, n=240, seed=0, quality=1.0):
                      physical={"true_azimuth_deg": az, "true_elevation_deg": el, "true_distance_m": dist,
                                "true_area_m2": area, "true_t30_ms": t30,
                                "pred_direction": M.direction_from_angles(az + rng.normal(0, 15, n), el),
+                               "iv_direction": M.direction_from_angles(az + rng.normal(0, 35, n),
+                                                                       el + rng.normal(0, 10, n)),
                                "pred_distance_m": dist + rng.normal(0, 0.3, n),
                                "pred_area_m2": area + rng.normal(0, 20, n), "pred_t30_ms": t30 + rng.normal(0, 100, n)},
                      descriptors=desc, prompts=prompts, keys=np.array([f"k{i:05d}" for i in range(n)]))
@@ -75,15 +77,34 @@ def test_embeddings_path_writes_report_metrics_and_plots(scored):
                 assert 0.0 <= m[f"{task}/{d_}/{k}/chance"] <= m[f"{task}/{d_}/R@10/chance"] + 1e-12 or k == "R@10"
     assert m["SRC/t2a/R@1"] > 3 * m["SRC/t2a/R@1/chance"]  # the embeddings carry source identity
     assert 5 < m["phys/direction_err_deg/mean"] < 30
+    # the physics baseline on the same items, and how the model compares with it
+    assert m["phys/direction_err_deg/mean"] < m["phys/direction_err_deg/iv_baseline/mean"] < 60
+    assert m["phys/direction_err_deg/vs_iv_baseline"] == pytest.approx(
+        m["phys/direction_err_deg/mean"] / m["phys/direction_err_deg/iv_baseline/mean"])
+    # audio-side leakage checks, with their chance levels
+    for task in ("AX-SRC", "AX-SPA"):
+        for k in ("R@1", "R@5", "R@10", "mAP@10"):
+            assert 0.0 <= m[f"{task}/a2a/{k}/chance"] <= 1.0 and f"{task}/a2a/{k}" in m
     assert {f"zeroshot/{a}/acc" for a in ("direction", "elevation", "distance", "room_size", "reverberation")} <= m.keys()
     report = (out / "report.md").read_text()
     for needle in ("Retrieval", "X-SRC", "IR_space", "direction error", "Zero-shot", "projection_spatial.png",
-                   "direction_error.png", "(chance)"):
-        assert needle in report
+                   "direction_error.png", "(chance)", "Leakage checks", "| AX-SRC | a2a |", "| AX-SPA | a2a |"):
+        assert needle in report, needle
+    # the baseline row sits right under the learned one, with its own chance level
+    lines = report.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("| direction error, mean — model |"))
+    assert lines[i + 1].startswith("| direction error, mean — IV baseline (physics) | "
+                                   f"{m['phys/direction_err_deg/iv_baseline/mean']:.1f} | ° | 90.0 |")
+    assert any(ln.startswith("| direction error, model mean / IV baseline mean | ") for ln in lines)
+    # X- and AX- checks share the leakage table, after the SRC / SPA table
+    leak = report.index("## Leakage checks")
+    assert report.index("| X-SRC | t2a |") > leak and report.index("| AX-SRC | a2a |") > leak
+    assert report.index("| SRC | t2a |") < leak
     for png in ("projection_spatial.png", "projection_source.png", "direction_error.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert "SRC t2a R@1" in res.output and "report.md" in res.output
+    assert "AX-SRC a2a R@1" in res.output and "IV baseline (physics) mean" in res.output
 
 
 def test_compare_prints_two_runs_side_by_side(scored, tmp_path):
@@ -102,6 +123,12 @@ def test_compare_prints_two_runs_side_by_side(scored, tmp_path):
     assert float(cols[2]) == pytest.approx(b["SRC/t2a/R@1"], abs=5e-4)
     assert float(cols[3]) == pytest.approx(b["SRC/t2a/R@1"] - a["SRC/t2a/R@1"], abs=1e-3)
     assert float(cols[3]) < 0  # the noisier embeddings retrieve worse
+    # new keys are listed generically, with their chance levels
+    for key in ("AX-SRC/a2a/R@1", "AX-SPA/a2a/mAP@10", "phys/direction_err_deg/iv_baseline/mean"):
+        cols = next(ln for ln in res.output.splitlines() if ln.startswith(key + " ")).split()
+        assert float(cols[1]) == pytest.approx(a[key], abs=5e-4) and float(cols[-1]) == pytest.approx(
+            a[f"{key}/chance"], abs=5e-4), key
+    assert any(ln.startswith("phys/direction_err_deg/vs_iv_baseline ") for ln in res.output.splitlines())
 
 
 def test_save_embeddings_roundtrip(scored, tmp_path):
@@ -112,6 +139,22 @@ def test_save_embeddings_roundtrip(scored, tmp_path):
     back = Embeddings.load(tmp_path / "again.npz")
     np.testing.assert_array_equal(back.audio_space, emb.audio_space)
     np.testing.assert_array_equal(back.space_id, emb.space_id)
+
+
+def test_older_npz_without_iv_direction(scored, tmp_path):
+    """Files written before the physics baseline existed score as before, without its keys and rows."""
+    d, _, _ = scored
+    arrays = dict(np.load(d / "emb.npz"))
+    del arrays["iv_direction"]
+    np.savez(tmp_path / "old.npz", **arrays)
+    res = run(["--embeddings", tmp_path / "old.npz", "--out", tmp_path / "o", "--chunk-size", "50"])
+    assert res.exit_code == 0, res.output + res.stderr
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())["metrics"]
+    new = json.loads((d / "out" / "metrics.json").read_text())["metrics"]
+    assert not [k for k in m if "iv_baseline" in k]
+    assert m == {k: v for k, v in new.items() if "iv_baseline" not in k}
+    assert "IV baseline" not in (tmp_path / "o" / "report.md").read_text()
+    assert (tmp_path / "o" / "direction_error.png").stat().st_size > 10_000
 
 
 def _bad_npz(tmp_path, mutate):
@@ -204,7 +247,9 @@ def test_checkpoint_on_demo_shards(random_checkpoint, demo_shards, tmp_path):
     assert m["n_items"] == n and doc["meta"]["checkpoint"] == str(random_checkpoint)
     assert doc["meta"]["skipped_samples"] == 0
     for key in ("SRC/t2a/R@1", "SPA/a2t/mAP@10", "X-SRC/t2a/R@5/chance", "IR_space", "IR_source/pairs_same_space_diff_source",
-                "phys/direction_err_deg/median", "phys/t30_ms/mae", "zeroshot/direction/acc", "zeroshot/reverberation/acc/chance"):
+                "phys/direction_err_deg/median", "phys/t30_ms/mae", "zeroshot/direction/acc", "zeroshot/reverberation/acc/chance",
+                "AX-SRC/a2a/R@1", "AX-SPA/a2a/mAP@10/chance", "phys/direction_err_deg/iv_baseline/mean",
+                "phys/direction_err_deg/vs_iv_baseline"):
         assert key in m, key
     for png in ("projection_spatial.png", "projection_source.png", "direction_error.png"):
         assert (tmp_path / "out" / png).stat().st_size > 10_000
@@ -227,6 +272,18 @@ def test_checkpoint_on_demo_shards(random_checkpoint, demo_shards, tmp_path):
     assert emb.space_id[idx].tolist() == batch["space_id_str"]
     assert emb.descriptors["direction"][idx].tolist() == [d["direction"] for d in batch["descriptors"]]
     assert set(emb.prompts) == set(load_caption_rules().attributes)
+    # the physics baseline: the intensity-vector direction of each sample's own features
+    from disse.pipeline.features import direction_from_iv
+
+    iv_dir = emb.physical["iv_direction"][idx]
+    np.testing.assert_allclose(iv_dir, physics.intensity_direction(batch["iv"], 0.95).numpy(), atol=1e-6)
+    for iv, vec in zip(batch["iv"].numpy(), iv_dir):
+        try:
+            az, el = direction_from_iv(iv, 0.95)
+        except ValueError:  # no cell reaches 0.95: the documented fallback is the plain sum
+            az, el = direction_from_iv(iv, 0.0)
+        ref = M.direction_from_angles(np.array([az]), np.array([el]))
+        assert M.angular_error_deg(vec[None], ref)[0] < 1e-3
 
 
 def test_bad_checkpoint_or_shards_is_one_line_error(tmp_path, demo_shards, random_checkpoint):

@@ -299,6 +299,8 @@ def arrays_ok(n=10, seed=0):
     (lambda a: a.__setitem__("pred_distance_m", np.ones(10)), "true_distance_m"),
     (lambda a: a.__setitem__("prompt_emb_distance", np.ones((3, 3))), "prompt_label_distance"),
     (lambda a: a["audio_source"].__setitem__(2, 0.0), "zero vector"),
+    (lambda a: a.__setitem__("iv_direction", np.ones((10, 2))), "iv_direction"),
+    (lambda a: a.__setitem__("iv_direction", np.eye(10, 3)), "iv_direction.*row 3 is a zero vector"),
 ])
 def test_bad_arrays_raise_clear_schema_errors(mutate, field):
     arrays = arrays_ok()
@@ -332,3 +334,228 @@ def test_load_rejects_non_npz_and_pickled(tmp_path):
     np.savez(tmp_path / "obj.npz", **arrays)
     with pytest.raises(SchemaError, match="source_id"):
         Embeddings.load(tmp_path / "obj.npz")
+
+
+# ---------------------------------------------------------------------------------------------
+# physics baseline: intensity-vector direction (torch) against the synthesis reference (numpy)
+
+def _unit(rng, n):
+    v = rng.normal(size=(n, 3))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def synthetic_iv(rng, frames=40, mels=16, direct=None, n_direct=60, n_reflect=25, max_diffuse=0.9):
+    """float16 ``(6, F, M)``: a few near-plane-wave cells towards ``direct`` (|I| in [0.95, 1]), some strong
+    reflections from elsewhere (|I| in [0.95, 1]) and diffuse cells below the threshold everywhere else."""
+    cells = frames * mels
+    act = _unit(rng, cells) * rng.uniform(0.0, max_diffuse, (cells, 1))
+    idx = rng.permutation(cells)
+    if direct is not None:
+        d = rng.normal(0, 0.05, (n_direct, 3)) + direct  # a slightly spread direct path
+        act[idx[:n_direct]] = d / np.linalg.norm(d, axis=1, keepdims=True) * rng.uniform(0.955, 1.0, (n_direct, 1))
+        act[idx[n_direct:n_direct + n_reflect]] = _unit(rng, n_reflect) * rng.uniform(0.955, 1.0, (n_reflect, 1))
+    iv = np.zeros((6, frames, mels), np.float32)
+    iv[:3] = act.T.reshape(3, frames, mels)
+    iv[3:] = rng.normal(0, 0.2, (3, frames, mels))  # reactive part: ignored
+    return iv.astype(np.float16)
+
+
+def _ref_vector(iv, min_directivity):
+    from disse.pipeline.features import direction_from_iv
+
+    az, el = direction_from_iv(iv, min_directivity)
+    return M.direction_from_angles(np.array([az]), np.array([el]))[0]
+
+
+def test_intensity_direction_matches_pipeline_reference():
+    import torch
+
+    from disse.pipeline.features import direction_from_iv, intensity_features
+    from disse.pipeline.foa import encode_plane_wave
+    from disse.schemas import FeatureParams
+    from disse.trainer.physics import intensity_direction
+
+    rng = np.random.default_rng(20)
+    ivs = [synthetic_iv(rng, direct=_unit(rng, 1)[0]) for _ in range(4)]
+    # real features: a plane wave plus a delayed, weaker reflection from another direction
+    params = FeatureParams(clip_seconds=0.5)
+    sig = rng.normal(size=params.clip_samples).astype(np.float32)
+    foa = encode_plane_wave(sig, 60.0, 20.0) + 0.6 * encode_plane_wave(np.roll(sig, 700), -100.0, -10.0)
+    ivs.append(intensity_features(foa, params).astype(np.float16))
+    for group in (ivs[:4], ivs[4:]):  # batches of equal-shaped arrays (B, 6, F, M)
+        got = intensity_direction(torch.from_numpy(np.stack(group)), 0.95)
+        assert got.dtype == torch.float32 and got.shape == (len(group), 3)
+        np.testing.assert_allclose(torch.linalg.vector_norm(got, dim=1).numpy(), 1.0, atol=1e-6)
+        for iv, vec in zip(group, got.numpy()):
+            ref = _ref_vector(iv, 0.95)
+            assert M.angular_error_deg(vec[None], ref[None])[0] < 1e-3
+            # the threshold matters: the plain sum points elsewhere on these arrays
+            assert M.angular_error_deg(vec[None], _ref_vector(iv, 0.0)[None])[0] > 0.1
+    rendered = got.numpy()  # the last group: the rendered source at (60, 20) with its reflection
+    assert M.angular_error_deg(rendered, M.direction_from_angles(np.array([60.0]), np.array([20.0])))[0] < 5.0
+    # other thresholds agree too
+    got = intensity_direction(torch.from_numpy(np.stack(ivs[:4])), 0.5)
+    for iv, vec in zip(ivs[:4], got.numpy()):
+        assert M.angular_error_deg(vec[None], _ref_vector(iv, 0.5)[None])[0] < 1e-3
+
+    # fallback, per item: no cell reaches the threshold -> the plain sum (where the reference raises)
+    weak = synthetic_iv(rng, direct=None, max_diffuse=0.9)
+    weak[:3] += np.array([0.3, -0.2, 0.1], np.float16)[:, None, None]  # a net direction, still below 0.95
+    weak = np.clip(weak, -0.5, 0.5)
+    with pytest.raises(ValueError, match="no time-frequency cell"):
+        direction_from_iv(weak, 0.95)
+    got = intensity_direction(torch.from_numpy(np.stack([weak, ivs[0]])), 0.95).numpy()
+    assert M.angular_error_deg(got[:1], _ref_vector(weak, 0.0)[None])[0] < 1e-3
+    assert M.angular_error_deg(got[1:], _ref_vector(ivs[0], 0.95)[None])[0] < 1e-3  # its neighbour is unaffected
+    # silence: no direction at all -> front, a fixed guess (never a zero vector, which would score 0 degrees)
+    silent = np.zeros((1, 6, 4, 3), np.float16)
+    np.testing.assert_array_equal(intensity_direction(torch.from_numpy(silent)).numpy(), [[1.0, 0.0, 0.0]])
+
+
+def test_iv_baseline_metrics_on_the_same_items(tmp_path):
+    rng = np.random.default_rng(21)
+    n = 300
+    emb = synthetic(n, 10, 5, seed=21, perfect=False)
+    az, el = rng.uniform(-180, 180, n), rng.uniform(-60, 60, n)
+    pred = M.direction_from_angles(az + 10.0, el)
+    iv_dir = M.direction_from_angles(az + rng.normal(0, 40, n), el + rng.normal(0, 20, n))
+    emb.physical = {"true_azimuth_deg": az, "true_elevation_deg": el, "pred_direction": pred, "iv_direction": iv_dir}
+    r = evaluate_embeddings(emb)
+    truth = M.direction_from_angles(az, el)
+    learned, base = M.angular_error_deg(pred, truth), M.angular_error_deg(iv_dir, truth)
+    assert r["phys/direction_err_deg/iv_baseline/mean"] == pytest.approx(base.mean())
+    assert r["phys/direction_err_deg/iv_baseline/median"] == pytest.approx(np.median(base))
+    assert r["phys/direction_err_deg/iv_baseline/mean/chance"] == 90.0
+    assert r["phys/direction_err_deg/vs_iv_baseline"] == pytest.approx(learned.mean() / base.mean())
+    assert r["phys/direction_err_deg/vs_iv_baseline"] < 1  # the model beats the (noisier) physics here
+    assert r["phys/n"] == n
+    keys = [k for k in r if k.startswith("phys/direction_err_deg")]
+    assert [k[len("phys/direction_err_deg/"):] for k in keys] == [
+        "mean", "median", "mean/chance", "median/chance", "iv_baseline/mean", "iv_baseline/median",
+        "iv_baseline/mean/chance", "iv_baseline/median/chance", "vs_iv_baseline"]
+    # saved and loaded like the other physical arrays
+    emb.save(tmp_path / "with.npz")
+    back = Embeddings.load(tmp_path / "with.npz")
+    np.testing.assert_array_equal(back.physical["iv_direction"], iv_dir)
+    assert evaluate_embeddings(back) == r
+    # an older file without iv_direction still loads, and simply has no baseline keys
+    del emb.physical["iv_direction"]
+    emb.save(tmp_path / "old.npz")
+    old = evaluate_embeddings(Embeddings.load(tmp_path / "old.npz"))
+    assert not [k for k in old if "iv_baseline" in k]
+    assert old["phys/direction_err_deg/mean"] == r["phys/direction_err_deg/mean"]
+    # the baseline alone (no learned direction): its own figures, no ratio
+    emb.physical = {"true_azimuth_deg": az, "true_elevation_deg": el, "iv_direction": iv_dir}
+    alone = evaluate_embeddings(emb)
+    assert "phys/direction_err_deg/iv_baseline/mean" in alone and "phys/direction_err_deg/vs_iv_baseline" not in alone
+    assert "phys/direction_err_deg/mean" not in alone
+
+
+# ---------------------------------------------------------------------------------------------
+# audio-side leakage: AX-SRC (audio_space -> audio_space by source_id), AX-SPA (audio_source by space_id)
+
+@pytest.mark.parametrize("chunk", [7, 64, 10_000])
+def test_self_retrieval_matches_brute_force(chunk):
+    rng = np.random.default_rng(22)
+    n = 95
+    x = rng.normal(size=(n, 6))
+    ids = random_ids(rng, n, 11)
+    top = M.topk_self(x, 11, chunk_size=chunk)
+    np.testing.assert_array_equal(top, M.topk_both_directions(x, x, 11, chunk_size=10_000)[0])
+    got = M.self_retrieval(x, [M.IdSet("AX", ids, exclude_self=True)], chunk_size=chunk)
+    ref = brute_retrieval(x, x, ids, ids, exclude_self=True)
+    for key, value in ref.items():
+        assert got[f"AX/a2a/{key}"] == pytest.approx(value, abs=1e-12), key
+    # exact chance over the N - 1 other items with m - 1 positives, as for the X-checks
+    m = np.array([np.sum(ids == i) - 1 for i in ids])
+    chance = M.retrieval_chance(m[m > 0], n - 1)
+    for key, value in chance.items():
+        assert got[f"AX/a2a/{key}/chance"] == pytest.approx(value, abs=1e-12), key
+    with pytest.raises(ValueError, match="exclude the query itself"):
+        M.self_retrieval(x, [M.IdSet("AX", ids)])
+
+
+def _protos(rng, count, dim=32):
+    p = rng.normal(size=(count, dim))
+    return p / np.linalg.norm(p, axis=1, keepdims=True)
+
+
+def factor_embeddings(mode, n=2000, n_src=100, n_spa=40, seed=0, noise=0.05):
+    """Crossed design: every item draws its source and its space independently (each source is heard in
+    about n / n_src spaces). Captions carry only their own factor (text_source = f(source), text_space =
+    g(space)), as real source and spatial captions do. The audio embeddings depend on:
+
+    * ``clean``: audio_space on the space only, audio_source on the source only (disentangled);
+    * ``leak``: audio_space on the source only, audio_source on the space only (complete leakage);
+    * ``partial``: each audio embedding on both factors (its own plus the other's): SRC and SPA work.
+    """
+    rng = np.random.default_rng(seed)
+    src, spa = rng.integers(0, n_src, n), rng.integers(0, n_spa, n)
+    f_src, f_spa = _protos(rng, n_src), _protos(rng, n_spa)
+
+    def noisy(x):
+        return (x + noise * rng.normal(size=x.shape)).astype(np.float32)
+
+    a_src, a_spa = {"clean": (f_src[src], f_spa[spa]), "leak": (f_spa[spa], f_src[src]),
+                    "partial": (f_src[src] + f_spa[spa], f_spa[spa] + f_src[src])}[mode]
+    return Embeddings(noisy(a_src), noisy(a_spa), noisy(f_src[src]), noisy(f_spa[spa]), src,
+                      np.array([f"room{i}" for i in spa]))
+
+
+AX = (("AX-SRC", "a2a"), ("AX-SPA", "a2a"))
+
+
+def test_audio_side_leakage_is_flagged():
+    r = evaluate_embeddings(factor_embeddings("leak"), chunk_size=512)
+    for task, d in AX:
+        for k in ("R@1", "R@5", "R@10", "mAP@10"):
+            assert r[f"{task}/{d}/{k}"] > 0.99, (task, k)  # every neighbour shares the leaked id
+        assert r[f"{task}/{d}/R@1"] > 5 * r[f"{task}/{d}/R@1/chance"]
+        assert r[f"{task}/{d}/n_queries"] == 2000
+
+
+def _near_chance(r, task, d, k, sigmas=5.0):
+    """|value - chance| within ``sigmas`` binomial standard errors over the queries.
+
+    Queries of one space share most of their neighbours, so hits are mildly over-dispersed: over 30
+    seeds of this design the z-score (value - chance) / SE had mean ~0 and sd 1.1-1.3 for R@1/5/10
+    (0.3 for mAP@10), so 5 SE is about 4 empirical standard deviations."""
+    got, chance, nq = r[f"{task}/{d}/{k}"], r[f"{task}/{d}/{k}/chance"], r[f"{task}/{d}/n_queries"]
+    return abs(got - chance) < sigmas * math.sqrt(chance * (1 - chance) / nq), (task, d, k, got, chance)
+
+
+def test_disentangled_audio_scores_ax_at_chance():
+    r = evaluate_embeddings(factor_embeddings("clean", seed=1), chunk_size=512)
+    assert r["SRC/t2a/R@1"] == 1.0 and r["SPA/t2a/R@1"] == 1.0
+    for task, d in AX:
+        for k in ("R@1", "R@5", "R@10", "mAP@10"):
+            ok, info = _near_chance(r, task, d, k)
+            assert ok, info
+
+
+def test_cross_modal_x_src_misses_a_leak_that_ax_src_catches():
+    """The reason for the audio-side checks: the spatial caption holds no source information, so a text
+    spatial query ranks audio by space alone and X-SRC stays at chance however much source identity
+    the audio spatial embedding carries. AX-SRC compares audio with audio and sees it."""
+    r = evaluate_embeddings(factor_embeddings("partial", seed=2), chunk_size=512)
+    assert r["SPA/t2a/R@1"] == 1.0 and r["SRC/t2a/R@1"] == 1.0  # a model that looks fine on retrieval
+    for task in ("X-SRC", "X-SPA"):
+        for d in ("t2a", "a2t"):
+            for k in ("R@1", "R@10"):
+                ok, info = _near_chance(r, task, d, k)
+                assert ok, info
+    for task, d in AX:
+        assert r[f"{task}/{d}/R@1"] > 5 * r[f"{task}/{d}/R@1/chance"], task
+        assert r[f"{task}/{d}/mAP@10"] > 5 * r[f"{task}/{d}/mAP@10/chance"], task
+        assert r[f"{task}/{d}/R@10"] > 0.9, task
+
+
+def test_retrieval_key_order_is_stable():
+    r = evaluate_embeddings(factor_embeddings("clean", n=200, n_src=20, n_spa=8), chunk_size=64)
+    tasks = list(dict.fromkeys(k.split("/")[0] for k in r if "/" in k and k.split("/")[1] in ("t2a", "a2t", "a2a")))
+    assert tasks == ["SRC", "SPA", "X-SRC", "X-SPA", "AX-SRC", "AX-SPA"]
+    keys = list(r)
+    assert keys.index("AX-SPA/a2a/n_queries") < keys.index("IR_space")
+    assert [k for k in r if k.startswith("AX-SRC/")] == [
+        "AX-SRC/a2a/n_queries", "AX-SRC/a2a/R@1", "AX-SRC/a2a/R@5", "AX-SRC/a2a/R@10", "AX-SRC/a2a/mAP@10",
+        "AX-SRC/a2a/R@1/chance", "AX-SRC/a2a/R@5/chance", "AX-SRC/a2a/R@10/chance", "AX-SRC/a2a/mAP@10/chance"]

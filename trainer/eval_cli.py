@@ -63,8 +63,9 @@ def _device(name: str) -> str:
 def main(checkpoint: str | None, shards: str | None, embeddings: str | None, compare: tuple[str, str] | None,
          out: str, save_embeddings: str | None, rules: str | None, batch_size: int, num_workers: int,
          max_items: int | None, device: str, chunk_size: int, no_plots: bool) -> None:
-    """Score retrieval (SRC, SPA, X-SRC, X-SPA), invariance ratios, physical errors and zero-shot
-    descriptors, each next to its chance level; write metrics.json, report.md and PNG plots."""
+    """Score retrieval (SRC, SPA), leakage (X-SRC, X-SPA, audio-side AX-SRC, AX-SPA), invariance ratios,
+    physical errors (direction next to the intensity-vector physics baseline) and zero-shot descriptors,
+    each next to its chance level; write metrics.json, report.md and PNG plots."""
     try:
         _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules, batch_size, num_workers,
              max_items, device, chunk_size, no_plots)

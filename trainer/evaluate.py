@@ -24,6 +24,11 @@ ID_ARRAYS = ("source_id", "space_id")
 # Physical predictions and targets, real units. pred_direction: (N, 3) vector, x front, y left, z up.
 PRED_ARRAYS = ("pred_direction", "pred_distance_m", "pred_area_m2", "pred_t30_ms")
 TRUE_ARRAYS = ("true_azimuth_deg", "true_elevation_deg", "true_distance_m", "true_area_m2", "true_t30_ms")
+# Physics baselines computed from the input features, no learning. iv_direction: (N, 3) unit vector,
+# x front, y left, z up: disse.trainer.physics.intensity_direction of the sample's intensity features.
+BASELINE_ARRAYS = ("iv_direction",)
+IV_MIN_DIRECTIVITY = 0.95  # |I_act| of the cells the baseline keeps: near-plane-wave cells, the direct sound
+DIRECTION_ARRAYS = ("pred_direction", "iv_direction")  # (N, 3); every other physical array is (N,)
 # caption-rule quantity (shard json key) -> target array
 TRUE_OF_QUANTITY = {"azimuth_deg": "true_azimuth_deg", "elevation_deg": "true_elevation_deg",
                     "source_distance_m": "true_distance_m", "area_m2": "true_area_m2", "t30_ms": "true_t30_ms"}
@@ -32,6 +37,8 @@ MAE_QUANTITIES = (("pred_distance_m", "true_distance_m", "distance_m"),
                   ("pred_area_m2", "true_area_m2", "area_m2"),
                   ("pred_t30_ms", "true_t30_ms", "t30_ms"))
 DESC_PREFIX, PROMPT_EMB_PREFIX, PROMPT_LABEL_PREFIX = "desc_", "prompt_emb_", "prompt_label_"
+# retrieval figures, in the order of metrics.json: cross-modal, cross-modal leakage, audio-side leakage
+RETRIEVAL_TASKS = ("SRC", "SPA", "X-SRC", "X-SPA", "AX-SRC", "AX-SPA")
 
 
 @dataclass
@@ -40,7 +47,8 @@ class Embeddings:
 
     Embedding arrays are ``(N, D)`` float (``*_source`` share one D, ``*_space`` another); ids are
     ``(N,)`` strings or ints. ``physical`` holds any of PRED_ARRAYS / TRUE_ARRAYS, ``(N,)`` in real units
-    (``pred_direction`` is ``(N, 3)``). ``descriptors[attr]`` is ``(N,)`` labels; ``prompts[attr]`` is
+    (``pred_direction`` is ``(N, 3)``) and any of BASELINE_ARRAYS (``iv_direction``, ``(N, 3)``, the
+    intensity-vector estimate). ``descriptors[attr]`` is ``(N,)`` labels; ``prompts[attr]`` is
     ``(labels (L,), text-space embeddings (L, D_space))`` for zero-shot classification.
     """
 
@@ -82,7 +90,7 @@ class Embeddings:
         if version is not None and int(np.asarray(version)) != FORMAT_VERSION:
             raise SchemaError(f"format_version {int(np.asarray(version))} not supported (reader: {FORMAT_VERSION})",
                               file=where, field="format_version")
-        physical = {n: arrays[n] for n in PRED_ARRAYS + TRUE_ARRAYS if n in arrays}
+        physical = {n: arrays[n] for n in PRED_ARRAYS + TRUE_ARRAYS + BASELINE_ARRAYS if n in arrays}
         descriptors = {n[len(DESC_PREFIX):]: arrays[n] for n in arrays if n.startswith(DESC_PREFIX)}
         prompts = {}
         for n in arrays:
@@ -159,10 +167,15 @@ class Embeddings:
                 raise SchemaError(f"dimension {dims[b]} differs from {a}'s {dims[a]}", file=where, field=b)
         for name, x in self.physical.items():
             x = np.asarray(x)
-            want = (n, 3) if name == "pred_direction" else (n,)
+            want = (n, 3) if name in DIRECTION_ARRAYS else (n,)
             if x.shape != want:
                 raise SchemaError(f"shape {x.shape}, expected {want}", file=where, field=name)
             _check_float(x, where, name)
+            if name in BASELINE_ARRAYS:  # a zero vector has no direction, and would score 0 degrees
+                norms = np.linalg.norm(x, axis=1)
+                if (norms < M.EPS_NORM).any():
+                    raise SchemaError(f"row {int(np.argmax(norms < M.EPS_NORM))} is a zero vector (no direction)",
+                                      file=where, field=name)
         for pred, true in (("pred_distance_m", "true_distance_m"), ("pred_area_m2", "true_area_m2"),
                            ("pred_t30_ms", "true_t30_ms"), ("pred_direction", "true_azimuth_deg"),
                            ("pred_direction", "true_elevation_deg")):
@@ -226,6 +239,8 @@ def evaluate_embeddings(emb: Embeddings, rules: CaptionRules | None = None, *, k
 
     Retrieval: ``SRC``, ``SPA``, ``X-SRC``, ``X-SPA`` x ``t2a``/``a2t`` x ``R@k``/``mAP@k`` (+ ``/chance``,
     ``n_queries``); X-checks leave the query's own pair out (it shares both ids by construction).
+    Audio-side leakage ``AX-SRC`` (audio_space -> audio_space by source_id) and ``AX-SPA`` (audio_source
+    -> audio_source by space_id), direction ``a2a``, the query itself left out.
     ``IR_space``, ``IR_source`` with mean distances and pair counts; ``phys/...`` errors in real units;
     ``zeroshot/<attr>/...``. Missing optional inputs simply leave their keys out.
     """
@@ -237,7 +252,13 @@ def evaluate_embeddings(emb: Embeddings, rules: CaptionRules | None = None, *, k
     ret.update(M.paired_retrieval(emb.text_space, emb.audio_space,
                                   [M.IdSet("SPA", emb.space_id), M.IdSet("X-SRC", emb.source_id, exclude_self=True)],
                                   ks, map_k, chunk_size))
-    for task in ("SRC", "SPA", "X-SRC", "X-SPA"):  # a stable, readable key order
+    # audio-side leakage: audio -> audio with the query left out (text captions carry no cross information,
+    # so the cross-modal X-checks cannot see a leak that only the audio embedding holds)
+    ret.update(M.self_retrieval(emb.audio_space, [M.IdSet("AX-SRC", emb.source_id, exclude_self=True)],
+                                ks, map_k, chunk_size))
+    ret.update(M.self_retrieval(emb.audio_source, [M.IdSet("AX-SPA", emb.space_id, exclude_self=True)],
+                                ks, map_k, chunk_size))
+    for task in RETRIEVAL_TASKS:  # a stable, readable key order
         out.update({k: v for k, v in ret.items() if k.startswith(task + "/")})
     for name, x, a, b, num, den in (
             ("IR_space", emb.audio_space, emb.source_id, emb.space_id, "same_source_diff_space", "same_space_diff_source"),
@@ -253,20 +274,44 @@ def evaluate_embeddings(emb: Embeddings, rules: CaptionRules | None = None, *, k
 
 
 def physical_metrics(emb: Embeddings) -> dict[str, float]:
+    """Physical errors in real units (keys ``phys/...``, docs/evaluation.md).
+
+    Direction: great-circle error (degrees) of ``pred_direction``, and of the intensity-vector physics
+    baseline ``iv_direction`` on the same items (``phys/direction_err_deg/iv_baseline/...``), with
+    ``phys/direction_err_deg/vs_iv_baseline`` = learned mean / baseline mean (< 1: the model beats
+    physics). Scalars: MAE against the best constant guess.
+    """
     p, out = emb.physical, {}
     true_dir = emb.true_direction()
-    if "pred_direction" in p and true_dir is not None:
-        err = M.angular_error_deg(p["pred_direction"], true_dir)
+    err = per_item_direction_error(emb)
+    if err is not None:
         out.update({"phys/direction_err_deg/mean": float(err.mean()),
                     "phys/direction_err_deg/median": float(np.median(err)),
                     "phys/direction_err_deg/mean/chance": M.RANDOM_DIRECTION_ERROR_DEG,
-                    "phys/direction_err_deg/median/chance": M.RANDOM_DIRECTION_ERROR_DEG, "phys/n": len(err)})
+                    "phys/direction_err_deg/median/chance": M.RANDOM_DIRECTION_ERROR_DEG})
+    base = per_item_direction_error(emb, "iv_direction")
+    if base is not None:
+        out.update({"phys/direction_err_deg/iv_baseline/mean": float(base.mean()),
+                    "phys/direction_err_deg/iv_baseline/median": float(np.median(base)),
+                    "phys/direction_err_deg/iv_baseline/mean/chance": M.RANDOM_DIRECTION_ERROR_DEG,
+                    "phys/direction_err_deg/iv_baseline/median/chance": M.RANDOM_DIRECTION_ERROR_DEG})
+        if err is not None:
+            out["phys/direction_err_deg/vs_iv_baseline"] = _ratio(float(err.mean()), float(base.mean()))
+    if true_dir is not None and (err is not None or base is not None):
+        out["phys/n"] = len(true_dir)
     for pred, true, name in MAE_QUANTITIES:
         if pred in p:
             out[f"phys/{name}/mae"] = M.mae(p[pred], p[true])
             out[f"phys/{name}/mae/chance"] = M.constant_baseline_mae(p[true])
             out["phys/n"] = len(p[true])
     return out
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den; inf when only the denominator is 0, NaN when both are."""
+    if den > 0:
+        return num / den
+    return math.inf if num > 0 else math.nan
 
 
 def zero_shot_metrics(emb: Embeddings, rules: CaptionRules | None, chunk_size: int = M.DEFAULT_CHUNK
@@ -284,12 +329,13 @@ def zero_shot_metrics(emb: Embeddings, rules: CaptionRules | None, chunk_size: i
     return out
 
 
-def per_item_direction_error(emb: Embeddings) -> np.ndarray | None:
-    """Angular error per item in degrees, or None without direction predictions and targets."""
+def per_item_direction_error(emb: Embeddings, which: str = "pred_direction") -> np.ndarray | None:
+    """Angular error per item in degrees ``(N,)`` of the direction array ``which`` (``pred_direction``, the
+    model, or ``iv_direction``, the intensity-vector baseline), or None without it or the targets."""
     true_dir = emb.true_direction()
-    if "pred_direction" not in emb.physical or true_dir is None:
+    if which not in emb.physical or true_dir is None:
         return None
-    return M.angular_error_deg(emb.physical["pred_direction"], true_dir)
+    return M.angular_error_deg(emb.physical[which], true_dir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,20 +356,23 @@ def embed(model: Any, loader: Iterable[dict], device: torch.device | str, rules:
     Audio -> source/space embeddings and physical predictions (mapped to real units with
     ``disse.trainer.physics.to_real_units``); captions -> text source / space embeddings through
     ``model.encode_batch_text`` (which caption feeds which head is the model's ``text_input``, as in
-    training); each caption-rule prompt -> text space embedding for zero-shot. Stops after
+    training); each caption-rule prompt -> text space embedding for zero-shot; the intensity features
+    -> ``iv_direction``, the physics baseline (``physics.intensity_direction``). Stops after
     ``max_items`` when given. Batches of the loader are the Batch contract (disse.trainer.data).
     """
     from disse.trainer import physics  # the model's normalised outputs -> real units
 
     rules = rules if rules is not None else load_caption_rules()
-    cols: dict[str, list] = {k: [] for k in EMBEDDING_ARRAYS + ID_ARRAYS + PRED_ARRAYS + TRUE_ARRAYS + ("key",)}
+    cols: dict[str, list] = {k: [] for k in EMBEDDING_ARRAYS + ID_ARRAYS + PRED_ARRAYS + TRUE_ARRAYS
+                             + BASELINE_ARRAYS + ("key",)}
     desc: dict[str, list] = {a: [] for a in rules.attributes}
     was_training = model.training
     model.eval()
     n = 0
     with torch.no_grad():
         for batch in loader:
-            audio = model.encode_audio(batch["waveform"].to(device), batch["iv"].to(device))
+            iv = batch["iv"].to(device)
+            audio = model.encode_audio(batch["waveform"].to(device), iv)
             # the model decides which caption each text head reads (DELSA.text_pairs), as in training
             text = model.encode_batch_text(batch, device)
             cols["audio_source"].append(_np(audio["source"]))
@@ -337,6 +386,7 @@ def embed(model: Any, loader: Iterable[dict], device: torch.device | str, rules:
             cols["pred_direction"].append(_np(real["direction"]))
             for name, k in (("pred_distance_m", "distance_m"), ("pred_area_m2", "area_m2"), ("pred_t30_ms", "t30_ms")):
                 cols[name].append(_np(real[k]))
+            cols["iv_direction"].append(_np(physics.intensity_direction(iv, IV_MIN_DIRECTIVITY)))  # no learning
             tg = batch["targets"]
             for name, k in (("true_azimuth_deg", "azimuth_deg"), ("true_elevation_deg", "elevation_deg"),
                             ("true_distance_m", "distance_m"), ("true_area_m2", "area_m2"), ("true_t30_ms", "t30_ms")):

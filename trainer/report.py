@@ -13,15 +13,23 @@ from typing import Any
 import numpy as np
 
 from disse.schemas import CaptionRules, SchemaError
-from disse.trainer.evaluate import Embeddings, finite_or_none, per_item_direction_error
+from disse.trainer.evaluate import IV_MIN_DIRECTIVITY, Embeddings, finite_or_none, per_item_direction_error
+from disse.trainer.metrics import RANDOM_DIRECTION_ERROR_DEG
 
 METRICS_FORMAT = "disse-eval metrics"
 METRICS_VERSION = 1
-TASKS = (("SRC", "source embeddings, positives share source_id", "higher is better"),
-         ("SPA", "spatial embeddings, positives share space_id", "higher is better"),
-         ("X-SRC", "spatial embeddings scored by source_id (leakage)", "lower is better; chance = no leakage"),
-         ("X-SPA", "source embeddings scored by space_id (leakage)", "lower is better; chance = no leakage"))
-DIRECTIONS = (("t2a", "text → audio"), ("a2t", "audio → text"))
+RETRIEVAL = (("SRC", "source embeddings, positives share source_id", "higher is better"),
+             ("SPA", "spatial embeddings, positives share space_id", "higher is better"))
+LEAKAGE = (("X-SRC", "text spatial ↔ audio spatial, scored by source_id (own pair left out)",
+            "lower is better; chance = no leakage"),
+           ("X-SPA", "text source ↔ audio source, scored by space_id (own pair left out)",
+            "lower is better; chance = no leakage"),
+           ("AX-SRC", "audio spatial → audio spatial, scored by source_id (query left out): does the spatial "
+            "audio embedding know the sound?", "lower is better; chance = no leakage"),
+           ("AX-SPA", "audio source → audio source, scored by space_id (query left out): does the source "
+            "audio embedding know the space?", "lower is better; chance = no leakage"))
+TASKS = RETRIEVAL + LEAKAGE
+DIRECTIONS = (("t2a", "text → audio"), ("a2t", "audio → text"), ("a2a", "audio → audio"))
 MAX_PLOT_POINTS = 4000
 MAX_COLOURS = 10
 
@@ -76,9 +84,10 @@ def _with_chance(m: dict, key: str, digits: int = 3) -> str:
     return f"{fmt(m[key], digits)} ({fmt(chance, digits)})" if f"{key}/chance" in m else fmt(m[key], digits)
 
 
-def retrieval_rows(m: dict) -> list[list[str]]:
+def retrieval_rows(m: dict, tasks: tuple[tuple[str, str, str], ...] = TASKS) -> list[list[str]]:
+    """One row per task and direction present in ``m``: R@k and mAP cells as "value (chance)"."""
     rows = []
-    for task, _, _ in TASKS:
+    for task, _, _ in tasks:
         for d, _ in DIRECTIONS:
             p = f"{task}/{d}"
             if f"{p}/R@1" not in m:
@@ -88,6 +97,21 @@ def retrieval_rows(m: dict) -> list[list[str]]:
             rows.append([task, d] + [_with_chance(m, f"{p}/R@{k}") for k in ks]
                         + [_with_chance(m, k) for k in maps] + [fmt(m.get(f"{p}/n_queries"))])
     return rows
+
+
+def _retrieval_table(m: dict, tasks: tuple[tuple[str, str, str], ...]) -> list[str]:
+    """Markdown lines: one table of ``tasks`` (value (chance) cells), then what each task is; [] if absent."""
+    rows = retrieval_rows(m, tasks)
+    if not rows:
+        return []
+    names = {t for t, _, _ in tasks}
+    scored = [k for k in m if k.split("/")[0] in names and not k.endswith("/chance")]
+    ks = sorted({int(k.split("@")[1]) for k in scored if "/R@" in k})
+    maps = list(dict.fromkeys(k.split("/")[-1] for k in scored if "/mAP@" in k))
+    header = ["task", "direction"] + [f"R@{k}" for k in ks] + maps + ["queries"]
+    present = {r[0] for r in rows}
+    return [_table(header, rows), "", "| task | what | reading |", "| --- | --- | --- |",
+            *[f"| {t} | {w} | {r} |" for t, w, r in tasks if t in present], ""]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -113,7 +137,10 @@ def console_summary(m: dict) -> str:
     add("IR_space", "IR_space")
     add("IR_source", "IR_source")
     add("direction error mean (deg)", "phys/direction_err_deg/mean", 1)
+    add("  IV baseline (physics) mean", "phys/direction_err_deg/iv_baseline/mean", 1)
     add("direction error median (deg)", "phys/direction_err_deg/median", 1)
+    add("  IV baseline (physics) median", "phys/direction_err_deg/iv_baseline/median", 1)
+    add("direction mean model / IV baseline", "phys/direction_err_deg/vs_iv_baseline", 2)
     add("distance MAE (m)", "phys/distance_m/mae", 2)
     add("area MAE (m²)", "phys/area_m2/mae", 1)
     add("T30 MAE (ms)", "phys/t30_ms/mae", 0)
@@ -137,17 +164,18 @@ def render_markdown(m: dict, meta: dict[str, Any], plots: dict[str, str]) -> str
     out += ["## Retrieval (multi-positive)", "",
             "A query hits at K when any gallery item sharing its id is in its top K. Each cell is "
             "**value (chance)**: chance is the exact expectation under a random ranking given the id "
-            "frequencies. X-checks leave the query's own pair out of the gallery (it shares both ids by "
-            "construction) and should sit at chance.", ""]
-    rows = retrieval_rows(m)
-    if rows:
-        n_cols = len(rows[0]) - 3
-        ks = sorted({int(k.split("@")[1]) for k in m if "/R@" in k and not k.endswith("/chance")})
-        header = ["task", "direction"] + [f"R@{k}" for k in ks][:n_cols] + \
-            [k.split("/")[-1] for k in m if k.startswith("SRC/t2a/mAP@") and not k.endswith("/chance")] + ["queries"]
-        out += [_table(header, rows), ""]
-        out += ["| task | what | reading |", "| --- | --- | --- |"]
-        out += [f"| {t} | {w} | {r} |" for t, w, r in TASKS] + [""]
+            "frequencies. Higher is better.", ""]
+    out += _retrieval_table(m, RETRIEVAL)
+    out += ["## Leakage checks (near chance is better)", "",
+            "The same retrieval, scored by the *other* id: anything well above chance means one embedding "
+            "carries the other factor. X-SRC / X-SPA are cross-modal (text ↔ audio) and leave the query's "
+            "own pair out of the gallery (it shares both ids by construction). AX-SRC / AX-SPA are "
+            "audio → audio, the query itself left out: the captions of one factor carry nothing of the "
+            "other, so a leak that only the audio embedding holds is invisible to the X-checks and shows "
+            "here. A perfectly disentangled model sits at chance when sources are spread over spaces "
+            "independently, and at or below it on balanced designs (each source in each space at most "
+            "once).", ""]
+    out += _retrieval_table(m, LEAKAGE)
     out += ["## Invariance ratios", "",
             "Mean cosine distance (1 − cos) over pairs of audio embeddings. IR_space = d(same source, "
             "different space) / d(same space, different source) in the spatial embedding; IR_source is the "
@@ -162,18 +190,28 @@ def render_markdown(m: dict, meta: dict[str, Any], plots: dict[str, str]) -> str
     if ir_rows:
         out += [_table(["ratio", "value", "chance", "numerator: mean distance", "denominator: mean distance"],
                        ir_rows), ""]
-    phys = [("direction error, mean", "phys/direction_err_deg/mean", "°", 1),
-            ("direction error, median", "phys/direction_err_deg/median", "°", 1),
+    base = "phys/direction_err_deg/iv_baseline"
+    phys = [("direction error, mean — model", "phys/direction_err_deg/mean", "°", 1),
+            ("direction error, mean — IV baseline (physics)", f"{base}/mean", "°", 1),
+            ("direction error, median — model", "phys/direction_err_deg/median", "°", 1),
+            ("direction error, median — IV baseline (physics)", f"{base}/median", "°", 1),
+            ("direction error, model mean / IV baseline mean", "phys/direction_err_deg/vs_iv_baseline", "ratio", 2),
             ("distance MAE", "phys/distance_m/mae", "m", 2),
             ("floor area MAE", "phys/area_m2/mae", "m²", 1),
             ("T30 MAE", "phys/t30_ms/mae", "ms", 0)]
-    phys_rows = [[name, fmt(m[k], d), unit, fmt(m.get(f"{k}/chance"), d)] for name, k, unit, d in phys if k in m]
+    phys_rows = [[name, fmt(m[k], d), unit, fmt(m[f"{k}/chance"], d) if f"{k}/chance" in m else "–"]
+                 for name, k, unit, d in phys if k in m]
     if phys_rows:
         out += ["## Physical attributes", "",
                 f"Predictions from the spatial embedding, in real units, over {fmt(m.get('phys/n'))} items. "
                 "Chance: a uniformly random direction is 90° off on average (and in median); for the MAEs, "
-                "the best constant guess (the median of the targets).", "",
-                _table(["quantity", "error", "unit", "chance"], phys_rows), ""]
+                "the best constant guess (the median of the targets).", ""]
+        if f"{base}/mean" in m:
+            out += ["The **IV baseline** (`iv_direction`) is physics without learning, scored on the same items: "
+                    "the sum of the active intensity vectors over the time-frequency cells with directivity "
+                    f"|I_act| ≥ {IV_MIN_DIRECTIVITY} (near-plane-wave cells: the direct sound). "
+                    "*model mean / IV baseline mean* below 1 means the model beats physics.", ""]
+        out += [_table(["quantity", "error", "unit", "chance"], phys_rows), ""]
     zs = sorted({k.split("/")[1] for k in m if k.startswith("zeroshot/")})
     if zs:
         out += ["## Zero-shot spatial descriptors", "",
@@ -285,28 +323,52 @@ def plot_projections(emb: Embeddings, rules: CaptionRules | None, path: Path, wh
     return path
 
 
-def plot_direction_error(err: np.ndarray, path: Path) -> Path:
-    """Histogram of angular errors (degrees) against the distribution of a random guess."""
+def plot_direction_error(err: np.ndarray | None, path: Path, baseline: np.ndarray | None = None) -> Path:
+    """Angular errors (degrees, ``(N,)``) of the model and of the intensity-vector baseline on the same
+    items, against a random guess: histograms (left) and cumulative distributions (right), medians marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    series = [(name, np.asarray(e, np.float64), colour) for name, e, colour in
+              (("model", err, "tab:blue"), ("IV baseline (physics)", baseline, "tab:green")) if e is not None]
+    if not series:
+        raise ValueError("no direction errors to plot")
+    fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(12, 4.4))
     bins = np.linspace(0, 180, 37)
-    ax.hist(err, bins=bins, density=True, color="tab:blue", alpha=0.75, label=f"model ({len(err):,} items)")
     t = np.linspace(0, 180, 361)
-    # a uniformly random direction: angle density sin(theta)/2 per radian -> per degree
-    ax.plot(t, np.sin(np.deg2rad(t)) / 2 * np.pi / 180, color="0.3", ls="--", label="random direction (chance)")
-    ax.axvline(float(np.mean(err)), color="tab:red", label=f"mean {np.mean(err):.1f}°")
-    ax.axvline(float(np.median(err)), color="tab:orange", ls=":", label=f"median {np.median(err):.1f}°")
-    ax.axvline(90.0, color="0.5", lw=0.8, ls="-.", label="chance mean 90°")
-    ax.set_xlim(0, 180)
-    ax.set_xticks(range(0, 181, 30))
-    ax.set_xlabel("angular error between predicted and true direction (degrees)")
-    ax.set_ylabel("density (fraction of items per degree)")
-    ax.set_title("Direction error distribution")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    for i, (name, e, colour) in enumerate(series):
+        label = f"{name}: mean {e.mean():.1f}°, median {np.median(e):.1f}° ({len(e):,} items)"
+        if i == 0:
+            ax_h.hist(e, bins=bins, density=True, color=colour, alpha=0.55, label=label)
+        else:  # outlined, so both distributions stay visible where they overlap
+            ax_h.hist(e, bins=bins, density=True, histtype="step", lw=2.0, color=colour, label=label)
+        xs = np.sort(e)
+        ax_c.plot(np.r_[0.0, xs], np.r_[0.0, np.arange(1, len(xs) + 1) / len(xs)], color=colour, lw=1.8,
+                  drawstyle="steps-post", label=name)
+        med = float(np.median(e))
+        for ax in (ax_h, ax_c):
+            ax.axvline(med, color=colour, ls=":", lw=1.5)
+        ax_c.annotate(f"median {med:.1f}°", (med, 0.5), xytext=(4, -14 - 14 * i), textcoords="offset points",
+                      color=colour, fontsize=8)
+    # a uniformly random direction: angle density sin(theta)/2 per radian, CDF (1 - cos theta)/2
+    ax_h.plot(t, np.sin(np.deg2rad(t)) / 2 * np.pi / 180, color="0.3", ls="--", label="random direction (chance)")
+    ax_c.plot(t, (1 - np.cos(np.deg2rad(t))) / 2, color="0.3", ls="--", label="random direction (chance)")
+    for ax in (ax_h, ax_c):
+        ax.axvline(RANDOM_DIRECTION_ERROR_DEG, color="0.5", lw=0.8, ls="-.")
+        ax.set_xlim(0, 180)
+        ax.set_xticks(range(0, 181, 30))
+        ax.set_xlabel("angular error between estimated and true direction (degrees)")
+    ax_c.axhline(0.5, color="0.7", lw=0.6)
+    ax_c.set_ylim(0, 1)
+    ax_h.set_ylabel("density (fraction of items per degree)")
+    ax_c.set_ylabel("fraction of items with error ≤ x")
+    ax_h.set_title("Distribution (dotted lines: medians; dash-dot: chance 90°)", fontsize=10)
+    ax_c.set_title("Cumulative distribution (higher and further left is better)", fontsize=10)
+    ax_h.legend(fontsize=7.5)
+    ax_c.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Direction error: " + " vs ".join(name for name, _, _ in series) + ", same items", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -319,9 +381,9 @@ def write_plots(emb: Embeddings, rules: CaptionRules | None, out_dir: Path) -> d
     plots["Spatial embeddings (2-D PCA)"] = "projection_spatial.png"
     plot_projections(emb, rules, out_dir / "projection_source.png", "source")
     plots["Source embeddings (2-D PCA)"] = "projection_source.png"
-    err = per_item_direction_error(emb)
-    if err is not None:
-        plot_direction_error(err, out_dir / "direction_error.png")
+    err, baseline = per_item_direction_error(emb), per_item_direction_error(emb, "iv_direction")
+    if err is not None or baseline is not None:
+        plot_direction_error(err, out_dir / "direction_error.png", baseline)
         plots["Direction error"] = "direction_error.png"
     return plots
 
