@@ -1,6 +1,7 @@
 """DELSA audio side: HTSAT source branch (laion-clap), intensity-vector CNN spatial branch, fusion.
 
-``AudioEncoder(cfg, out_dim)(waveform (B, T), iv (B, 6, F, M)) -> (B, out_dim)`` shared audio embedding.
+``AudioEncoder(cfg, out_dim)(waveform (B, T), iv (B, 6, F, M)) -> ((B, out_dim), spatial)``: the shared
+audio embedding and the spatial branch's outputs (trainer/spatial.py).
 
 The HTSAT is laion-clap's own ``HTSAT_Swin_Transformer``, built by ``create_htsat_model`` with the
 package's ``model_configs/HTSAT-{tiny,base}.json`` audio config (so released LAION-CLAP checkpoints
@@ -27,6 +28,7 @@ from torch import nn
 
 from disse.schemas.errors import SchemaError
 from disse.trainer.clap_checkpoint import LoadReport, load_into, read_state_dict, sub_state_dict
+from disse.trainer.spatial import SpatialBranch, SpatialConfig, mlp  # noqa: F401  (re-exported)
 
 _PRIVATE_PKG = "_disse_laion_clap_module"
 
@@ -219,77 +221,6 @@ class HTSATBranch(nn.Module):
 
 
 @dataclass
-class SpatialConfig:
-    """Spatial branch on the intensity vectors: one CNN per stream (I_act, I_rea), then an MLP."""
-
-    channels: list[int] = field(default_factory=lambda: [32, 32, 64, 64, 128, 128])  # one per conv layer (6)
-    pools: list[list[int]] = field(default_factory=lambda: [[2, 2], [2, 2], [2, 2], [2, 2], [1, 1], [1, 1]])
-    input_pool: list[int] = field(default_factory=lambda: [1, 1])  # (frames, mel) block mean before the CNN
-    freq_out: int = 4            # mel positions kept after the CNN (time is averaged)
-    mlp_hidden: int = 256
-    bottleneck: int = 44
-    out_dim: int = 192
-
-
-def _stream_cnn(cfg: SpatialConfig) -> nn.Sequential:
-    if len(cfg.pools) != len(cfg.channels):
-        raise SchemaError("one pool per conv layer is needed", field="model.audio.spatial.pools")
-    layers: list[nn.Module] = []
-    c_in = 3
-    for c_out, pool in zip(cfg.channels, cfg.pools):
-        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-        if tuple(pool) != (1, 1):
-            layers.append(nn.AvgPool2d(tuple(pool), ceil_mode=True))
-        c_in = c_out
-    # Average over time (direction is stationary in a clip), keep freq_out mel regions.
-    layers.append(nn.AdaptiveAvgPool2d((1, cfg.freq_out)))
-    return nn.Sequential(*layers)
-
-
-class SpatialBranch(nn.Module):
-    """``iv (B, 6, F frames, M mel)`` -> ``(B, out_dim)``: I_act, I_rea each through a CNN, MLP -> 44 -> 192."""
-
-    def __init__(self, cfg: SpatialConfig) -> None:
-        super().__init__()
-        if len(cfg.input_pool) != 2 or min(cfg.input_pool) < 1:
-            raise SchemaError("need [frames, mel] >= 1", field="model.audio.spatial.input_pool")
-        self.cfg = cfg
-        self.act_cnn = _stream_cnn(cfg)
-        self.rea_cnn = _stream_cnn(cfg)
-        flat = cfg.channels[-1] * cfg.freq_out
-        self.mlp = nn.Sequential(nn.Linear(2 * flat, cfg.mlp_hidden), nn.GELU(),
-                                 nn.Linear(cfg.mlp_hidden, cfg.bottleneck))
-        self.proj = nn.Linear(cfg.bottleneck, cfg.out_dim)
-        self.out_dim = cfg.out_dim
-
-    def forward(self, iv: torch.Tensor) -> torch.Tensor:
-        if iv.dim() != 4 or iv.shape[1] != 6:
-            raise ValueError(f"iv must be (B, 6, frames, mel), got {tuple(iv.shape)}")
-        iv = iv.float()
-        pt, pm = self.cfg.input_pool
-        if (pt, pm) != (1, 1):
-            # Mean over (pt frames x pm mel) blocks; trailing frames / bands that do not fill a block are
-            # dropped (<= pt - 1 frames). A reshape-mean is ~5x faster than avg_pool2d on CPU here.
-            b, c, nf, nm = iv.shape
-            iv = iv[:, :, : nf - nf % pt, : nm - nm % pm].reshape(b, c, nf // pt, pt, nm // pm, pm).mean((3, 5))
-        act = self.act_cnn(iv[:, :3]).flatten(1)
-        rea = self.rea_cnn(iv[:, 3:]).flatten(1)
-        return self.proj(self.mlp(torch.cat([act, rea], dim=1)))
-
-
-def mlp(dims: list[int], dropout: float = 0.0) -> nn.Sequential:
-    """Linear layers ``dims[0] -> ... -> dims[-1]`` with GELU (and dropout) between them."""
-    layers: list[nn.Module] = []
-    for i in range(len(dims) - 1):
-        layers.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < len(dims) - 2:
-            layers.append(nn.GELU())
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
-
-
-@dataclass
 class AudioConfig:
     htsat: HTSATConfig = field(default_factory=HTSATConfig)
     spatial: SpatialConfig = field(default_factory=SpatialConfig)
@@ -330,8 +261,11 @@ class AudioEncoder(nn.Module):
         self.norm_spatial = nn.LayerNorm(self.spatial.out_dim)
         self.fusion = mlp([self.source.out_dim + self.spatial.out_dim, *cfg.fusion_hidden, out_dim], cfg.dropout)
 
-    def forward(self, waveform: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor, iv: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """-> ``(shared (B, out_dim), spatial)``; ``spatial`` is :meth:`SpatialBranch.forward`'s dict
+        (``features`` before the layer norm, ``direction`` or None) plus ``normed`` (after it)."""
         waveform, iv = audio_inputs_as_float(waveform, iv)
         source = self.norm_source(self.source(waveform))
-        spatial = self.norm_spatial(self.spatial(iv))
-        return self.fusion(torch.cat([source, spatial], dim=1))
+        spatial = self.spatial(iv, waveform)
+        spatial["normed"] = self.norm_spatial(spatial["features"])
+        return self.fusion(torch.cat([source, spatial["normed"]], dim=1)), spatial

@@ -1,7 +1,10 @@
 """DELSA: dual-embedding (source / space) spatial audio-text model with physical heads (DESIGN.md).
 
-Audio: HTSAT(W) (+) CNN(intensity vectors) -> fusion MLP -> shared (512) -> source head (512) and
-space head (256); physical heads (direction, area, distance, T30) read the space head's output.
+Audio: HTSAT(W) (+) spatial branch(intensity vectors, W) -> fusion MLP -> shared (512) -> source head
+(512) and space head (256). Physical heads (area, distance, T30) read the space head's output (and,
+with ``phys_input="space+spatial"``, the spatial branch's features); the direction is the spatial
+branch's intensity-attention estimate (trainer/spatial.py), or a head on the space embedding with
+``audio.spatial.direction="head"``.
 Text: sentence encoder -> shared (512) -> source head and space head of the same sizes.
 Embeddings are L2-normalised; two learnable log temperatures (source pair, space pair).
 
@@ -22,11 +25,14 @@ from torch import nn
 from disse.schemas.errors import SchemaError
 from disse.trainer.audio_encoder import AudioConfig, AudioEncoder, HTSATConfig, SpatialConfig, mlp
 from disse.trainer.physics import SCALARS
+from disse.trainer.spatial import ROOM_STATS_DIM
 from disse.trainer.text_encoder import TextConfig, TextEncoder, Tokenizer
 
 __all__ = ["ModelConfig", "AudioConfig", "HTSATConfig", "SpatialConfig", "TextConfig", "DELSA", "TEXT_INPUTS"]
 
 TEXT_INPUTS = ("separate", "full")
+PHYS_INPUTS = ("space", "space+spatial")
+SPACE_INPUTS = ("fused", "spatial")
 
 
 @dataclass
@@ -42,11 +48,19 @@ class ModelConfig:
     phys_hidden: int = 128         # hidden width of each physical head
     dropout: float = 0.0           # in the source / space heads (fusion: audio.dropout)
     text_input: str = "separate"   # "separate" | "full" (see module docstring)
+    # what the scalar physical heads read: the spatial embedding ("space", DESIGN.md) or it, the
+    # spatial branch's features and its room statistics ("space+spatial": the physics reaches them unmixed)
+    phys_input: str = "space"
+    # what the audio space head reads: the fused embedding ("fused", DESIGN.md) or the spatial branch
+    # alone ("spatial": intensity vectors and W's room statistics, no HTSAT), so the spatial audio
+    # embedding cannot carry what is sounding
+    space_input: str = "fused"
     init_temperature: float = 0.07  # CLIP's: logit scale starts at ln(1 / 0.07)
 
 
-def _head(cfg: ModelConfig, out_dim: int) -> nn.Sequential:
-    dims = [cfg.shared_dim, cfg.head_hidden, out_dim] if cfg.head_hidden else [cfg.shared_dim, out_dim]
+def _head(cfg: ModelConfig, out_dim: int, in_dim: int | None = None) -> nn.Sequential:
+    in_dim = cfg.shared_dim if in_dim is None else in_dim
+    dims = [in_dim, cfg.head_hidden, out_dim] if cfg.head_hidden else [in_dim, out_dim]
     return mlp(dims, cfg.dropout)
 
 
@@ -64,12 +78,22 @@ class DELSA(nn.Module):
         self.text = TextEncoder(cfg.text, cfg.shared_dim)
         self.tokenizer = Tokenizer(cfg.text)
         self.audio_source_head = _head(cfg, cfg.source_dim)
-        self.audio_space_head = _head(cfg, cfg.space_dim)
+        if cfg.space_input not in SPACE_INPUTS:
+            raise SchemaError(f"must be one of {list(SPACE_INPUTS)}, got {cfg.space_input!r}", field="model.space_input")
+        self.audio_space_head = _head(cfg, cfg.space_dim,
+                                      cfg.audio.spatial.out_dim if cfg.space_input == "spatial" else None)
         self.text_source_head = _head(cfg, cfg.source_dim)
         self.text_space_head = _head(cfg, cfg.space_dim)
+        if cfg.phys_input not in PHYS_INPUTS:
+            raise SchemaError(f"must be one of {list(PHYS_INPUTS)}, got {cfg.phys_input!r}", field="model.phys_input")
+        # With the intensity-attention direction the spatial branch predicts it; no head is built
+        # (a parameter without gradient would stall DDP).
+        heads = SCALARS if cfg.audio.spatial.direction == "attention" else ("direction", *SCALARS)
+        phys_in = cfg.space_dim
+        if cfg.phys_input == "space+spatial":
+            phys_in += cfg.audio.spatial.out_dim + (ROOM_STATS_DIM if cfg.audio.spatial.room_stats else 0)
         self.phys_heads = nn.ModuleDict({
-            name: mlp([cfg.space_dim, cfg.phys_hidden, 3 if name == "direction" else 1])
-            for name in ("direction", *SCALARS)})
+            name: mlp([phys_in, cfg.phys_hidden, 3 if name == "direction" else 1]) for name in heads})
         init = math.log(1.0 / cfg.init_temperature)
         self.logit_scale_source = nn.Parameter(torch.tensor(init))
         self.logit_scale_space = nn.Parameter(torch.tensor(init))
@@ -114,12 +138,18 @@ class DELSA(nn.Module):
         ``"phys": {"direction": (B, 3) unit vectors, "area", "distance", "t30": (B,) normalised}``
         (:func:`disse.trainer.physics.to_real_units` maps them to real units).
         """
-        shared = self.audio(waveform, iv)
+        shared, spatial = self.audio(waveform, iv)
         source = self.audio_source_head(shared)
-        space = self.audio_space_head(shared)
-        phys = {"direction": F.normalize(self.phys_heads["direction"](space).float(), dim=-1, eps=1e-6)}
+        space = self.audio_space_head(shared if self.cfg.space_input == "fused" else spatial["normed"])
+        phys_in = space
+        if self.cfg.phys_input == "space+spatial":
+            phys_in = torch.cat([space, spatial["normed"]] + ([spatial["room"]] if spatial["room"] is not None else []), 1)
+        if spatial["direction"] is not None:
+            phys = {"direction": spatial["direction"].float()}
+        else:
+            phys = {"direction": F.normalize(self.phys_heads["direction"](phys_in).float(), dim=-1, eps=1e-6)}
         for name in SCALARS:
-            phys[name] = self.phys_heads[name](space).squeeze(-1).float()
+            phys[name] = self.phys_heads[name](phys_in).squeeze(-1).float()
         return {"source": F.normalize(source, dim=-1), "space": F.normalize(space, dim=-1), "phys": phys}
 
     def forward(self, waveform: torch.Tensor, iv: torch.Tensor, tokens: dict[str, torch.Tensor]) -> dict:
