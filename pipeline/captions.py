@@ -1,87 +1,15 @@
-"""Metadata -> language: spatial captions from the rule table (disse.schemas.captions).
+"""`disse-synth captions`: preview what the rule table makes of a RIR bank's metadata.
 
-Each descriptor label has several phrasings in the rule table; one is drawn per sample with the
-sample's own seeded RNG, and one of a few sentence templates joins them. Every caption names all
-five descriptors (direction, elevation, distance, room size, reverberation) with a phrase taken
-verbatim from the table, so the words always follow the table's thresholds.
-
-``spatial_caption`` is the spatial description alone; ``caption`` merges it with the source
-caption into one sentence.
+The sentence builder itself (:func:`make_captions`: one phrase per descriptor from the rule table,
+drawn with the sample's seeded RNG, joined by a template) lives in :mod:`disse.schemas.captions`,
+because the trainer's rotation augmentation rebuilds captions with it too.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
-from disse.schemas import CaptionRules
-
-_SPATIAL_TEMPLATES = (
-    "A sound {direction}, {elevation}, {distance}, {room}.",
-    "A sound {distance}, {direction} and {elevation}, {room}.",
-    "Heard {direction}, {elevation}, {distance}, {room}.",
-    "{Room}: a sound {direction}, {elevation}, {distance}.",
-)
-_FULL_TEMPLATES = (
-    "{Source} {direction}, {elevation}, {distance}, {room}.",
-    "{Source}, {distance} and {direction}, {elevation}, {room}.",
-    "{Room}, {source} {direction}, {elevation}, {distance}.",
-    "{Source} {elevation}, {direction}, {distance}, {room}.",
-)
-
-
-@dataclass(frozen=True)
-class Captions:
-    spatial_caption: str
-    caption: str
-    phrases: dict  # attribute -> the phrase used (for inspection and tests)
-
-
-def _room_phrase(room: str, reverb: str) -> str:
-    """'in a small room' + 'with almost no echo' / 'acoustically dampened' -> one noun phrase."""
-    if reverb.startswith("with "):
-        return f"{room} {reverb}"
-    return f"{room} that is {reverb}"
-
-
-def _capitalise(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
-def _decapitalise(text: str) -> str:
-    """Lower the first letter unless the first word looks like an acronym or a name ('TV', 'I')."""
-    first = text.split(" ", 1)[0]
-    if len(first) > 1 and first[1:].islower() or first in ("A",):
-        return text[:1].lower() + text[1:]
-    return text
-
-
-def clean_source_caption(caption: str) -> str:
-    """Strip whitespace and the final full stop(s) so the caption can be continued."""
-    return " ".join(caption.split()).rstrip(" .!")
-
-
-def choose_phrases(rules: CaptionRules, descriptors: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
-    """One phrase per attribute, drawn uniformly from the rule table's phrasings of its label."""
-    out = {}
-    for attribute in rules.attributes:  # table order: deterministic draws
-        options = rules.phrases(attribute, descriptors[attribute])
-        out[attribute] = options[int(rng.integers(len(options)))]
-    return out
-
-
-def make_captions(rules: CaptionRules, descriptors: dict[str, str], source_caption: str,
-                  rng: np.random.Generator) -> Captions:
-    """Spatial caption and full caption for one sample (consumes a fixed number of RNG draws)."""
-    ph = choose_phrases(rules, descriptors, rng)
-    room = _room_phrase(ph["room_size"], ph["reverberation"])
-    slots = {"direction": ph["direction"], "elevation": ph["elevation"], "distance": ph["distance"],
-             "room": room, "Room": _capitalise(room)}
-    spatial = _SPATIAL_TEMPLATES[int(rng.integers(len(_SPATIAL_TEMPLATES)))].format(**slots)
-    src = clean_source_caption(source_caption)
-    full = _FULL_TEMPLATES[int(rng.integers(len(_FULL_TEMPLATES)))].format(
-        Source=_capitalise(src), source=_decapitalise(src), **slots)
-    return Captions(spatial_caption=spatial, caption=full, phrases=ph)
+# The caption builder lives in disse.schemas.captions: the trainer rebuilds captions too (rotation
+# augmentation), and pipeline and trainer share only schemas.
+from disse.schemas.captions import (Captions, choose_phrases, clean_source_caption,  # noqa: F401
+                                    make_captions)
 
 
 def _make_command():

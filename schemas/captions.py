@@ -1,7 +1,13 @@
 """The metadata -> language rule table (configs/caption_rules_v1.yaml).
 
 It lives in schemas because both sides use it: synthesis writes captions and ``space_id`` from it,
-evaluation builds zero-shot prompts from it. Sentence generation itself is synthesis's business.
+evaluation builds zero-shot prompts from it, and the trainer's rotation augmentation rebuilds a
+turned sample's captions with the same sentence builder (:func:`make_captions`) as the renderer.
+
+Sentences: each descriptor label has several phrasings in the rule table; one is drawn per sample
+with the sample's own seeded RNG, and one of a few sentence templates joins them. Every caption
+names all five descriptors with a phrase taken verbatim from the table. ``spatial_caption`` is the
+spatial description alone; ``caption`` merges it with the source caption into one sentence.
 """
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from disse.schemas.errors import SchemaError
@@ -117,3 +124,97 @@ def load_caption_rules(path: str | Path | None = None) -> CaptionRules:
         raise SchemaError("caption rule table not found", file=str(path))
     with open(path) as f:
         return _parse(yaml.safe_load(f), str(path))
+
+
+# ------------------------------------------------------------------------------------------------
+# metadata -> language (used by disse-synth render and by the trainer's rotation augmentation)
+
+_SPATIAL_TEMPLATES = (
+    "A sound {direction}, {elevation}, {distance}, {room}.",
+    "A sound {distance}, {direction} and {elevation}, {room}.",
+    "Heard {direction}, {elevation}, {distance}, {room}.",
+    "{Room}: a sound {direction}, {elevation}, {distance}.",
+)
+_FULL_TEMPLATES = (
+    "{Source} {direction}, {elevation}, {distance}, {room}.",
+    "{Source}, {distance} and {direction}, {elevation}, {room}.",
+    "{Room}, {source} {direction}, {elevation}, {distance}.",
+    "{Source} {elevation}, {direction}, {distance}, {room}.",
+)
+
+
+@dataclass(frozen=True)
+class Captions:
+    spatial_caption: str
+    caption: str
+    phrases: dict  # attribute -> the phrase used (for inspection and tests)
+
+
+def _room_phrase(room: str, reverb: str) -> str:
+    """'in a small room' + 'with almost no echo' / 'acoustically dampened' -> one noun phrase."""
+    if reverb.startswith("with "):
+        return f"{room} {reverb}"
+    return f"{room} that is {reverb}"
+
+
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _decapitalise(text: str) -> str:
+    """Lower the first letter unless the first word looks like an acronym or a name ('TV', 'I')."""
+    first = text.split(" ", 1)[0]
+    if len(first) > 1 and first[1:].islower() or first in ("A",):
+        return text[:1].lower() + text[1:]
+    return text
+
+
+def clean_source_caption(caption: str) -> str:
+    """Strip whitespace and the final full stop(s) so the caption can be continued."""
+    return " ".join(caption.split()).rstrip(" .!")
+
+
+def choose_phrases(rules: CaptionRules, descriptors: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
+    """One phrase per attribute, drawn uniformly from the rule table's phrasings of its label."""
+    out = {}
+    for attribute in rules.attributes:  # table order: deterministic draws
+        options = rules.phrases(attribute, descriptors[attribute])
+        out[attribute] = options[int(rng.integers(len(options)))]
+    return out
+
+
+def make_captions(rules: CaptionRules, descriptors: dict[str, str], source_caption: str,
+                  rng: np.random.Generator) -> Captions:
+    """Spatial caption and full caption for one sample (consumes a fixed number of RNG draws)."""
+    ph = choose_phrases(rules, descriptors, rng)
+    room = _room_phrase(ph["room_size"], ph["reverberation"])
+    slots = {"direction": ph["direction"], "elevation": ph["elevation"], "distance": ph["distance"],
+             "room": room, "Room": _capitalise(room)}
+    spatial = _SPATIAL_TEMPLATES[int(rng.integers(len(_SPATIAL_TEMPLATES)))].format(**slots)
+    src = clean_source_caption(source_caption)
+    full = _FULL_TEMPLATES[int(rng.integers(len(_FULL_TEMPLATES)))].format(
+        Source=_capitalise(src), source=_decapitalise(src), **slots)
+    return Captions(spatial_caption=spatial, caption=full, phrases=ph)
+
+
+def prompt_ensemble(rules: CaptionRules, template: int = 0) -> list[tuple[dict[str, str], str]]:
+    """Every combination of descriptor labels as a spatial caption (first phrase of each label, one
+    template): ``[(descriptors, caption), ...]`` (864 for the v1 table).
+
+    Zero-shot classification of one attribute averages the text embeddings of all captions that
+    carry a label (CLIP's prompt ensembling): the class prototype is an in-distribution sentence
+    marginalised over the other attributes, where a lone "A sound to the left." is not what the
+    text heads were trained on.
+    """
+    import itertools
+
+    names = list(rules.attributes)
+    out = []
+    for labels in itertools.product(*(rules.attributes[a].labels for a in names)):
+        descriptors = dict(zip(names, labels))
+        ph = {a: rules.phrases(a, descriptors[a])[0] for a in names}
+        room = _room_phrase(ph["room_size"], ph["reverberation"])
+        slots = {"direction": ph["direction"], "elevation": ph["elevation"], "distance": ph["distance"],
+                 "room": room, "Room": _capitalise(room)}
+        out.append((descriptors, _SPATIAL_TEMPLATES[template].format(**slots)))
+    return out

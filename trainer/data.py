@@ -42,9 +42,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from disse.schemas import SchemaError, stable_id_int
+from disse.schemas import SchemaError, load_caption_rules, stable_id_int
 from disse.schemas.features import FeatureParams
 from disse.schemas.shard import decode_iv, decode_meta, decode_w, group_tar_members
+from disse.trainer.augment import check_rules, rotate_sample
 from disse.trainer.physics import direction_from_angles
 
 log = logging.getLogger("disse.data")
@@ -65,6 +66,10 @@ class DataConfig:
     prefetch_factor: int = 2      # batches prefetched per worker
     val_batch_size: int = 16
     val_num_workers: int = 1
+    # turn every training sample by a random angle about the vertical axis (exact on FOA: iv's x/y
+    # rotate, the azimuth shifts, captions are rebuilt; trainer/augment.py)
+    rotate_azimuth: bool = False
+    caption_rules: str = ""       # rule table for the rebuilt captions ('' = the packaged v1 table)
 
 
 # --------------------------------------------------------------------------- shard lists
@@ -218,6 +223,10 @@ def collate(samples: list[dict]) -> dict[str, Any]:
     batch["space_id_str"] = [m.space_id for m in metas]
     batch["key"] = [m.key for m in metas]
     batch["descriptors"] = [dict(m.descriptors) for m in metas]
+    # one id per descriptor (sorted attribute names), for the per-descriptor contrastive term
+    attrs = sorted(metas[0].descriptors)
+    batch["attribute_ids"] = torch.tensor([[stable_id_int(f"{a}={m.descriptors.get(a, '')}") for a in attrs]
+                                           for m in metas], dtype=torch.int64)
     f32 = torch.float32
     batch["targets"] = {
         "azimuth_deg": torch.tensor([m.azimuth_deg for m in metas], dtype=f32),
@@ -315,6 +324,8 @@ class TrainStream(IterableDataset):
                 f"cannot resume the data stream exactly: it was saved with {start.world} rank(s) x "
                 f"{start.num_workers} worker(s), now {world} x {self.n_workers}", field="data.num_workers")
         self.with_audio = with_audio
+        # rotation augmentation (trainer/augment.py) rebuilds captions with the rule table
+        self.rules = load_caption_rules(cfg.caption_rules or None) if cfg.rotate_azimuth else None
 
     def slot_of(self, worker: int) -> int:
         # rotate so that after resuming, DataLoader worker 0 serves the slot whose turn it is
@@ -339,10 +350,15 @@ class TrainStream(IterableDataset):
                 if index <= skip:
                     continue  # replaying a resumed pass: raw bytes only, nothing decoded
                 try:
-                    pending.append(decode_raw(sample, with_audio=self.with_audio))
+                    decoded = decode_raw(sample, with_audio=self.with_audio)
                 except SchemaError as exc:
                     errors.add("bad_samples", str(exc))
                     continue
+                if self.rules is not None:
+                    if not produced:
+                        check_rules(decoded["meta"], self.rules, sample.get("__url__", "?"))
+                    decoded = rotate_sample(decoded, self.rules, cfg.seed, pass_)
+                pending.append(decoded)
                 produced += 1
                 if len(pending) == cfg.batch_size:
                     batch = collate(pending)

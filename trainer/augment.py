@@ -1,0 +1,66 @@
+"""Rotation about the vertical axis: an exact augmentation of a first-order-ambisonics sample.
+
+Turning the sound field (or the listener) by an angle θ about the vertical axis maps the AmbiX
+components as ``X' = cos θ X - sin θ Y``, ``Y' = sin θ X + cos θ Y`` and leaves W and Z unchanged;
+the intensity vectors ``Re/Im{conj(W) [X, Y, Z]}`` turn the same way, so the stored ``iv`` can be
+rotated without rendering again, and W (what the HTSAT branch hears) does not change at all. The
+source's azimuth moves by +θ (counter-clockwise, DESIGN.md); elevation, distance, room and T30 stay.
+The direction descriptor may change, so the spatial caption, the full caption and ``space_id`` are
+rebuilt from the rule table and the stored source caption with the renderer's own sentence builder
+(:func:`disse.schemas.captions.make_captions`).
+
+Each sample's angle and phrasing come from an RNG seeded by (data seed, pass, sample key), so a
+resumed run sees exactly the rotations an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from disse.schemas import CaptionRules, SchemaError
+from disse.schemas.captions import make_captions
+from disse.schemas.records import wrap_azimuth
+from disse.schemas.shard import ShardMeta, stable_id_int
+
+
+def rotate_iv(iv: np.ndarray, angle_deg: float) -> np.ndarray:
+    """``iv (6, F, M)`` (I_act xyz, I_rea xyz) turned by ``angle_deg`` about z (counter-clockwise)."""
+    c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    x = iv.astype(np.float32, copy=True)
+    for base in (0, 3):
+        ix, iy = x[base].copy(), x[base + 1]
+        x[base] = c * ix - s * iy
+        x[base + 1] = s * ix + c * iy
+    return x.astype(iv.dtype, copy=False)
+
+
+def rotate_meta(meta: ShardMeta, angle_deg: float, rules: CaptionRules, rng: np.random.Generator) -> ShardMeta:
+    """The metadata of the turned sample: azimuth, descriptors, captions and ``space_id`` rebuilt."""
+    azimuth = wrap_azimuth(meta.azimuth_deg + angle_deg)
+    values = {"azimuth_deg": azimuth, "elevation_deg": meta.elevation_deg,
+              "source_distance_m": meta.source_distance_m, "area_m2": meta.area_m2, "t30_ms": meta.t30_ms}
+    descriptors = rules.describe(values)
+    caps = make_captions(rules, descriptors, meta.source_caption, rng)
+    return dataclasses.replace(meta, azimuth_deg=azimuth, descriptors=descriptors,
+                               space_id=rules.space_id(descriptors), spatial_caption=caps.spatial_caption,
+                               caption=caps.caption)
+
+
+def check_rules(meta: ShardMeta, rules: CaptionRules, where: str) -> None:
+    """The trainer's rule table must be the one the shards were captioned with."""
+    version = meta.render.get("rules_version")
+    if version is not None and version != rules.version:
+        raise SchemaError(f"shards were captioned with rule table version {version}, the trainer has "
+                          f"version {rules.version}; set data.caption_rules to the render's table",
+                          file=where, field="data.rotate_azimuth")
+
+
+def rotate_sample(sample: dict, rules: CaptionRules, seed: int, pass_: int) -> dict:
+    """A decoded sample (``iv``, ``meta``, optional ``waveform``) turned by an angle drawn uniformly
+    in [0, 360) from an RNG fixed by (seed, pass, key)."""
+    meta: ShardMeta = sample["meta"]
+    rng = np.random.default_rng([int(seed), int(pass_), stable_id_int(f"rotate:{meta.key}") & (2 ** 63 - 1)])
+    angle = float(rng.uniform(0.0, 360.0))
+    return {**sample, "iv": rotate_iv(sample["iv"], angle), "meta": rotate_meta(meta, angle, rules, rng)}
