@@ -59,16 +59,19 @@ def _device(name: str) -> str:
 @click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK, show_default=True,
               help="Rows per similarity block (memory ~ 4 * chunk^2 bytes).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--zero-shot-prompts", type=click.Choice(["ensemble", "single"]), default="ensemble", show_default=True,
+              help="Zero-shot class prototypes: mean text embedding of every spatial caption with the label, "
+                   "or one 'A sound {phrase}.' prompt per label.")
 @click.version_option(package_name="disse")
 def main(checkpoint: str | None, shards: str | None, embeddings: str | None, compare: tuple[str, str] | None,
          out: str, save_embeddings: str | None, rules: str | None, batch_size: int, num_workers: int,
-         max_items: int | None, device: str, chunk_size: int, no_plots: bool) -> None:
+         max_items: int | None, device: str, chunk_size: int, no_plots: bool, zero_shot_prompts: str) -> None:
     """Score retrieval (SRC, SPA), leakage (X-SRC, X-SPA, audio-side AX-SRC, AX-SPA), invariance ratios,
     physical errors (direction next to the intensity-vector physics baseline) and zero-shot descriptors,
     each next to its chance level; write metrics.json, report.md and PNG plots."""
     try:
         _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules, batch_size, num_workers,
-             max_items, device, chunk_size, no_plots)
+             max_items, device, chunk_size, no_plots, zero_shot_prompts)
     except SchemaError as exc:
         _fail(str(exc))
     except MemoryError:
@@ -76,7 +79,7 @@ def main(checkpoint: str | None, shards: str | None, embeddings: str | None, com
 
 
 def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_path, batch_size, num_workers,
-         max_items, device, chunk_size, no_plots) -> None:
+         max_items, device, chunk_size, no_plots, zero_shot_prompts="ensemble") -> None:
     from disse.trainer import report
     from disse.trainer.evaluate import Embeddings, evaluate_embeddings
 
@@ -100,7 +103,8 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
         emb = Embeddings.load(embeddings)
         meta["embeddings"] = str(embeddings)
     else:
-        emb, skipped = _embed_checkpoint(checkpoint, shards, device, batch_size, num_workers, max_items, rules)
+        emb, skipped = _embed_checkpoint(checkpoint, shards, device, batch_size, num_workers, max_items, rules,
+                                         zero_shot_prompts)
         meta.update({"checkpoint": str(checkpoint), "shards": shards, "device": _device(device),
                      "embed_seconds": round(time.perf_counter() - t0, 2), "skipped_samples": skipped})
         if skipped:  # unreadable samples are skipped by the loader (and logged); say so plainly here
@@ -121,7 +125,7 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
 
 
 def _embed_checkpoint(checkpoint: str, shards: str, device: str, batch_size: int, num_workers: int,
-                      max_items: int | None, rules):
+                      max_items: int | None, rules, zero_shot_prompts: str = "ensemble"):
     import torch
 
     from disse.trainer.checkpoint import load_model
@@ -135,7 +139,7 @@ def _embed_checkpoint(checkpoint: str, shards: str, device: str, batch_size: int
     model, _cfg = load_model(checkpoint, dev)
     loader = eval_loader(shard_list, batch_size, num_workers)
     torch.manual_seed(0)  # nothing should be random in eval mode; this makes sure of it
-    emb = embed(model, loader, dev, rules, max_items=max_items)
+    emb = embed(model, loader, dev, rules, max_items=max_items, zero_shot=zero_shot_prompts)
     expected = shard_list.total if max_items is None else min(max_items, shard_list.total)
     return emb, expected - len(emb)
 

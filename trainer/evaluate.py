@@ -349,14 +349,50 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().float().cpu().numpy()
 
 
+ZERO_SHOT_PROMPTS = ("ensemble", "single")
+
+
+def zero_shot_prototypes(model: Any, rules: CaptionRules, device: torch.device | str, kind: str = "ensemble",
+                         batch_size: int = 128) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per attribute: ``(labels (L,), text-space prototypes (L, D))`` for zero-shot classification.
+
+    ``"ensemble"`` (default): the mean, re-normalised, of the text space embeddings of every spatial
+    caption carrying the label (:func:`disse.schemas.captions.prompt_ensemble`: all label combinations,
+    i.e. marginalised over the other attributes). ``"single"``: one prompt per label from the rule
+    table's ``prompt_template`` ("A sound {phrase}.").
+    """
+    if kind not in ZERO_SHOT_PROMPTS:
+        raise SchemaError(f"must be one of {list(ZERO_SHOT_PROMPTS)}, got {kind!r}", field="zero_shot_prompts")
+    out = {}
+    if kind == "single":
+        for attr in rules.attributes:
+            labelled = rules.prompts(attr)
+            tokens = _to_device(model.tokenize(list(labelled.values())), device)
+            out[attr] = (np.array(list(labelled)), _np(model.encode_text(tokens)["space"]))
+        return out
+    from disse.schemas.captions import prompt_ensemble
+
+    combos = prompt_ensemble(rules)
+    texts = [c for _, c in combos]
+    emb = np.concatenate([_np(model.encode_text(_to_device(model.tokenize(texts[i:i + batch_size]), device))["space"])
+                          for i in range(0, len(texts), batch_size)]).astype(np.float64)
+    for attr in rules.attributes:
+        labels = rules.attributes[attr].labels
+        protos = np.stack([emb[[d[attr] == lab for d, _ in combos]].mean(0) for lab in labels])
+        protos /= np.linalg.norm(protos, axis=1, keepdims=True).clip(1e-12)
+        out[attr] = (np.array(labels), protos.astype(np.float32))
+    return out
+
+
 def embed(model: Any, loader: Iterable[dict], device: torch.device | str, rules: CaptionRules | None = None,
-          max_items: int | None = None) -> Embeddings:
+          max_items: int | None = None, zero_shot: str = "ensemble") -> Embeddings:
     """Run ``model`` over every batch of ``loader`` (the Batch contract of docs/internals.md).
 
     Audio -> source/space embeddings and physical predictions (mapped to real units with
     ``disse.trainer.physics.to_real_units``); captions -> text source / space embeddings through
     ``model.encode_batch_text`` (which caption feeds which head is the model's ``text_input``, as in
-    training); each caption-rule prompt -> text space embedding for zero-shot; the intensity features
+    training); zero-shot class prototypes from the caption rules (:func:`zero_shot_prototypes`, ``zero_shot``
+    = ``"ensemble"`` or ``"single"``); the intensity features
     -> ``iv_direction``, the physics baseline (``physics.intensity_direction``). Stops after
     ``max_items`` when given. Batches of the loader are the Batch contract (disse.trainer.data).
     """
@@ -397,11 +433,7 @@ def embed(model: Any, loader: Iterable[dict], device: torch.device | str, rules:
             n += len(batch["key"])
             if max_items is not None and n >= max_items:
                 break
-        prompts = {}
-        for attr in rules.attributes:
-            labelled = rules.prompts(attr)
-            tokens = _to_device(model.tokenize(list(labelled.values())), device)
-            prompts[attr] = (np.array(list(labelled)), _np(model.encode_text(tokens)["space"]))
+        prompts = zero_shot_prototypes(model, rules, device, zero_shot)
     model.train(was_training)
     if n == 0:
         raise SchemaError("the loader yielded no samples", field="shards")

@@ -27,6 +27,10 @@ class LossConfig:
     area_weight: float = 1.0         # MSE on normalised log area (disse.trainer.physics)
     distance_weight: float = 1.0     # MSE on normalised log distance
     t30_weight: float = 1.0          # MSE on normalised log T30
+    # contrastive, audio space <-> text space, positives = same label of ONE descriptor (direction,
+    # elevation, ...), averaged over descriptors: the exact space_id has few positives per batch, and
+    # without this the space pair aligns on the easiest descriptor only (measured: direction at chance)
+    attribute_weight: float = 0.0
     max_logit_scale: float = 100.0   # exp(log scale) clamped to [min, max] (CLIP: 100)
     min_logit_scale: float = 1.0
 
@@ -93,6 +97,12 @@ class DELSALoss(nn.Module):
             "space": multi_positive_contrastive(audio_out["space"], text_out["space"], batch["space_id"], s_spa),
         }
         total = c.source_weight * terms["source"] + c.space_weight * terms["space"]
+        if c.attribute_weight and batch.get("attribute_ids") is not None:
+            ids = batch["attribute_ids"]
+            terms["attributes"] = torch.stack([multi_positive_contrastive(audio_out["space"], text_out["space"],
+                                                                          ids[:, a], s_spa)
+                                               for a in range(ids.shape[1])]).mean()
+            total = total + c.attribute_weight * terms["attributes"]
         if batch.get("targets") is not None and "phys" in audio_out:
             phys = audio_out["phys"]
             n = phys["direction"].shape[0]

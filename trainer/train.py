@@ -171,7 +171,7 @@ def micro_inputs(model: nn.Module, batch: dict, device: torch.device) -> tuple:
 
 def micro_meta(batch: dict, device: torch.device) -> dict:
     return {"source_id": batch["source_id"].to(device), "space_id": batch["space_id"].to(device),
-            "targets": _to(batch["targets"], device)}
+            "attribute_ids": batch["attribute_ids"].to(device), "targets": _to(batch["targets"], device)}
 
 
 def _loss(ctx: StepContext, feats: dict, meta: dict) -> tuple[torch.Tensor, dict]:
