@@ -18,8 +18,9 @@ Pairing: K RIRs per clip and L clips per RIR (blocks, :func:`disse.pipeline.spli
 so each source is heard in several spaces and each space holds several sources.
 
 Default size (``disse-synth demo --out demo``): 32 types x 8 variants = 256 clips (192 train, 32
-val, 32 test); 48 rooms x 6 positions = 288 RIRs (30 / 6 / 12 rooms); K = L = 4 gives 768 train,
-144 val and 288 test samples (about 4 GB of shards; a few minutes on 2 idle cores).
+val, 32 test); 96 rooms x 3 positions = 288 RIRs (60 / 12 / 24 rooms: many rooms, few positions,
+because a room's size and reverberation are learned across rooms); K = L = 4 gives 768 train, 144
+val and 288 test samples (about 4.7 GB of shards; about 2 minutes on 2 idle cores).
 """
 from __future__ import annotations
 
@@ -567,8 +568,8 @@ def write_rir_bank(out_dir: Path, n_rooms: int, positions_per_room: int, seed: i
 class DemoConfig:
     types: int = 32
     clips_per_type: int = 8
-    rooms: int = 48
-    positions_per_room: int = 6
+    rooms: int = 96
+    positions_per_room: int = 3
     rirs_per_clip: int = 4
     clips_per_rir: int = 4
     shard_size: int = 32
