@@ -15,7 +15,6 @@ one that memorises positions needs many rooms and still trails the physics.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from collections import OrderedDict
 

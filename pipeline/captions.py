@@ -8,8 +8,7 @@ from __future__ import annotations
 
 # The caption builder lives in disse.schemas.captions: the trainer rebuilds captions too (rotation
 # augmentation), and pipeline and trainer share only schemas.
-from disse.schemas.captions import (Captions, choose_phrases, clean_source_caption,  # noqa: F401
-                                    make_captions)
+from disse.schemas.captions import make_captions
 
 
 def _make_command():

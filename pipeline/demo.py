@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import math
-import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from pathlib import Path
