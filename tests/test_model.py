@@ -130,9 +130,10 @@ def test_text_input_modes(model):
     assert not torch.allclose(full["source"], sep["source"], atol=1e-3)
 
 
-def test_frozen_text_backbone_is_cached_and_exact():
+@pytest.mark.parametrize("pooling", ["mean", "tokens"])
+def test_frozen_text_backbone_is_cached_and_exact(pooling):
     torch.manual_seed(0)
-    enc = TextEncoder(TextConfig(num_layers=1, freeze_backbone=True), out_dim=8)
+    enc = TextEncoder(TextConfig(num_layers=1, freeze_backbone=True, pooling=pooling), out_dim=8)
     assert not any(p.requires_grad for p in enc.backbone.parameters())
     calls = []
     enc.backbone.register_forward_hook(lambda *a: calls.append(1))
@@ -147,7 +148,8 @@ def test_frozen_text_backbone_is_cached_and_exact():
     assert torch.allclose(out2[0], out1[1], atol=1e-6) and torch.allclose(out2[1], out1[0], atol=1e-6)
     with torch.no_grad():
         t = tok(["a bell rings twice slowly"])
-        direct = enc.projection(enc._pool(t["input_ids"], t["attention_mask"]))
+        out = enc._backbone_out(t["input_ids"], t["attention_mask"])
+        direct = enc.projection(enc._token_pool(out, t["attention_mask"]) if pooling == "tokens" else out)
     assert torch.allclose(direct[0], out2[0], atol=1e-5)
     out2.sum().backward()  # the projection still learns
     assert enc.projection.weight.grad is not None

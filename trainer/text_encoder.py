@@ -10,9 +10,9 @@ Two backbones, both read from local files only (nothing is downloaded at run tim
   weights from a LAION-CLAP checkpoint's ``text_branch.*`` / ``text_projection.*`` keys, or from
   ``hf_dir`` when no checkpoint is given.
 
-A frozen backbone runs in eval mode without gradient; with ``cache_frozen`` its pooled output per
-distinct token sequence is memoised (captions repeat every epoch), which makes the frozen text
-side nearly free after the first epoch.
+A frozen backbone runs in eval mode without gradient; with ``cache_frozen`` its pooled output (or,
+with ``pooling: tokens``, its token states) per distinct token sequence is memoised (captions repeat
+every epoch), which makes the frozen text side nearly free after the first epoch.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from disse.schemas.errors import SchemaError
 from disse.trainer.clap_checkpoint import LoadReport, load_into, read_state_dict, sub_state_dict
 
 KINDS = ("minilm", "clap_roberta")
+POOLINGS = ("mean", "tokens")
 
 
 @dataclass
@@ -39,7 +40,12 @@ class TextConfig:
     freeze_backbone: bool = False
     num_layers: int | None = None        # keep only the first N transformer layers (None = all)
     cache_frozen: bool = True            # memoise frozen-backbone outputs per distinct text
-    cache_size: int = 200_000            # entries (one pooled vector each, ~1.5-3 kB)
+    cache_size: int = 200_000            # entries (one pooled vector each, ~1.5-3 kB; token states: ~50 kB)
+    # minilm: "mean" (sentence-transformers' pooling) or "tokens": mean plus `attention_heads` learned
+    # attention poolings over the token states. A frozen pooled mean barely tells "to the left" from
+    # "to the right" inside a full caption (docs/spatial.md); the token states do.
+    pooling: str = "mean"
+    attention_heads: int = 4
 
 
 def minilm_dir() -> Path:
@@ -116,7 +122,11 @@ class TextEncoder(nn.Module):
                 self.backbone = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
             else:
                 self.backbone = AutoModel.from_config(hf_cfg, add_pooling_layer=False)
-            self.projection: nn.Module = nn.Linear(width, out_dim)
+            if cfg.pooling not in POOLINGS:
+                raise SchemaError(f"must be one of {list(POOLINGS)}, got {cfg.pooling!r}", field="model.text.pooling")
+            heads = cfg.attention_heads if cfg.pooling == "tokens" else 0
+            self.token_query = nn.Linear(width, heads) if heads else None
+            self.projection: nn.Module = nn.Linear(width * (1 + heads), out_dim)
         else:
             if cfg.checkpoint or not cfg.pretrained:
                 self.backbone = RobertaModel(hf_cfg)  # weights from the CLAP checkpoint below, or random
@@ -164,26 +174,47 @@ class TextEncoder(nn.Module):
             self.backbone.eval()  # no dropout in a frozen backbone: its output is a pure function of the text
         return self
 
-    def _pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _tokens_mode(self) -> bool:
+        return getattr(self, "token_query", None) is not None
+
+    def _backbone_out(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled ``(B, W)`` (mean or CLAP's pooler), or in ``tokens`` mode the token states ``(B, L, W)``."""
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         if self.cfg.kind == "clap_roberta":
             return out.pooler_output
+        if self._tokens_mode():
+            return out.last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
         return (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
-    def _pool_frozen_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _token_pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token states ``(B, L, W)`` -> ``(B, (1 + heads) W)``: the masked mean and one attention-weighted
+        mean per learned query."""
+        mask = attention_mask.to(states.dtype)
+        mean = (states * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
+        logits = self.token_query(states).masked_fill(~attention_mask.bool().unsqueeze(-1), float("-inf"))
+        w = torch.softmax(logits, dim=1)                                             # (B, L, heads)
+        return torch.cat([mean, torch.einsum("blh,blw->bhw", w, states).flatten(1)], 1)
+
+    def _frozen_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         keys = [tuple(ids[m.bool()].tolist()) for ids, m in zip(input_ids.cpu(), attention_mask.cpu())]
         todo = [i for i, k in enumerate(keys) if k not in self._cache]
         if todo:
             idx = torch.tensor(todo, device=input_ids.device)
             sub_mask = attention_mask[idx]
             length = int(sub_mask.sum(1).max())  # right padding: cut to the longest missing text
-            pooled = self._pool(input_ids[idx, :length], sub_mask[:, :length])
+            out = self._backbone_out(input_ids[idx, :length], sub_mask[:, :length])
             for j, i in enumerate(todo):
-                self._cache[keys[i]] = pooled[j].float()  # fp32 whatever the autocast: reused in and out of it
-        out = torch.stack([self._cache[k] for k in keys])
+                # fp32 whatever the autocast: reused in and out of it; token states without the padding
+                self._cache[keys[i]] = (out[j, : len(keys[i])] if out.dim() == 3 else out[j]).float()
         for k in keys:
             self._cache.move_to_end(k)
+        if not self._tokens_mode():
+            out = torch.stack([self._cache[k] for k in keys])
+        else:  # re-pad the cached token states to this batch's (B, L)
+            out = torch.zeros(len(keys), input_ids.shape[1], self._cache[keys[0]].shape[-1], device=input_ids.device)
+            for i, k in enumerate(keys):
+                out[i, : len(k)] = self._cache[k]
         while len(self._cache) > self.cfg.cache_size:
             self._cache.popitem(last=False)
         return out
@@ -192,10 +223,9 @@ class TextEncoder(nn.Module):
         ids, mask = tokens["input_ids"], tokens["attention_mask"]
         if self.cfg.freeze_backbone:
             with torch.no_grad():
-                if self.cfg.cache_frozen:
-                    pooled = self._pool_frozen_cached(ids, mask)
-                else:
-                    pooled = self._pool(ids, mask)
+                out = self._frozen_cached(ids, mask) if self.cfg.cache_frozen else self._backbone_out(ids, mask)
         else:
-            pooled = self._pool(ids, mask)
-        return self.projection(pooled)
+            out = self._backbone_out(ids, mask)
+        if self._tokens_mode():
+            out = self._token_pool(out, mask)
+        return self.projection(out)
