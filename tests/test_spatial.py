@@ -11,6 +11,7 @@ import torch
 from disse.pipeline.features import intensity_features
 from disse.pipeline.foa import encode_plane_wave
 from disse.schemas import load_feature_params
+from disse.trainer.augment import rotate_iv
 from disse.trainer.physics import angular_error_deg, direction_from_angles, intensity_direction
 from disse.trainer.spatial import (ROOM_STATS_DIM, IntensityAttentionDirection, SpatialBranch, SpatialConfig,
                                    direction_features, room_statistics)
@@ -19,13 +20,8 @@ SR = 48000
 
 
 def _rotate_z(iv: torch.Tensor, angle_rad: float) -> torch.Tensor:
-    """Turn the sound field by ``angle`` about the vertical axis: x and y of both intensities rotate."""
-    c, s = math.cos(angle_rad), math.sin(angle_rad)
-    out = iv.clone()
-    for base in (0, 3):
-        x, y = iv[:, base], iv[:, base + 1]
-        out[:, base], out[:, base + 1] = c * x - s * y, s * x + c * y
-    return out
+    """Turn the sound field about the vertical axis: the augmentation's own rotation, per item."""
+    return torch.stack([torch.from_numpy(rotate_iv(x.numpy(), math.degrees(angle_rad))) for x in iv])
 
 
 def _reverberant_scene(az: float, el: float, seed: int = 0) -> torch.Tensor:

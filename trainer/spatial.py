@@ -71,9 +71,10 @@ class IntensityAttentionDirection(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
         self.log_sharpness = nn.Parameter(torch.tensor(math.log(init_sharpness)))
 
-    def forward(self, iv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, iv: torch.Tensor, cells: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cells``: :func:`invariant_cell_features` of ``iv`` when the caller has them already."""
         iv = iv.float()
-        cells = invariant_cell_features(iv)                                          # (B, 4, F, M)
+        cells = invariant_cell_features(iv) if cells is None else cells             # (B, 4, F, M)
         pt, pm = self.pool
         ctx = self.net(block_mean(cells, self.pool))[:, 0]                           # (B, F // pt, M // pm)
         ctx = ctx.repeat_interleave(pt, 1).repeat_interleave(pm, 2)
@@ -111,7 +112,7 @@ def _band_log_energy(waveform: torch.Tensor, hop: int, n_bands: int, sample_rate
 
 @torch.no_grad()
 def room_statistics(iv: torch.Tensor, waveform: torch.Tensor, hop: int = 480,
-                    sample_rate: int = 48000) -> torch.Tensor:
+                    sample_rate: int = 48000, cells: torch.Tensor | None = None) -> torch.Tensor:
     """Fixed rotation-invariant room features ``(B, ROOM_STATS_DIM)`` float32 (no parameters).
 
     * directivity per mel-band group: mean ``|I_act|``, mean ``|I_rea|``, share of cells with
@@ -121,10 +122,12 @@ def room_statistics(iv: torch.Tensor, waveform: torch.Tensor, hop: int = 480,
     * quantiles of the 80 ms level slopes of W per band, in units of -60 dB per second (the
       fastest sustained decays approach the room's decay rate, i.e. 1 / T60), over 80 ms windows
       that start within 50 dB of the band's peak and stay within 60 dB of it.
+
+    ``cells``: :func:`invariant_cell_features` of ``iv`` when the caller has them already.
     """
     iv = iv.float()
     b, _, nf, nm = iv.shape
-    cells = invariant_cell_features(iv)
+    cells = invariant_cell_features(iv) if cells is None else cells
     act_n, rea_n = cells[:, 0], cells[:, 1]                                     # (B, F, M)
     groups = nm // N_BAND_GROUPS
     a_g = act_n[:, :, : groups * N_BAND_GROUPS].reshape(b, nf, N_BAND_GROUPS, groups)
@@ -280,14 +283,16 @@ class SpatialBranch(nn.Module):
             pooled = block_mean(iv, self.cfg.input_pool)
             parts += [self.act_cnn(pooled[:, :3]).flatten(1), self.rea_cnn(pooled[:, 3:]).flatten(1)]
         direction = None
+        # one pass over the full-resolution cells serves the attention and the room statistics
+        cells = invariant_cell_features(iv) if self.direction is not None or self.room_norm is not None else None
         if self.direction is not None:
-            direction, _ = self.direction(iv)
+            direction, _ = self.direction(iv, cells)
             parts.append(direction_features(direction.detach()))
         if self.room_norm is not None:
             if waveform is None:
                 raise ValueError("room_stats needs the W waveform")
             hop = waveform.shape[-1] // max(iv.shape[2] - 1, 1)
-            room = self.room_norm(room_statistics(iv, waveform, hop=hop))
+            room = self.room_norm(room_statistics(iv, waveform, hop=hop, cells=cells))
             parts.append(room)
         return {"features": self.proj(self.mlp(torch.cat(parts, dim=1))), "direction": direction,
                 "room": room if self.room_norm is not None else None}

@@ -42,8 +42,8 @@ class TextConfig:
     cache_frozen: bool = True            # memoise frozen-backbone outputs per distinct text
     cache_size: int = 200_000            # entries (one pooled vector each, ~1.5-3 kB; token states: ~50 kB)
     # minilm: "mean" (sentence-transformers' pooling) or "tokens": mean plus `attention_heads` learned
-    # attention poolings over the token states. A frozen pooled mean barely tells "to the left" from
-    # "to the right" inside a full caption (docs/spatial.md); the token states do.
+    # attention poolings over the (cached) token states, so the heads can weight single words such as
+    # "left" / "right". Measured on the demo: no gain in zero-shot direction (docs/spatial.md, row f).
     pooling: str = "mean"
     attention_heads: int = 4
 
@@ -132,6 +132,10 @@ class TextEncoder(nn.Module):
                 self.backbone = RobertaModel(hf_cfg)  # weights from the CLAP checkpoint below, or random
             else:
                 self.backbone = RobertaModel.from_pretrained(str(path), local_files_only=True)
+            if cfg.pooling != "mean":
+                raise SchemaError("token pooling is for kind=minilm; clap_roberta reads CLAP's pooler",
+                                  field="model.text.pooling")
+            self.token_query = None
             # CLAP's text_projection (model.py of laion-clap), names kept so checkpoint keys map.
             self.projection = nn.Sequential(nn.Linear(width, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
         if cfg.num_layers is not None:
@@ -175,7 +179,7 @@ class TextEncoder(nn.Module):
         return self
 
     def _tokens_mode(self) -> bool:
-        return getattr(self, "token_query", None) is not None
+        return self.token_query is not None
 
     def _backbone_out(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled ``(B, W)`` (mean or CLAP's pooler), or in ``tokens`` mode the token states ``(B, L, W)``."""
