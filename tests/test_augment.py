@@ -90,3 +90,33 @@ def test_train_stream_rotation_is_deterministic_and_consistent(demo_shards):
         assert torch.allclose(x["targets"]["direction"].double(), want, atol=1e-6)
         for az, desc in zip(x["targets"]["azimuth_deg"].tolist(), x["descriptors"]):
             assert desc["direction"] == rules.attributes["direction"].label_of(az)
+
+
+def test_space_caption_drop_feeds_the_space_head_spatial_captions_only(demo_shards):
+    from disse.schemas import SchemaError
+    from disse.trainer.augment import drop_source_clause
+    from disse.trainer.data import DataConfig, resolve_shards, train_loader
+    from disse.trainer.model import DELSA, ModelConfig
+
+    shards = resolve_shards(str(demo_shards / "train"))
+
+    def batches(p: float, n: int = 3) -> list[dict]:
+        cfg = DataConfig(batch_size=8, num_workers=0, shuffle_buffer=8, rotate_azimuth=True, space_caption_drop=p)
+        it = iter(train_loader(shards, cfg, with_audio=False))
+        return [next(it) for _ in range(n)]
+
+    a, b, plain = batches(0.5), batches(0.5), batches(0.0)
+    assert all("space_head_text" not in x for x in plain)
+    dropped = kept = 0
+    for x, y in zip(a, b):
+        assert x["space_head_text"] == y["space_head_text"]  # a resumed run makes the same choices
+        for text, cap, spatial in zip(x["space_head_text"], x["caption"], x["space_text"]):
+            assert text in (cap, spatial)
+            dropped, kept = dropped + (text == spatial), kept + (text == cap)
+    assert dropped >= 4 and kept >= 4  # 24 draws at p = 0.5
+    # the source head keeps the full caption; only the space head reads the spatial caption alone
+    cfg = ModelConfig(text_input="full")
+    src, spa = DELSA.text_pairs(type("M", (), {"cfg": cfg})(), a[0])
+    assert src == a[0]["caption"] and spa == a[0]["space_head_text"]
+    with pytest.raises(SchemaError, match="space_caption_drop"):
+        drop_source_clause("k", 1.5, 0, 0)

@@ -64,3 +64,13 @@ def rotate_sample(sample: dict, rules: CaptionRules, seed: int, pass_: int) -> d
     rng = np.random.default_rng([int(seed), int(pass_), stable_id_int(f"rotate:{meta.key}") & (2 ** 63 - 1)])
     angle = float(rng.uniform(0.0, 360.0))
     return {**sample, "iv": rotate_iv(sample["iv"], angle), "meta": rotate_meta(meta, angle, rules, rng)}
+
+
+def drop_source_clause(key: str, prob: float, seed: int, pass_: int) -> bool:
+    """Whether the text space head reads this sample's spatial caption alone in this pass
+    (``DataConfig.space_caption_drop``): a draw fixed by (seed, pass, key), like the rotation, so a
+    resumed run makes the same choices."""
+    if not 0.0 <= prob <= 1.0:
+        raise SchemaError(f"must be in [0, 1], got {prob}", field="data.space_caption_drop")
+    rng = np.random.default_rng([int(seed), int(pass_), stable_id_int(f"caption-drop:{key}") & (2 ** 63 - 1)])
+    return bool(rng.random() < prob)

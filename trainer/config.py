@@ -95,6 +95,7 @@ def check_config(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     _check(d.batch_size >= 1, "data.batch_size", "must be >= 1", source)
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0", source)
     _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0", source)
+    _check(0.0 <= d.space_caption_drop <= 1.0, "data.space_caption_drop", "must be in [0, 1]", source)
     _check(d.val_batch_size >= 1, "data.val_batch_size", "must be >= 1", source)
     _check(o.lr > 0, "optim.lr", "must be > 0", source)
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "need two values in [0, 1)",

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from disse.schemas import SchemaError, load_caption_rules, stable_id_int
 from disse.schemas.features import FeatureParams
 from disse.schemas.shard import decode_iv, decode_meta, decode_w, group_tar_members
-from disse.trainer.augment import check_rules, rotate_sample
+from disse.trainer.augment import check_rules, drop_source_clause, rotate_sample
 from disse.trainer.physics import direction_from_angles
 
 log = logging.getLogger("disse.data")
@@ -70,6 +70,12 @@ class DataConfig:
     # rotate, the azimuth shifts, captions are rebuilt; trainer/augment.py)
     rotate_azimuth: bool = False
     caption_rules: str = ""       # rule table for the rebuilt captions ('' = the packaged v1 table)
+    # probability that the text *space* head reads a sample's spatial caption alone instead of the
+    # full caption (the source clause dropped; the source head always reads the full caption). With
+    # full captions only, the space pair can be won by matching source words to source-dependent
+    # audio cues, and the space head never sees a sentence without a source, which is what
+    # zero-shot prompts are (docs/spatial.md). Only with model.text_input: full.
+    space_caption_drop: float = 0.0
 
 
 # --------------------------------------------------------------------------- shard lists
@@ -217,6 +223,10 @@ def collate(samples: list[dict]) -> dict[str, Any]:
     batch["source_text"] = [m.source_caption for m in metas]
     batch["space_text"] = [m.spatial_caption for m in metas]
     batch["caption"] = [m.caption for m in metas]
+    if any("space_caption_dropped" in s for s in samples):
+        # what the text space head reads under model.text_input "full" (DataConfig.space_caption_drop)
+        batch["space_head_text"] = [m.spatial_caption if s.get("space_caption_dropped") else m.caption
+                                    for s, m in zip(samples, metas)]
     batch["source_id"] = torch.tensor([stable_id_int(m.source_id) for m in metas], dtype=torch.int64)
     batch["space_id"] = torch.tensor([stable_id_int(m.space_id) for m in metas], dtype=torch.int64)
     batch["source_id_str"] = [m.source_id for m in metas]
@@ -358,6 +368,9 @@ class TrainStream(IterableDataset):
                     if not produced:
                         check_rules(decoded["meta"], self.rules, sample.get("__url__", "?"))
                     decoded = rotate_sample(decoded, self.rules, cfg.seed, pass_)
+                if cfg.space_caption_drop > 0:
+                    decoded["space_caption_dropped"] = drop_source_clause(
+                        decoded["meta"].key, cfg.space_caption_drop, cfg.seed, pass_)
                 pending.append(decoded)
                 produced += 1
                 if len(pending) == cfg.batch_size:

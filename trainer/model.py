@@ -106,7 +106,8 @@ class DELSA(nn.Module):
     def text_pairs(self, batch: dict) -> tuple[list[str], list[str]]:
         """The strings the (source head, space head) read for a Batch, per ``cfg.text_input``."""
         if self.cfg.text_input == "full":
-            return list(batch["caption"]), list(batch["caption"])
+            # training batches may carry spatial-only captions for the space head (DataConfig.space_caption_drop)
+            return list(batch["caption"]), list(batch.get("space_head_text", batch["caption"]))
         return list(batch["source_text"]), list(batch["space_text"])
 
     def encode_text(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -118,15 +119,16 @@ class DELSA(nn.Module):
     def encode_batch_text(self, batch: dict, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Text embeddings of a Batch honouring ``text_input``, with one backbone pass.
 
-        ``"full"``: the caption once, both heads. ``"separate"``: source and spatial texts stacked
-        (2B rows), source head kept for the first B, space head for the last B.
+        ``"full"``: the caption once, both heads. ``"separate"`` (or a training batch whose space
+        head reads some spatial-only captions): source and space-head texts stacked (2B rows),
+        source head kept for the first B, space head for the last B.
         """
         src, spa = self.text_pairs(batch)
         b = len(src)
-        texts = src if self.cfg.text_input == "full" else src + spa
+        texts = src if src == spa else src + spa
         tokens = {k: v.to(device) if device is not None else v for k, v in self.tokenize(texts).items()}
         out = self.encode_text(tokens)
-        if self.cfg.text_input == "full":
+        if src == spa:
             return out
         return {"source": out["source"][:b], "space": out["space"][b:]}
 
