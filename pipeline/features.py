@@ -22,6 +22,7 @@ import numpy as np
 import scipy.fft
 
 from disse.schemas import FeatureParams
+from disse.schemas.features import OfficialFeatureParams
 
 # AmbiX channel index of W and of the Cartesian components x (front), y (left), z (up).
 _W, _XYZ = 0, (3, 1, 2)
@@ -90,8 +91,15 @@ def _band_limits(params: FeatureParams) -> tuple[int, int, np.ndarray]:
     return k0, k1, np.ascontiguousarray(fb[k0:k1])
 
 
-def intensity_features(foa: np.ndarray, params: FeatureParams) -> np.ndarray:
-    """AmbiX FOA ``(4, T)`` -> normalised mel intensity vectors ``(6, frames, n_mels)`` float32."""
+def intensity_features(foa: np.ndarray, params: FeatureParams | OfficialFeatureParams) -> np.ndarray:
+    """AmbiX FOA ``(4, T)`` -> normalised mel intensity vectors ``(6, frames, n_mels)`` float32.
+
+    With the ``official`` preset (:class:`OfficialFeatureParams`) -> the release's intensity vectors
+    ``(6, 201, 1601)`` (:func:`disse.pipeline.official_features.official_iv`).
+    """
+    if isinstance(params, OfficialFeatureParams):
+        from disse.pipeline.official_features import official_iv
+        return official_iv(foa, params)
     if foa.ndim != 2 or foa.shape[0] != 4:
         raise ValueError(f"FOA must be (4, T), got {foa.shape}")
     k0, k1, fb = _band_limits(params)

@@ -1,4 +1,15 @@
-"""Intensity-vector feature parameters: one config (configs/features.yaml), written into every sample."""
+"""Intensity-vector feature parameters: one config (configs/features.yaml), written into every sample.
+
+Two presets share the shard schema's ``features`` block (the json's ``features`` dict):
+
+* ``project`` (:class:`FeatureParams`, configs/features.yaml): mel-pooled, energy-normalised
+  intensity vectors, ``iv.npy`` = ``(6, n_frames, n_mels)`` with components x, y, z.
+* ``official`` (:class:`OfficialFeatureParams`, configs/features_official.yaml): the DISSE release's
+  front end (reference §2.3), ``iv.npy`` = ``(6, 201, 1601)`` = [act Y, Z, X, rea Y, Z, X] x linear
+  STFT bins x frames at 16 kHz, per-bin divided by the active-intensity norm. Its dict carries
+  ``preset: official``; the project dict has no ``preset`` key (shards written before presets
+  existed stay valid and byte-identical).
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -37,6 +48,11 @@ class FeatureParams:
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "features") -> "FeatureParams":
+        if d.get("preset", "project") != "project":
+            raise SchemaError(f"features block is the {d.get('preset')!r} preset, not this project's "
+                              "mel intensity vectors; read it with "
+                              "disse.schemas.features.feature_params_from_dict", file=source, field="preset")
+        d = {k: v for k, v in d.items() if k != "preset"}
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
@@ -50,10 +66,136 @@ class FeatureParams:
         return params
 
 
-def load_feature_params(path: str | Path | None = None) -> FeatureParams:
-    """Read feature parameters from YAML; the packaged ``configs/features.yaml`` by default."""
+@dataclass(frozen=True)
+class OfficialFeatureParams:
+    """The DISSE release's spatial front end (reference §2.3); every field is fixed.
+
+    Render at ``sample_rate`` (48 kHz, ``clip_samples`` = 480000), resample all four AmbiX channels
+    to ``feature_sample_rate`` (16 kHz, torchaudio's default sinc / Hann kernel), STFT (n_fft 400,
+    hop 100, periodic Hann 400, centred with reflect padding, unnormalised, one-sided) ->
+    ``I_act = Re(conj(W) [Y, Z, X])``, ``I_rea = Im(...)``; both divided per bin by ``|I_act|``
+    where it exceeds ``norm_eps`` (1e-6). Stored as float16 ``(6, n_bins, n_frames)`` =
+    ``(6, 201, 1601)``; values beyond float16's range (only the reactive part can reach them) are
+    clipped to +-65504.
+    """
+
+    preset: str = "official"
+    sample_rate: int = 48000          # Hz: render rate, HTSAT input rate
+    clip_seconds: float = 10.0
+    feature_sample_rate: int = 16000  # Hz: intensity-vector rate
+    n_fft: int = 400
+    win_length: int = 400
+    hop_length: int = 100
+    window: str = "hann_periodic"
+    center: bool = True
+    pad_mode: str = "reflect"
+    components: str = "Y,Z,X"
+    layout: str = "act_Y,act_Z,act_X,rea_Y,rea_Z,rea_X x bins x frames"
+    norm_eps: float = 1e-6
+    resampler: str = "torchaudio_sinc_interp_hann_w6_r0.99"
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    @property
+    def feature_samples(self) -> int:
+        return int(round(self.feature_sample_rate * self.clip_seconds))
+
+    @property
+    def n_frames(self) -> int:
+        """1601 for 10 s: centred frames over 160000 samples at hop 100."""
+        return self.feature_samples // self.hop_length + 1
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    @property
+    def iv_shape(self) -> tuple[int, int, int]:
+        return (6, self.n_bins, self.n_frames)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "features") -> "OfficialFeatureParams":
+        """Parse and check a features block: the preset has no knobs, so any other value is an error."""
+        ref = cls()
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise SchemaError(f"unknown official feature field(s) {sorted(unknown)}; known: {sorted(known)}",
+                              file=source)
+        for k, v in d.items():
+            want = getattr(ref, k)
+            if (v != want) if not isinstance(want, float) else (float(v) != want):
+                raise SchemaError(f"the official preset fixes {k} = {want!r}, got {v!r}", file=source, field=k)
+        return ref
+
+
+AnyFeatureParams = FeatureParams | OfficialFeatureParams
+FEATURE_PRESETS = {"project": "features.yaml", "official": "features_official.yaml"}
+
+
+def feature_params_from_dict(d: dict, *, source: str = "features") -> AnyFeatureParams:
+    """A shard's ``features`` block -> the preset's parameters (dispatch on ``preset``)."""
+    preset = d.get("preset", "project")
+    if preset == "official":
+        return OfficialFeatureParams.from_dict(d, source=source)
+    if preset == "project":
+        return FeatureParams.from_dict(d, source=source)
+    raise SchemaError(f"unknown feature preset {preset!r}; known: {sorted(FEATURE_PRESETS)}", file=source,
+                      field="preset")
+
+
+def load_feature_params(path: str | Path | None = None) -> AnyFeatureParams:
+    """Read feature parameters from YAML; the packaged ``configs/features.yaml`` by default.
+
+    ``path`` may also be a preset name (``project`` or ``official``): the packaged YAML of that preset.
+    """
+    from disse.configs import config_path
+
     if path is None:
-        from disse.configs import config_path
         path = config_path("features.yaml")
+    elif str(path) in FEATURE_PRESETS and not Path(path).is_file():
+        path = config_path(FEATURE_PRESETS[str(path)])
+    if not Path(path).is_file():
+        raise SchemaError(f"feature parameters not found (a YAML file or one of {sorted(FEATURE_PRESETS)})",
+                          file=str(path))
     with open(path) as f:
-        return FeatureParams.from_dict(yaml.safe_load(f) or {}, source=str(path))
+        return feature_params_from_dict(yaml.safe_load(f) or {}, source=str(path))
+
+
+# The release's HTSAT input (reference §1.4): the hub preprocessor_config.json of
+# laion/clap-htsat-fused, written here so nothing is fetched; the release calls the extractor with
+# truncation="max_length" (Slaney mel, one plane, is_longer all False), never the default "fusion".
+OFFICIAL_CLAP_PREPROCESSOR: dict = {
+    "feature_size": 64, "sampling_rate": 48000, "hop_length": 480, "max_length_s": 10,
+    "fft_window_size": 1024, "padding_value": 0.0, "return_attention_mask": False,
+    "frequency_min": 50, "frequency_max": 14000, "top_db": None,
+    "truncation": "fusion", "padding": "repeatpad",
+}
+OFFICIAL_CLAP_CALL: dict = {"sampling_rate": 48000, "padding": "repeatpad", "truncation": "max_length",
+                            "max_length": 480000, "return_tensors": "pt"}
+
+
+def official_htsat_inputs(omni_48k, extractor=None) -> dict:
+    """W channel(s) at 48 kHz -> the release's HTSAT inputs, via transformers' ClapFeatureExtractor.
+
+    ``omni_48k``: ``(T,)`` or ``(B, T)`` array / tensor, or a list of 1-D arrays (480000 samples each
+    in the release). Returns ``{"input_features": (B, 1, 1001, 64) float32, "is_longer": (B, 1) bool}``
+    as torch tensors on the CPU. ``extractor`` defaults to one built from
+    :data:`OFFICIAL_CLAP_PREPROCESSOR` (no download).
+    """
+    import numpy as np
+
+    if extractor is None:
+        from transformers import ClapFeatureExtractor
+        extractor = ClapFeatureExtractor(**OFFICIAL_CLAP_PREPROCESSOR)
+    if hasattr(omni_48k, "detach"):
+        omni_48k = omni_48k.detach().cpu().numpy()
+    if isinstance(omni_48k, np.ndarray):
+        omni_48k = [omni_48k] if omni_48k.ndim == 1 else list(omni_48k)
+    items = [np.asarray(x, dtype=np.float32) for x in omni_48k]
+    return dict(extractor(items, **OFFICIAL_CLAP_CALL))
