@@ -115,15 +115,123 @@ def _parse(d: dict, source: str) -> CaptionRules:
         raise SchemaError(f"missing key {exc}", file=source) from None
 
 
-def load_caption_rules(path: str | Path | None = None) -> CaptionRules:
-    """Load a rule table; the packaged ``configs/caption_rules_v1.yaml`` by default."""
+RULE_SETS = {"project": "caption_rules_v1.yaml", "v1": "caption_rules_v1.yaml",
+             "official": "caption_rules_official.yaml"}
+
+
+def load_caption_rules(path: str | Path | None = None) -> "CaptionRules | OfficialCaptionRules":
+    """Load a rule table; the packaged ``configs/caption_rules_v1.yaml`` by default.
+
+    ``path`` may also be a rule-set name (``project`` / ``v1`` or ``official``). A table with
+    ``preset: official`` loads as :class:`OfficialCaptionRules`.
+    """
+    from disse.configs import config_path
+
     if path is None:
-        from disse.configs import config_path
         path = config_path("caption_rules_v1.yaml")
+    elif str(path) in RULE_SETS and not Path(path).is_file():
+        path = config_path(RULE_SETS[str(path)])
     if not Path(path).is_file():
-        raise SchemaError("caption rule table not found", file=str(path))
+        raise SchemaError(f"caption rule table not found (a YAML file or one of {sorted(RULE_SETS)})",
+                          file=str(path))
     with open(path) as f:
-        return _parse(yaml.safe_load(f), str(path))
+        d = yaml.safe_load(f)
+    if isinstance(d, dict) and d.get("preset") == "official":
+        return _parse_official(d, str(path))
+    return _parse(d, str(path))
+
+
+# ------------------------------------------------------------------------------------------------
+# The DISSE release's rule set (reference §3.1), reproduced exactly
+
+NO_DESCRIPTOR = "none"  # label of a value that no official rule matches (no words, no RNG draw)
+
+
+@dataclass(frozen=True)
+class OfficialCaptionRules:
+    """The release's lexicon, templates and draw order (configs/caption_rules_official.yaml).
+
+    Its labels call positive azimuth (FOA +Y) "right": left/right mirrored against AmbiX.
+    :meth:`caption` is the release's ``augment_caption`` given a ``random.Random``; over a
+    manifest, one ``random.Random(42)`` advancing row by row reproduces the release's texts.
+    """
+
+    version: str
+    attributes: dict[str, Attribute]
+    draw_order: tuple[str, ...]
+    loc_order: tuple[str, ...]
+    templates: tuple[str, ...]
+    space_id_order: tuple[str, ...]
+    preset: str = "official"
+
+    def describe(self, values: dict[str, float]) -> dict[str, str]:
+        """Physical values -> labels; ``"none"`` where no rule matches (the release's empty string)."""
+        out = {}
+        for name, attr in self.attributes.items():
+            if attr.quantity not in values:
+                raise SchemaError(f"missing quantity for '{name}'", field=attr.quantity)
+            value = float(values[attr.quantity])
+            if not math.isfinite(value):
+                raise SchemaError(f"not finite: {value!r}", field=attr.quantity)
+            out[name] = next((b.label for b in attr.bins if b.holds(value)), NO_DESCRIPTOR)
+        return out
+
+    def space_id(self, descriptors: dict[str, str]) -> str:
+        return "|".join(descriptors[a] for a in self.space_id_order)
+
+    def phrases(self, attribute: str, label: str) -> tuple[str, ...]:
+        return () if label == NO_DESCRIPTOR else self.attributes[attribute].bin(label).phrases
+
+    def caption(self, orig: str, descriptors: dict[str, str], rng) -> tuple[str, dict[str, str]]:
+        """The release's caption for one row; ``rng`` is a ``random.Random`` (advanced in place).
+
+        Returns the sentence and the drawn phrase per attribute ("" where no rule matched).
+        """
+        words = {}
+        for attribute in self.draw_order:
+            options = self.phrases(attribute, descriptors[attribute])
+            words[attribute] = rng.choice(list(options)) if options else ""
+        loc = " ".join(words[a] for a in self.loc_order if words[a])
+        room = " ".join(w for w in (words["room_size"], words["reverberation"]) if w) + " room"
+        template = rng.choice(list(self.templates))
+        return template.format(orig=orig, loc=loc, room=room), words
+
+    def prompts(self, attribute: str) -> dict[str, str]:
+        """Zero-shot prompt per label: the first template with that descriptor alone (an addition of
+        this project; the release defines no prompts)."""
+        attr = self.attributes[attribute]
+        out = {}
+        for b in attr.bins:
+            loc = b.phrases[0] if attribute in self.loc_order else ""
+            room = (b.phrases[0] + " room") if attribute not in self.loc_order else "room"
+            out[b.label] = self.templates[0].format(orig="a sound", loc=loc, room=room)
+        return out
+
+
+def _parse_official(d: dict, source: str) -> OfficialCaptionRules:
+    try:
+        base = _parse({**d, "version": 0, "space_id_order": d["space_id_order"]}, source)
+        rules = OfficialCaptionRules(
+            version=str(d["version"]), attributes=base.attributes, draw_order=tuple(d["draw_order"]),
+            loc_order=tuple(d["loc_order"]), templates=tuple(str(t) for t in d["templates"]),
+            space_id_order=base.space_id_order)
+    except KeyError as exc:
+        raise SchemaError(f"missing key {exc}", file=source) from None
+    needed = {"distance", "direction", "elevation", "room_size", "reverberation"}
+    for key in ("draw_order", "space_id_order"):
+        if set(getattr(rules, key)) != needed or len(getattr(rules, key)) != len(needed):
+            raise SchemaError(f"must name each of {sorted(needed)} once", file=source, field=key)
+    if not set(rules.loc_order) <= needed:
+        raise SchemaError("names an unknown attribute", file=source, field="loc_order")
+    if set(rules.attributes) != needed:
+        raise SchemaError(f"attributes must be exactly {sorted(needed)}", file=source, field="attributes")
+    for t in rules.templates:
+        try:
+            t.format(orig="", loc="", room="")
+        except (KeyError, IndexError) as exc:
+            raise SchemaError(f"template {t!r} uses an unknown slot {exc}", file=source,
+                              field="templates") from None
+    return rules
 
 
 # ------------------------------------------------------------------------------------------------
@@ -185,7 +293,17 @@ def choose_phrases(rules: CaptionRules, descriptors: dict[str, str], rng: np.ran
 
 def make_captions(rules: CaptionRules, descriptors: dict[str, str], source_caption: str,
                   rng: np.random.Generator) -> Captions:
-    """Spatial caption and full caption for one sample (consumes a fixed number of RNG draws)."""
+    """Spatial caption and full caption for one sample (consumes a fixed number of RNG draws).
+
+    With :class:`OfficialCaptionRules` the release's sentence, drawn with a ``random.Random``
+    seeded from one draw of ``rng``; ``spatial_caption`` is then the same sentence (the release
+    trains both text heads on the one caption) and the source caption is used unchanged.
+    """
+    if isinstance(rules, OfficialCaptionRules):
+        import random
+
+        text, words = rules.caption(source_caption, descriptors, random.Random(int(rng.integers(2 ** 63))))
+        return Captions(spatial_caption=text, caption=text, phrases=words)
     ph = choose_phrases(rules, descriptors, rng)
     room = _room_phrase(ph["room_size"], ph["reverberation"])
     slots = {"direction": ph["direction"], "elevation": ph["elevation"], "distance": ph["distance"],
