@@ -51,6 +51,11 @@ def _device(name: str) -> str:
 @click.option("--out", type=click.Path(file_okay=False), default="eval_report", show_default=True,
               help="Folder for metrics.json, report.md and the plots.")
 @click.option("--save-embeddings", type=click.Path(dir_okay=False), help="Also write the embeddings (.npz).")
+@click.option("--metrics", "metric_set", type=click.Choice(["project", "official", "both"]), default="project",
+              show_default=True, help="This project's metrics, the DISSE release's semantics (keys 'official/...', "
+                                      "official_metrics.json; docs/official.md), or both.")
+@click.option("--save-official-embeddings", type=click.Path(dir_okay=False),
+              help="Also write the embeddings in the release's .npz layout (audio_spatial, spatial_id, ...).")
 @click.option("--rules", type=click.Path(dir_okay=False), help="Caption rule table (default: packaged v1).")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True, help="Data loader workers.")
@@ -65,13 +70,14 @@ def _device(name: str) -> str:
 @click.version_option(package_name="disse")
 def main(checkpoint: str | None, shards: str | None, embeddings: str | None, compare: tuple[str, str] | None,
          out: str, save_embeddings: str | None, rules: str | None, batch_size: int, num_workers: int,
-         max_items: int | None, device: str, chunk_size: int, no_plots: bool, zero_shot_prompts: str) -> None:
+         max_items: int | None, device: str, chunk_size: int, no_plots: bool, zero_shot_prompts: str,
+         metric_set: str = "project", save_official_embeddings: str | None = None) -> None:
     """Score retrieval (SRC, SPA), leakage (X-SRC, X-SPA, audio-side AX-SRC, AX-SPA), invariance ratios,
     physical errors (direction next to the intensity-vector physics baseline) and zero-shot descriptors,
     each next to its chance level; write metrics.json, report.md and PNG plots."""
     try:
         _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules, batch_size, num_workers,
-             max_items, device, chunk_size, no_plots, zero_shot_prompts)
+             max_items, device, chunk_size, no_plots, zero_shot_prompts, metric_set, save_official_embeddings)
     except SchemaError as exc:
         _fail(str(exc))
     except MemoryError:
@@ -79,9 +85,10 @@ def main(checkpoint: str | None, shards: str | None, embeddings: str | None, com
 
 
 def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_path, batch_size, num_workers,
-         max_items, device, chunk_size, no_plots, zero_shot_prompts="ensemble") -> None:
+         max_items, device, chunk_size, no_plots, zero_shot_prompts="ensemble", metric_set="project",
+         save_official_embeddings=None) -> None:
     from disse.trainer import report
-    from disse.trainer.evaluate import Embeddings, evaluate_embeddings
+    from disse.trainer.evaluate import evaluate_embeddings, load_embeddings_any, to_official_arrays
 
     if compare:
         if checkpoint or embeddings or shards:
@@ -98,10 +105,15 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
     rules = load_caption_rules(rules_path)
     meta: dict = {"disse_version": _version(), "chunk_size": chunk_size,
                   "caption_rules": rules_path or "packaged v1", "rules_version": rules.version}
+    meta["metric_set"] = metric_set
     t0 = time.perf_counter()
+    official_data = None
     if embeddings:
-        emb = Embeddings.load(embeddings)
+        emb, official_data = load_embeddings_any(embeddings)
         meta["embeddings"] = str(embeddings)
+        if emb is None and metric_set != "official":
+            raise SchemaError("holds the release's layout without all four embeddings: only --metrics official "
+                              "applies", file=str(embeddings), field="--metrics")
     else:
         emb, skipped = _embed_checkpoint(checkpoint, shards, device, batch_size, num_workers, max_items, rules,
                                          zero_shot_prompts)
@@ -109,19 +121,54 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
                      "embed_seconds": round(time.perf_counter() - t0, 2), "skipped_samples": skipped})
         if skipped:  # unreadable samples are skipped by the loader (and logged); say so plainly here
             click.echo(f"warning: {skipped} sample(s) of the shards could not be read and were skipped", err=True)
+    if official_data is None:
+        official_data = to_official_arrays(emb)
     if save_embeddings:
+        if emb is None:
+            raise SchemaError("needs all four embeddings", field="--save-embeddings")
         emb.save(save_embeddings)
         meta["saved_embeddings"] = str(save_embeddings)
+    if save_official_embeddings:
+        from disse.trainer.official_metrics import save_npz
+        save_npz(save_official_embeddings, official_data)
+        meta["saved_official_embeddings"] = str(save_official_embeddings)
     t1 = time.perf_counter()
-    metrics = evaluate_embeddings(emb, rules, chunk_size=chunk_size)
+    metrics = evaluate_embeddings(emb, rules, chunk_size=chunk_size) if metric_set != "official" else {}
+    if metric_set != "project":
+        metrics.update(_official(official_data, out, chunk_size))
+    if emb is None or metric_set == "official":
+        path = report.write_metrics_json(metrics, meta, Path(out) / "metrics.json")
+        summary = {k: v for k, v in metrics.items() if k.endswith("/R@1") or "/IIDR_" in k}
+        click.echo("\n".join(f"{k}: {report.fmt(v)}" for k, v in summary.items()))
+        click.echo(f"\nmetrics: {path}\nofficial metrics (the release's JSON): {Path(out) / 'official_metrics.json'}")
+        return
     meta.update({"seconds": round(time.perf_counter() - t1, 2),
                  "n_source_ids": int(len(np.unique(emb.source_id))), "n_space_ids": int(len(np.unique(emb.space_id))),
                  "dim_source": int(emb.audio_source.shape[1]), "dim_space": int(emb.audio_space.shape[1])})
     paths = report.write_report(metrics, emb, out, meta, rules, plots=not no_plots)
     click.echo(report.console_summary(metrics))
     click.echo(f"\nreport: {paths['report']}\nmetrics: {paths['metrics']}")
+    if metric_set == "both":
+        click.echo(f"official metrics (the release's semantics; also under 'official/' in metrics.json): "
+                   f"{Path(out) / 'official_metrics.json'}")
     if save_embeddings:
         click.echo(f"embeddings: {save_embeddings}")
+
+
+def _official(data: dict, out: str, chunk_size: int) -> dict:
+    """The release's metric semantics: ``official_metrics.json`` (its nested JSON, NaN -> null, inf ->
+    "Infinity") in ``out``, and the same figures flattened under ``official/`` for metrics.json."""
+    import json
+
+    from disse.trainer.official_metrics import evaluate_official, flatten, json_safe
+
+    try:
+        nested = evaluate_official(data, chunk_size=chunk_size)
+    except ValueError as exc:
+        raise SchemaError(str(exc), field="--metrics official") from None
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "official_metrics.json").write_text(json.dumps(json_safe(nested), indent=2) + "\n")
+    return flatten(nested)
 
 
 def _embed_checkpoint(checkpoint: str, shards: str, device: str, batch_size: int, num_workers: int,

@@ -451,3 +451,49 @@ def finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+# ----------------------------------------------------------------------------------------------
+# the DISSE release's embedding layout and metric semantics (trainer/official_metrics.py)
+
+def to_official_arrays(emb: Embeddings) -> dict[str, np.ndarray]:
+    """This project's embeddings in the release's ``.npz`` names (reference §5.5): ``*_space`` ->
+    ``*_spatial``, ``space_id`` -> ``spatial_id``. (On the official grid ``space_id`` is the RIR stem,
+    as the release's ``spatial_id``; on this project's shards it is the descriptor tuple.)"""
+    return {"audio_source": emb.audio_source, "audio_spatial": emb.audio_space, "text_source": emb.text_source,
+            "text_spatial": emb.text_space, "source_id": np.asarray(emb.source_id).astype(str),
+            "spatial_id": np.asarray(emb.space_id).astype(str)}
+
+
+def load_embeddings_any(path: str | Path) -> tuple[Embeddings | None, dict[str, np.ndarray]]:
+    """Read either layout: this project's (``audio_space``, ``space_id``, ...) or the release's
+    (``audio_spatial``, ``spatial_id``, aliases, any subset of modalities).
+
+    Returns ``(Embeddings or None, release-layout arrays)``: the :class:`Embeddings` exists when all
+    four embeddings are present (needed for this project's metrics).
+    """
+    from disse.trainer import official_metrics as OM
+
+    where = str(path)
+    if not Path(path).is_file():
+        raise SchemaError("embeddings file not found", file=where)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = set(z.files)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise SchemaError(f"not a readable .npz archive ({exc})", file=where) from None
+    if set(EMBEDDING_ARRAYS + ID_ARRAYS) <= names:
+        emb = Embeddings.load(path)
+        return emb, to_official_arrays(emb)
+    try:
+        data = OM.load_npz(path)
+    except ValueError as exc:
+        raise SchemaError(f"neither this project's embeddings layout nor the release's ({exc})", file=where) from None
+    if set(OM.EMBEDDING_KEYS) <= set(data):
+        emb = Embeddings.from_arrays({"audio_source": data["audio_source"].astype(np.float32),
+                                      "audio_space": data["audio_spatial"].astype(np.float32),
+                                      "text_source": data["text_source"].astype(np.float32),
+                                      "text_space": data["text_spatial"].astype(np.float32),
+                                      "source_id": data["source_id"], "space_id": data["spatial_id"]}, where)
+        return emb, data
+    return None, data
