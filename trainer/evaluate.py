@@ -482,7 +482,9 @@ def load_embeddings_any(path: str | Path) -> tuple[Embeddings | None, dict[str, 
             names = set(z.files)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise SchemaError(f"not a readable .npz archive ({exc})", file=where) from None
-    if set(EMBEDDING_ARRAYS + ID_ARRAYS) <= names:
+    release_only = {"audio_spatial", "text_spatial", "spatial_id"} | (set(OM.ALIASES) - {"audio_space", "text_space",
+                                                                                        "space_id"})
+    if not names & release_only:  # this project's layout (its own reader names what is wrong)
         emb = Embeddings.load(path)
         return emb, to_official_arrays(emb)
     try:
