@@ -149,13 +149,16 @@ def load_clip(path: str | Path, sample_rate: int = 48000, n_samples: int = 48000
 
 
 def load_rir(path: str | Path, foa_format: str = "ambix", sample_rate: int = 48000) -> np.ndarray:
-    """A 4-channel FOA RIR as AmbiX float32 ``(4, L)`` at ``sample_rate`` (FuMa converted on read)."""
+    """A 4-channel FOA RIR as AmbiX float32 ``(4, L)`` at ``sample_rate`` (FuMa and A-format converted on read)."""
     data, sr = read_audio(path)
     if data.shape[0] != 4:
         raise SchemaError(f"FOA RIR must have 4 channels, got {data.shape[0]}", file=str(path),
                           field="channels")
     if foa_format == "fuma":
         data = fuma_to_ambix(data)
+    elif foa_format == "aformat":  # tetrahedral capsules, the DISSE release's A -> B matrix
+        from disse.pipeline.aformat import aformat_to_ambix
+        data = aformat_to_ambix(data).astype(np.float32, copy=False)
     elif foa_format != "ambix":
         raise SchemaError(f"unknown FOA format {foa_format!r}", file=str(path), field="foa_format")
     if not np.any(data[0]):

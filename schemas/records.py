@@ -17,7 +17,7 @@ AUDIO_EXTENSIONS = (".flac", ".wav", ".mp3", ".ogg")
 CLIP_PATH_COLUMNS = ("path", "audio_path", "file", "filepath")
 RIR_COLUMNS = ("rir_path", "azimuth_deg", "elevation_deg", "source_distance_m", "area_m2",
                "fullband_T30_ms")
-FOA_FORMATS = ("ambix", "fuma")
+FOA_FORMATS = ("ambix", "fuma", "aformat")  # aformat: the DISSE release's tetrahedral capsules m0..m3
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def read_clips_csv(csv_path: str | Path, audio_dir: str | Path | None = None,
 
 def read_rirs_csv(csv_path: str | Path, skipped: list[SchemaError] | None = None) -> list[RirRecord]:
     """Read the RIR CSV (``rir_path, azimuth_deg, elevation_deg, source_distance_m, area_m2,
-    fullband_T30_ms``; optional ``rir_id``, ``foa_format`` = ambix|fuma; extra columns kept).
+    fullband_T30_ms``; optional ``rir_id``, ``foa_format`` = ambix|fuma|aformat; extra columns kept).
 
     Relative ``rir_path`` values are resolved against the CSV's folder.
     """
