@@ -36,6 +36,9 @@ from disse.pipeline.inspect import inspect_command  # noqa: E402
 main.add_command(inspect_command)
 from disse.pipeline.upgrade import upgrade_command  # noqa: E402
 main.add_command(upgrade_command)
+from disse.pipeline.official_grid import official_grid_command, official_rirs_command  # noqa: E402
+main.add_command(official_rirs_command)
+main.add_command(official_grid_command)
 
 
 if __name__ == "__main__":  # python -m disse.pipeline.cli
