@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from disse.schemas import SchemaError, ShardMeta
-from disse.schemas.shard import (IV_CHANNELS, decode_foa, decode_iv, decode_meta, decode_w_wav,
+from disse.schemas.shard import (IV_CHANNELS, decode_foa, decode_iv, decode_meta, decode_w_flac, decode_w_wav,
                                  group_tar_members)
 
 QUANTITIES = (  # (json field, label with unit)
@@ -234,19 +234,29 @@ def format_sample(sample: RawSample) -> str:
 
 
 def _w_line(sample: RawSample, foa: np.ndarray, sr: int) -> list[str]:
-    """``w.wav`` (schema v2): its length and how far it is from W of ``foa.flac``, in 16-bit steps."""
-    if "w.wav" not in sample.data:
+    """``w.flac`` (schema v3) or ``w.wav`` (v2): its length and how far it is from W of ``foa.flac``,
+    in 16-bit steps (v3: 0, the same samples)."""
+    member = next((m for m in ("w.flac", "w.wav") if m in sample.data), None)
+    if member is None:
         return []
-    w, w_sr = decode_w_wav(sample.data["w.wav"], where=sample.where)
+    decode = decode_w_flac if member == "w.flac" else decode_w_wav
+    w, w_sr = decode(sample.data[member], where=sample.where)
     n = min(len(w), foa.shape[1])
     steps = float(np.abs(w[:n].astype(np.float64) - foa[0, :n]).max(initial=0.0)) * 2 ** 15
     same = "matches" if len(w) == foa.shape[1] and w_sr == sr and steps <= 0.51 else "DIFFERS from"
-    return [f"w.wav: 1 x {len(w)} at {w_sr} Hz, 16-bit; {same} W of foa.flac (max {steps:.2f} steps)"]
+    return [f"{member}: 1 x {len(w)} at {w_sr} Hz, 16-bit; {same} W of foa.flac (max {steps:.2f} steps)"]
+
+
+def format_bytes(summary: dict) -> str:
+    """One line: mean bytes per sample, in all and per member (from the tar headers)."""
+    total = sum(m["mean_bytes"] * m["samples"] for m in summary["members"].values()) / max(summary["samples"], 1)
+    return (f"bytes per sample: {_human(total)} ("
+            + ", ".join(f"{ext} {_human(m['mean_bytes'])}" for ext, m in summary["members"].items()) + ")")
 
 
 def export_wav(sample: RawSample, out: str | Path) -> Path:
     """Write the sample's FOA as a 4-channel AmbiX (W, Y, Z, X) 24-bit WAV (lossless: the shard
-    stores 24-bit FLAC)."""
+    stores 16-bit (schema v3) or 24-bit (v1, v2) FLAC)."""
     import soundfile as sf
 
     foa, sr = decode_foa(sample.data["foa.flac"], where=sample.where)
@@ -351,6 +361,12 @@ def dataset_stats(metas: list[ShardMeta]) -> dict:
         stats["ids"][id_name] = {"distinct": len(counts), "min": int(counts.min()),
                                  "median": float(np.median(counts)), "max": int(counts.max()),
                                  "with_2_or_more": int((counts >= 2).sum())}
+    # source captions that already carried spatial words (render["source_spatial_words"]; absent in
+    # shards rendered before the flag existed, so those are counted as not recorded)
+    recorded = [m.render["source_spatial_words"] for m in metas if "source_spatial_words" in (m.render or {})]
+    words = Counter(w for ws in recorded for w in ws)
+    stats["caption_conflicts"] = {"recorded": len(recorded), "flagged": sum(1 for ws in recorded if ws),
+                                  "words": dict(words.most_common(8))}
     return stats
 
 
@@ -368,6 +384,16 @@ def format_stats(stats: dict) -> str:
     for id_name, s in stats["ids"].items():
         lines.append(f"{id_name:<16}{s['distinct']:>9}{s['min']:>6}{s['median']:>8.1f}{s['max']:>6}"
                      f"{s['with_2_or_more']:>14}")
+    cc = stats.get("caption_conflicts")
+    if cc is not None:
+        lines.append("")
+        if cc["recorded"]:
+            top = ", ".join(f"{w} {c}" for w, c in cc["words"].items())
+            lines.append(f"caption conflicts: {cc['flagged']} of {cc['recorded']} samples "
+                         f"({100 * cc['flagged'] / cc['recorded']:.1f}%) have a source caption with spatial words"
+                         + (f" ({top})" if top else ""))
+        else:
+            lines.append("caption conflicts: not recorded in these shards (rendered before the flag existed)")
     return "\n".join(lines)
 
 
@@ -479,6 +505,7 @@ def _make_command():
             if stats or plot_path:
                 metas, bad = collect_metas(shards)
                 click.echo(format_stats(dataset_stats(metas)))
+                click.echo(format_bytes(summarise(shards)))
                 if bad:
                     click.echo(f"skipped {len(bad)} unreadable sample(s), e.g. {bad[0]}")
                 if plot_path:

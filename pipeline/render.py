@@ -26,8 +26,8 @@ import hashlib
 import json
 import math
 import multiprocessing as mp
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from collections import Counter, OrderedDict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -35,8 +35,9 @@ import numpy as np
 import scipy.fft
 
 from disse.pipeline.audio_io import load_clip, load_rir
-from disse.pipeline.captions import make_captions
+from disse.pipeline.captions import SpatialWordMatcher, make_captions
 from disse.pipeline.features import intensity_features
+from disse.pipeline.rir_checks import AZIMUTH_CONVENTIONS, RirCheck, check_rir, to_ccw
 from disse.pipeline.shards import (shard_name, stale_tmp_files, write_json_atomic,
                                    write_tar_atomic)
 from disse.pipeline.splits import (SPLITS, assign_group_splits, pair_blocks, per_sample_rng,
@@ -45,6 +46,7 @@ from disse.schemas import (CaptionRules, DryClip, FeatureParams, RirRecord, Sche
                            ShardMeta, encode_sample)
 
 MANIFEST_VERSION = 1
+CAPTION_CONFLICT_POLICIES = ("keep", "skip")
 PARTS_DIR = "_parts"
 
 
@@ -63,6 +65,10 @@ class RenderOptions:
     target_rms_dbfs: float = -26.0   # level of W before the peak limit
     max_peak: float = 0.99           # of full scale, over all 4 channels
     max_failure_rate: float = 0.05   # exit non-zero above this share of failed items
+    azimuth_convention: str = "ccw"  # of the RIR CSV's azimuth_deg: ccw (the project's) or cw (negated on read)
+    rir_check: bool = True           # check each RIR's first arrival and channel layout at plan time
+    rir_tolerance_deg: float = 20.0  # largest first-arrival vs metadata angle a RIR may show
+    caption_conflicts: str = "keep"  # source captions with spatial words: keep (flagged) or skip
 
     def validate(self) -> None:
         if self.shard_size < 1:
@@ -73,6 +79,14 @@ class RenderOptions:
             raise SchemaError("must be in (0, 1]", field="max_peak")
         if not 0 <= self.max_failure_rate <= 1:
             raise SchemaError("must be in [0, 1]", field="max_failure_rate")
+        if self.azimuth_convention not in AZIMUTH_CONVENTIONS:
+            raise SchemaError(f"must be one of {AZIMUTH_CONVENTIONS}, got {self.azimuth_convention!r}",
+                              field="azimuth_convention")
+        if not 0 < self.rir_tolerance_deg <= 180:
+            raise SchemaError(f"must be in (0, 180], got {self.rir_tolerance_deg}", field="rir_tolerance_deg")
+        if self.caption_conflicts not in CAPTION_CONFLICT_POLICIES:
+            raise SchemaError(f"must be one of {CAPTION_CONFLICT_POLICIES}, got {self.caption_conflicts!r}",
+                              field="caption_conflicts")
 
     def plan_dict(self) -> dict:
         d = asdict(self)
@@ -113,6 +127,8 @@ class RenderPlan:
     inputs: dict = field(default_factory=dict)         # what was read (for the manifest)
     skipped_rows: list[dict] = field(default_factory=list)
     counts: dict = field(default_factory=dict)         # split -> {"clips", "rirs", "samples", "shards"}
+    caption_conflicts: dict = field(default_factory=dict)  # source captions with spatial words
+    warnings: list[str] = field(default_factory=list)  # said once by the CLI, kept in the manifest
 
     @property
     def n_samples(self) -> int:
@@ -177,6 +193,7 @@ class Renderer:
         self._clip_spectra: dict[int, np.ndarray] = {}
         self._rirs: OrderedDict[str, tuple[np.ndarray, int] | SchemaError] = OrderedDict()
         self._rir_cache = rir_cache or max(2, options.rirs_per_clip)
+        self._spatial_words = SpatialWordMatcher(rules)
 
     def _dry(self, clip: DryClip) -> np.ndarray:
         key = str(clip.path)
@@ -235,7 +252,8 @@ class Renderer:
             render={"seed": o.seed, "split_seed": o.split_seed, "gain": round(gain, 9), "gain_db": round(20 * math.log10(gain), 4),
                     "target_rms_dbfs": o.target_rms_dbfs, "max_peak": o.max_peak,
                     "rules_version": self.rules.version, "phrases": caps.phrases,
-                    "source_file": spec.clip.path.name, "rir_file": rir.rir_path.name},
+                    "source_file": spec.clip.path.name, "rir_file": rir.rir_path.name,
+                    "source_spatial_words": self._spatial_words(spec.clip.caption)},
             **values)
         return foa, iv, meta
 
@@ -280,10 +298,20 @@ def make_plan(clips: list[DryClip], rirs: list[RirRecord], options: RenderOption
     """Assign splits, pair clips with RIRs per split, cut the samples into shards.
 
     ``clip_splits`` / ``rir_splits`` (id -> split) override the seeded hash for the ids they name.
+    Source captions that already carry spatial words are counted (``plan.caption_conflicts``) and,
+    with ``options.caption_conflicts == "skip"``, left out before the splits are assigned (a
+    clip's split never depends on the other clips, so this moves no other clip).
     """
     options.validate()
+    conflicts = caption_conflicts(clips, rules)
+    n_input_clips = len(clips)
+    if options.caption_conflicts == "skip":
+        clips = [c for c in clips if c.audiocap_id not in conflicts]
+        if clip_splits:
+            clip_splits = {i: s for i, s in clip_splits.items() if i not in conflicts}
     if not clips:
-        raise SchemaError("no usable dry clips", field="clips")
+        raise SchemaError("no usable dry clips" + (f" ({n_input_clips} read, all skipped by "
+                          "--caption-conflicts skip)" if n_input_clips else ""), field="clips")
     if not rirs:
         raise SchemaError("no usable RIRs", field="rirs")
     clip_split = assign_group_splits({c.audiocap_id: c.source_id for c in clips}, options.val_fraction,
@@ -319,7 +347,49 @@ def make_plan(clips: list[DryClip], rirs: list[RirRecord], options: RenderOption
         counts[split] = {"clips": len(c_ids), "rirs": len(r_ids), "samples": len(specs),
                          "shards": n_shards}
     fingerprint = _digest({**base, "shards": [t.fingerprint for t in shards]})
-    return RenderPlan(shards, options, params, rules, fingerprint, inputs or {}, skipped_rows or [], counts)
+    flagged_samples = sum(1 for t in shards for x in t.samples if x.clip.audiocap_id in conflicts)
+    words: dict[str, int] = {}
+    for ws in conflicts.values():
+        for w in ws:
+            words[w] = words.get(w, 0) + 1
+    summary = {"policy": options.caption_conflicts, "clips_flagged": len(conflicts),
+               "clips_skipped": len(conflicts) if options.caption_conflicts == "skip" else 0,
+               "samples_flagged": flagged_samples,
+               "words": dict(sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[:30]),
+               "examples": [{"audiocap_id": i, "words": ws} for i, ws in sorted(conflicts.items())[:10]]}
+    return RenderPlan(shards, options, params, rules, fingerprint, inputs or {}, skipped_rows or [], counts,
+                      caption_conflicts=summary, warnings=pairing_warnings(options, counts))
+
+
+def caption_conflicts(clips: list[DryClip], rules: CaptionRules) -> dict[str, list[str]]:
+    """``audiocap_id -> spatial words`` for the clips whose source caption already says where the
+    sound is or what the room does (:class:`~disse.pipeline.captions.SpatialWordMatcher`)."""
+    match = SpatialWordMatcher(rules)
+    out = {}
+    for c in clips:
+        words = match(c.caption)
+        if words:
+            out[c.audiocap_id] = words
+    return out
+
+
+def pairing_warnings(options: RenderOptions, counts: dict) -> list[str]:
+    """What a pairing leaves undefined. With one RIR per clip (``--rirs-per-clip 1``, or a split
+    holding a single RIR) no two samples share a source in different spaces: X-SRC and AX-SRC (which
+    leave the query's own pair out) have no positives, IR_space has no same-source pairs, and the
+    source contrastive loss has no positive beyond the sample's own caption."""
+    out = []
+    undefined = ("X-SRC and AX-SRC (no other sample of the same source), IR_space (no same-source, "
+                 "different-space pairs) and the source loss's multi-positives")
+    if options.rirs_per_clip < 2:
+        out.append(f"--rirs-per-clip {options.rirs_per_clip}: every clip is heard in one space only, which "
+                   f"leaves {undefined} undefined; use --rirs-per-clip 2 or more (4 is the README's choice)")
+    else:
+        thin = [s for s in SPLITS if counts.get(s, {}).get("samples") and counts[s]["rirs"] < 2]
+        if thin:
+            out.append(f"split(s) {', '.join(thin)} hold a single RIR: their clips are heard in one space "
+                       f"only, which leaves {undefined} undefined there; add RIRs (rooms) to those splits")
+    return out
 
 
 def select_shards(n_shards: int, shard_range: tuple[int, int | None] | None = None,
@@ -455,6 +525,13 @@ def run_plan(plan: RenderPlan, out_dir: str | Path, *, workers: int = 1,
     return write_summary(plan, out)
 
 
+def rir_failure_rate(plan: RenderPlan) -> float:
+    """Share of the RIR CSV's rows that are unusable (bad rows plus RIRs failing the check): counted
+    against the RIRs alone, so a bad bank is not hidden by a large clip list."""
+    n = plan.inputs.get("rir_rows", 0)
+    return plan.inputs.get("rir_failures", 0) / n if n else 0.0
+
+
 def write_summary(plan: RenderPlan, out: Path) -> dict:
     """(Re)write ``{split}/sizes.json`` and ``manifest.json`` from the complete shards on disk.
 
@@ -474,6 +551,7 @@ def write_summary(plan: RenderPlan, out: Path) -> dict:
     rendered = sum(r["samples"] for r in records)
     n_rows = plan.inputs.get("rows", 0)
     row_rate = len(plan.skipped_rows) / n_rows if n_rows else 0.0
+    rir_rate = rir_failure_rate(plan)
     sample_rate = len(skipped) / planned_done if planned_done else 0.0
     reasons: dict[str, int] = {}
     for s in skipped + plan.skipped_rows:
@@ -496,7 +574,10 @@ def write_summary(plan: RenderPlan, out: Path) -> dict:
         "skipped_rows": plan.skipped_rows,
         "skipped": skipped,
         "skip_reasons": dict(sorted(reasons.items())),
-        "failure_rate": round(max(row_rate, sample_rate), 6),
+        "failure_rate": round(max(row_rate, sample_rate, rir_rate), 6),
+        "rir_failure_rate": round(rir_rate, 6),
+        "caption_conflicts": plan.caption_conflicts,
+        "warnings": plan.warnings,
         "max_failure_rate": plan.options.max_failure_rate,
         "missing_shards": missing,
     }
@@ -527,13 +608,68 @@ def _split_column(csv_path: Path, id_col: str, ids: Iterable[str]) -> dict[str, 
     return out
 
 
+def check_rirs(rirs: list[RirRecord], options: RenderOptions, sample_rate: int, *,
+               workers: int = 1) -> tuple[list[RirRecord], list[dict]]:
+    """Run :func:`~disse.pipeline.rir_checks.check_rir` on every RIR as the renderer will read it.
+
+    Returns (the RIRs that pass, one skip record per RIR that does not: file, field
+    ``rir_check``, reason, rir_id, kind and the measured direction). A RIR that cannot be read is
+    kept: the renderer reports it per sample, with the reader's own reason.
+    """
+    if not options.rir_check or not rirs:
+        return list(rirs), []
+    jobs = [(r.rir_path, r.foa_format, r.azimuth_deg, r.elevation_deg, sample_rate,
+             options.rir_tolerance_deg) for r in rirs]
+    if workers > 1 and len(jobs) > 1:
+        with pool_context().Pool(min(workers, len(jobs))) as pool:
+            results = pool.map(_check_one, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+    else:
+        results = [_check_one(j) for j in jobs]
+    kept, rejected = [], []
+    for rir, res in zip(rirs, results):
+        if res is None or res.ok:
+            kept.append(rir)
+        else:
+            d = res.to_dict()
+            rejected.append({"file": str(rir.rir_path), "row": None, "field": "rir_check",
+                             "reason": res.reason, "rir_id": rir.rir_id, "kind": res.kind,
+                             "measured_azimuth_deg": d["azimuth_deg"], "measured_elevation_deg": d["elevation_deg"],
+                             "error_deg": d["error_deg"], "rho": d["rho"]})
+    return kept, rejected
+
+
+class RirCheckFailed(SchemaError):
+    """More RIRs fail :func:`check_rirs` than ``max_failure_rate`` allows: nothing is rendered.
+    ``rejected`` holds one record per failing RIR (as in the manifest's ``skipped_rows``)."""
+
+    def __init__(self, rejected: list[dict], checked: int, max_rate: float, file: str) -> None:
+        kinds = Counter(r["kind"] for r in rejected)
+        self.rejected, self.checked = rejected, checked
+        super().__init__(
+            f"{len(rejected)} of {checked} RIRs fail the sanity check ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}; "
+            f"{len(rejected) / checked:.1%} > max failure rate {max_rate:.1%}); e.g. {rejected[0]['file']}: "
+            f"{rejected[0]['reason']}", file=file, field="rir_check")
+
+
+def _check_one(job: tuple) -> RirCheck | None:
+    path, fmt, az, el, sr, tol = job
+    try:
+        ir = load_rir(path, fmt, sr)
+    except SchemaError:
+        return None
+    return check_rir(ir, sr, az, el, fmt, tol)
+
+
 def plan_from_files(clips_csv: str | Path, rirs_csv: str | Path, options: RenderOptions, *,
                     audio_dir: str | Path | None = None, params: FeatureParams | None = None,
-                    rules: CaptionRules | None = None) -> RenderPlan:
-    """Read both CSVs (bad rows are counted, not fatal) and make the plan.
+                    rules: CaptionRules | None = None, workers: int = 1) -> RenderPlan:
+    """Read both CSVs (bad rows are counted, not fatal), check the RIRs, and make the plan.
 
     An optional ``split`` column in either CSV fixes that item's split; a RIR CSV's split column
-    is matched by ``rir_id``.
+    is matched by ``rir_id``. Azimuths are turned into the project's counter-clockwise convention
+    (``options.azimuth_convention``); then each RIR's first arrival and channel layout is checked
+    against its metadata (``options.rir_check``, :func:`check_rirs`): a RIR that fails is left out
+    and listed in ``skipped_rows`` with its reason. ``workers`` parallelises the check.
     """
     from disse.schemas import load_caption_rules, load_feature_params, read_clips_csv, read_rirs_csv
 
@@ -543,13 +679,21 @@ def plan_from_files(clips_csv: str | Path, rirs_csv: str | Path, options: Render
     bad_rirs: list[SchemaError] = []
     clips = read_clips_csv(clips_csv, audio_dir, skipped=bad_clips)
     rirs = read_rirs_csv(rirs_csv, skipped=bad_rirs)
+    options.validate()
+    if options.azimuth_convention != "ccw":
+        rirs = [replace(r, azimuth_deg=to_ccw(r.azimuth_deg, options.azimuth_convention)) for r in rirs]
+    n_rir_rows = len(rirs) + len(bad_rirs)
+    n_checked = len(rirs)
+    rirs, rejected = check_rirs(rirs, options, params.sample_rate, workers=workers)
+    if rejected and len(rejected) / n_checked > options.max_failure_rate:
+        raise RirCheckFailed(rejected, n_checked, options.max_failure_rate, str(rirs_csv))
     clip_splits = _split_column(Path(clips_csv), "audiocap_id", (c.audiocap_id for c in clips))
     rir_splits = {r.rir_id: r.extra["split"].strip() for r in rirs if str(r.extra.get("split", "")).strip()}
     for rid, s in rir_splits.items():
         if s not in SPLITS:
             raise SchemaError(f"split must be one of {SPLITS}, got {s!r} for {rid!r}",
                               file=str(rirs_csv), field="split")
-    skipped_rows = [_skip_record(e) for e in bad_clips + bad_rirs]
+    skipped_rows = [_skip_record(e) for e in bad_clips + bad_rirs] + rejected
     has_rooms = bool(rirs) and all(options.room_column in r.extra for r in rirs)
     if rirs and not has_rooms and any(options.room_column in r.extra for r in rirs):
         raise SchemaError("column missing", file=str(rirs_csv), field=options.room_column)
@@ -562,6 +706,12 @@ def plan_from_files(clips_csv: str | Path, rirs_csv: str | Path, options: Render
               "audio_dir": None if audio_dir is None else str(audio_dir),
               "clips": len(clips), "rirs": len(rirs),
               "rows": len(clips) + len(rirs) + len(skipped_rows),
+              "rir_rows": n_rir_rows, "rir_failures": len(bad_rirs) + len(rejected),
+              "azimuth_convention": options.azimuth_convention,
+              "rir_check": ({"tolerance_deg": options.rir_tolerance_deg, "checked": len(rirs) + len(rejected),
+                             "rejected": len(rejected),
+                             "by_kind": dict(sorted(Counter(r["kind"] for r in rejected).items()))}
+                            if options.rir_check else "disabled (--no-rir-check)"),
               "rir_split_groups": f"room ({options.room_column})" if has_rooms else "rir (no room column)"}
     return make_plan(clips, rirs, options, params, rules, clip_splits=clip_splits or None,
                      rir_splits=rir_splits or None, skipped_rows=skipped_rows, inputs=inputs)
@@ -614,6 +764,16 @@ def _make_command():
     @click.option("--target-rms-dbfs", type=float, default=-26.0, show_default=True)
     @click.option("--max-failure-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True,
                   help="Exit with status 1 if a larger share of rows or samples failed.")
+    @click.option("--azimuth-convention", type=click.Choice(AZIMUTH_CONVENTIONS), default="ccw", show_default=True,
+                  help="How the RIR CSV's azimuth_deg turns: ccw (the project's: positive = left) or cw "
+                       "(positive = right; negated on read). Recorded in the manifest.")
+    @click.option("--rir-tolerance-deg", type=click.FloatRange(0, 180, min_open=True), default=20.0,
+                  show_default=True, help="Skip a RIR whose first arrival is further than this from its metadata.")
+    @click.option("--no-rir-check", is_flag=True,
+                  help="Do not check RIRs against their metadata at plan time (docs/synthesis.md).")
+    @click.option("--caption-conflicts", type=click.Choice(CAPTION_CONFLICT_POLICIES), default="keep",
+                  show_default=True, help="Source captions that already carry spatial words: keep them "
+                  "(flagged per sample and counted) or skip those clips.")
     @click.option("--job-index", type=int, default=None, help="0-based index of this job in an array.")
     @click.option("--num-jobs", type=int, default=None, help="Number of jobs in the array.")
     @click.option("--shard-range", default=None, metavar="A:B",
@@ -626,7 +786,8 @@ def _make_command():
     @click.option("--no-progress", is_flag=True)
     def render_command(clips_csv, audio_dir, rirs_csv, out_dir, workers, seed, split_seed, room_column, shard_size,
                        rirs_per_clip, clips_per_rir, val_fraction, test_fraction, target_rms_dbfs,
-                       max_failure_rate, job_index, num_jobs, shard_range, plan_only,
+                       max_failure_rate, azimuth_convention, rir_tolerance_deg, no_rir_check,
+                       caption_conflicts, job_index, num_jobs, shard_range, plan_only,
                        features_yaml, rules_yaml, no_progress):
         """Render dry clips x FOA RIRs into train/val/test WebDataset shards.
 
@@ -642,10 +803,38 @@ def _make_command():
                                 shard_size=shard_size, rirs_per_clip=rirs_per_clip,
                                 clips_per_rir=clips_per_rir, val_fraction=val_fraction,
                                 test_fraction=test_fraction, target_rms_dbfs=target_rms_dbfs,
-                                max_failure_rate=max_failure_rate)
-        plan = plan_from_files(clips_csv, rirs_csv, options, audio_dir=audio_dir,
-                               params=load_feature_params(features_yaml),
-                               rules=load_caption_rules(rules_yaml))
+                                max_failure_rate=max_failure_rate, azimuth_convention=azimuth_convention,
+                                rir_check=not no_rir_check, rir_tolerance_deg=rir_tolerance_deg,
+                                caption_conflicts=caption_conflicts)
+        try:
+            plan = plan_from_files(clips_csv, rirs_csv, options, audio_dir=audio_dir,
+                                   params=load_feature_params(features_yaml),
+                                   rules=load_caption_rules(rules_yaml), workers=workers)
+        except RirCheckFailed as err:  # a bad bank is known before any rendering: stop here
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            report = Path(out_dir) / "rir_check.json"
+            write_json_atomic(report, {"rirs_csv": str(rirs_csv), "checked": err.checked,
+                                       "options": options.plan_dict(), "rejected": err.rejected})
+            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: nothing rendered; reasons per RIR in {report}. Fix the bank (a foa_format "
+                       f"column, --azimuth-convention cw), or use --rir-tolerance-deg / --no-rir-check if "
+                       f"the check is wrong for it (docs/synthesis.md)", err=True)
+            raise SystemExit(1)
+        for line in plan.warnings:
+            click.echo(f"warning: {line}", err=True)
+        check = plan.inputs.get("rir_check")
+        if isinstance(check, dict) and check["rejected"]:
+            rejected = [r for r in plan.skipped_rows if r.get("field") == "rir_check"]
+            click.echo(f"warning: {check['rejected']} of {check['checked']} RIRs fail the sanity check "
+                       f"({', '.join(f'{k} {v}' for k, v in check['by_kind'].items())}) and are skipped; "
+                       f"e.g. {rejected[0]['file']}: {rejected[0]['reason']}", err=True)
+        if plan.caption_conflicts.get("clips_flagged"):
+            cc = plan.caption_conflicts
+            click.echo(f"note: {cc['clips_flagged']} source captions already carry spatial words "
+                       f"({', '.join(list(cc['words'])[:5])}, ...): "
+                       + ("skipped (--caption-conflicts skip)" if cc["policy"] == "skip" else
+                          f"kept and flagged in {cc['samples_flagged']} samples (--caption-conflicts keep)"),
+                       err=True)
         if not plan.inputs["rir_split_groups"].startswith("room"):
             click.echo(f"warning: {rirs_csv} has no {room_column!r} column: RIRs are split one by one, so "
                        "positions of one room can land in train and test; add a room column "

@@ -10,9 +10,11 @@ explicit ``split`` column overrides the hash for a whole group; a group whose ro
 splits is an error.
 
 Within a split, clips and RIRs are paired in *blocks*: each block takes the next L clips and the
-next K RIRs of two seeded cyclic orders and pairs all of them (L x K samples). So every clip is
+next K RIRs of two seeded streams and pairs all of them (L x K samples). So every clip is
 heard in at least K spaces, every RIR holds at least L sources, and a renderer that walks the
-samples in order loads each clip once per block and transforms each RIR once per block.
+samples in order loads each clip once per block and transforms each RIR once per block. Each
+stream is reshuffled every time it wraps around (deterministically), so the RIRs that share a
+clip change from cycle to cycle.
 """
 from __future__ import annotations
 
@@ -95,30 +97,63 @@ def seeded_order(ids: list[str], seed: int, salt: str) -> list[str]:
     return sorted(ids, key=lambda i: (stable_uint(f"order:{seed}:{salt}:{i}"), i))
 
 
+def _cyclic_stream(ids: list[str], seed: int, salt: str):
+    """An endless stream of ``ids``: one seeded permutation per cycle, a new one every cycle.
+
+    Cycle 0 is :func:`seeded_order` with ``salt``; cycle ``c >= 1`` reorders with the salt
+    ``f"{salt}:cycle{c}"``. Reshuffling every cycle is what makes K-RIR blocks mix: with a fixed
+    cyclic order, 100 RIRs in blocks of 4 would only ever form the same 25 sets.
+    """
+    cycle = 0
+    while True:
+        yield from seeded_order(ids, seed, salt if cycle == 0 else f"{salt}:cycle{cycle}")
+        cycle += 1
+
+
+def _take_distinct(stream, pending: list[str], n: int) -> list[str]:
+    """The next ``n`` distinct ids: first the ``pending`` ones (deferred from the last block), then
+    the stream; an id already in the block (a cycle seam can repeat one) is deferred to the next."""
+    block: list[str] = []
+    deferred: list[str] = []
+    source = list(pending)
+    pending.clear()
+    while len(block) < n:
+        item = source.pop(0) if source else next(stream)
+        (deferred if item in block else block).append(item)
+    pending.extend(source + deferred)
+    return block
+
+
 def pair_blocks(clip_ids: list[str], rir_ids: list[str], rirs_per_clip: int, clips_per_rir: int,
                 seed: int, salt: str = "") -> list[tuple[str, str]]:
     """(clip, rir) pairs: every clip with >= K RIRs, every RIR with >= L clips, no pair twice.
 
-    Blocks of L clips x K RIRs are taken from seeded cyclic orders until both sets are covered;
-    the pairs come out block by block, clip-major inside a block (so consecutive samples share a
-    clip and a block's RIRs are reused L times).
+    Blocks of L clips x K RIRs are taken from two seeded streams until both sets are covered
+    (the first cycle of each stream holds every id once). Each stream is reshuffled every cycle
+    (deterministically, from ``seed`` and ``salt``), so a RIR shares clips with many different
+    RIRs across cycles instead of always the same K - 1 (and likewise clips). The pairs come out
+    block by block, clip-major inside a block (so consecutive samples share a clip and a block's
+    RIRs are reused L times). The result does not depend on the input order of the ids.
     """
     if not clip_ids or not rir_ids:
         return []
     if rirs_per_clip < 1 or clips_per_rir < 1:
         raise SchemaError("rirs_per_clip and clips_per_rir must be >= 1", field="pairing")
+    clip_ids, rir_ids = list(dict.fromkeys(clip_ids)), list(dict.fromkeys(rir_ids))
     k = min(rirs_per_clip, len(rir_ids))
     l_ = min(clips_per_rir, len(clip_ids))
-    clips = seeded_order(clip_ids, seed, f"clips{salt}")
-    rirs = seeded_order(rir_ids, seed, f"rirs{salt}")
-    n_blocks = max(math.ceil(len(clips) / l_), math.ceil(len(rirs) / k))
+    clip_stream = _cyclic_stream(clip_ids, seed, f"clips{salt}")
+    rir_stream = _cyclic_stream(rir_ids, seed, f"rirs{salt}")
+    clip_pending: list[str] = []
+    rir_pending: list[str] = []
+    n_blocks = max(math.ceil(len(clip_ids) / l_), math.ceil(len(rir_ids) / k))
     pairs, seen = [], set()
-    for b in range(n_blocks):
-        block_clips = [clips[(b * l_ + j) % len(clips)] for j in range(l_)]
-        block_rirs = [rirs[(b * k + j) % len(rirs)] for j in range(k)]
+    for _ in range(n_blocks):
+        block_clips = _take_distinct(clip_stream, clip_pending, l_)
+        block_rirs = _take_distinct(rir_stream, rir_pending, k)
         for c in block_clips:
             for r in block_rirs:
-                if (c, r) not in seen:  # cycles that wrap can meet a pair again
+                if (c, r) not in seen:  # a clip can meet a RIR again in a later cycle
                     seen.add((c, r))
                     pairs.append((c, r))
     return pairs
