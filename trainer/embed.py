@@ -1,0 +1,513 @@
+"""Embed real FOA recordings and captions with a trained model: ``disse-embed`` and a Python API.
+
+Any first-order-ambisonics file (AmbiX or FuMa; WAV, FLAC or anything libsndfile reads; any rate;
+any length) and/or captions -> source and spatial embeddings, physical predictions and zero-shot
+descriptors, written in the ``.npz`` layout ``disse-eval --embeddings`` reads (docs/evaluation.md).
+
+Two kinds of model, told apart by the checkpoint's keys:
+
+* **this project's** training checkpoints (``runs/*/checkpoints/*.pt``, DELSA): the recording is
+  resampled to 48 kHz, converted to AmbiX, cut into 10 s windows (shorter ones tiled), level
+  normalised as ``disse-synth render`` does, and its intensity features computed with the shard
+  feature parameters (``features``, default the packaged configs/features.yaml);
+* **the official release** (``disse_epoch20.pt``, :mod:`disse.trainer.official_model`): the release's
+  own front end, i.e. W at 48 kHz through the CLAP extractor and 16 kHz intensity vectors
+  (:mod:`disse.pipeline.official_features`), no level normalisation.
+
+This module is the one place the trainer side uses the synthesis front end (``disse.pipeline``:
+audio decoding, FuMa conversion, intensity features), so that a recording is featurised exactly
+as the shards the model was trained on.
+
+Python API::
+
+    from disse.trainer.embed import Embedder
+    emb = Embedder.load("runs/demo/checkpoints/best.pt")          # or the released disse_epoch20.pt
+    audio = emb.embed_audio(["take1.wav"], foa_format="fuma")     # dict of (N, ...) arrays
+    text = emb.embed_text(["A dog barks to the left of a small room."])
+    emb.save("emb.npz", emb.embed(audio_paths=["take1.wav"], captions=["A dog barks ..."]))
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from disse.schemas import SchemaError, load_caption_rules
+from disse.schemas.features import FeatureParams, OfficialFeatureParams, load_feature_params
+
+FOA_FORMATS = ("ambix", "fuma")
+SEGMENTS = ("first", "all")
+# evaluator target arrays (docs/evaluation.md) and the estimate each one turns into a scored pred_*
+TARGETS = ("true_azimuth_deg", "true_elevation_deg", "true_distance_m", "true_area_m2", "true_t30_ms")
+TARGETS_OF_ESTIMATE = {("true_azimuth_deg", "true_elevation_deg"): "est_direction",
+                       ("true_distance_m",): "est_distance_m", ("true_area_m2",): "est_area_m2",
+                       ("true_t30_ms",): "est_t30_ms"}
+# manifest column -> target array
+MANIFEST_TARGETS = {"azimuth_deg": "true_azimuth_deg", "elevation_deg": "true_elevation_deg",
+                    "source_distance_m": "true_distance_m", "area_m2": "true_area_m2", "t30_ms": "true_t30_ms"}
+OFFICIAL_MARKERS = ("audio_encoder.", "text_encoder.")  # the release's outer names (DELSA's: audio., text.)
+
+
+@dataclass
+class AudioItem:
+    """One 10 s window of a recording, ready for a model: AmbiX FOA ``(4, clip_samples)`` at 48 kHz."""
+
+    key: str
+    foa: np.ndarray
+
+
+def read_foa(path: str | Path, foa_format: str = "ambix", sample_rate: int = 48000,
+             mirror_left_right: bool = False, resampler: str = "poly") -> np.ndarray:
+    """A 4-channel FOA file -> AmbiX ``(4, T)`` float32 at ``sample_rate`` (W, Y, Z, X; SN3D).
+
+    ``foa_format="fuma"`` converts (W, X, Y, Z; W at -3 dB) on read. ``mirror_left_right`` negates Y
+    (left <-> right), e.g. to present real AmbiX recordings in the released model's mirrored frame.
+    ``resampler``: ``"poly"`` (scipy polyphase, as ``disse-synth`` reads audio) or ``"torchaudio"``
+    (torchaudio's default sinc kernel, as the release resamples its inputs).
+    """
+    from disse.pipeline.audio_io import read_audio, resample
+    from disse.pipeline.foa import fuma_to_ambix
+
+    if foa_format not in FOA_FORMATS:
+        raise SchemaError(f"must be one of {list(FOA_FORMATS)}, got {foa_format!r}", field="format")
+    data, sr = read_audio(path)
+    if data.shape[0] != 4:
+        raise SchemaError(f"FOA needs exactly 4 channels, the file has {data.shape[0]}", file=str(path))
+    if resampler == "torchaudio" and sr != sample_rate:
+        from disse.pipeline.official_features import resample_torchaudio
+
+        foa = resample_torchaudio(torch.from_numpy(np.ascontiguousarray(data)), sr, sample_rate).numpy()
+    else:
+        foa = resample(data, sr, sample_rate)
+    if foa_format == "fuma":
+        foa = fuma_to_ambix(foa)
+    if mirror_left_right:
+        foa = foa.copy()
+        foa[1] *= -1.0
+    return np.ascontiguousarray(foa, dtype=np.float32)
+
+
+def windows(foa: np.ndarray, n: int, segments: str = "first") -> list[np.ndarray]:
+    """``(4, T)`` -> 10 s windows ``(4, n)``: the first (``"first"``) or every full one plus a tiled
+    remainder (``"all"``); a recording shorter than ``n`` is tiled end to end, as the release does."""
+    from disse.pipeline.audio_io import tile_to_length
+
+    if segments not in SEGMENTS:
+        raise SchemaError(f"must be one of {list(SEGMENTS)}, got {segments!r}", field="segments")
+    t = foa.shape[1]
+    if segments == "first" or t <= n:
+        return [tile_to_length(foa, n)]
+    starts = list(range(0, t - n + 1, n))
+    out = [foa[:, s:s + n] for s in starts]
+    rest = t - (starts[-1] + n)
+    if rest >= n // 10:  # a tail of at least a tenth of a window gets its own (tiled) window
+        out.append(tile_to_length(foa[:, starts[-1] + n:], n))
+    return out
+
+
+def _is_official(state: dict) -> bool:
+    return "logit_scale" in state or any(k.startswith(OFFICIAL_MARKERS) for k in state)
+
+
+class Embedder:
+    """A loaded model plus its front end. Build with :meth:`load`.
+
+    ``kind`` is ``"project"`` (DELSA) or ``"official"`` (the release). Outputs are numpy arrays keyed by
+    the ``.npz`` names of docs/evaluation.md (embeddings L2-normalised, float32).
+    """
+
+    def __init__(self, model: Any, kind: str, *, features: FeatureParams | None = None, rules: Any = None,
+                 device: str = "cpu", zero_shot: str | None = None) -> None:
+        self.model, self.kind, self.device = model, kind, device
+        self.features = features if features is not None else load_feature_params()
+        if kind == "project" and isinstance(self.features, OfficialFeatureParams):
+            raise SchemaError("a project checkpoint needs the project feature preset", field="features")
+        self.rules = rules if rules is not None else load_caption_rules("official" if kind == "official" else None)
+        # the project's prompt ensemble needs its own rule table; the release's rules give one prompt per label
+        self.zero_shot = zero_shot or ("single" if kind == "official" else "ensemble")
+        self._prompts: dict | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, checkpoint: str | Path, *, device: str = "cpu", roberta_dir: str | None = None,
+             modalities: Sequence[str] | None = None, features: str | None = None, rules: str | None = None,
+             zero_shot: str | None = None, strict: bool = True, text_max_length: int = 512) -> "Embedder":
+        """Load a project training checkpoint or the released one (told apart by their keys).
+
+        Official: ``roberta_dir`` (a local roberta-base folder) is needed for text; without it the model
+        is built audio-only. ``features`` (project models): a feature-parameter YAML, default packaged.
+        """
+        from disse.trainer.official_model import OfficialConfig, build_official, read_official_state
+
+        state, _meta = read_official_state(checkpoint)
+        rule_table = load_caption_rules(rules) if rules else None
+        if _is_official(state):
+            mods = list(modalities) if modalities else (["audio", "text"] if roberta_dir else ["audio"])
+            cfg = OfficialConfig(roberta_dir=roberta_dir, modalities=mods, strict=strict,
+                                 text_max_length=text_max_length)
+            model = build_official(cfg, checkpoint=str(checkpoint)).to(device)
+            return cls(model, "official", features=OfficialFeatureParams(), rules=rule_table, device=device,
+                       zero_shot=zero_shot)
+        from disse.trainer.checkpoint import load_model
+
+        model, cfg = load_model(checkpoint, device)
+        params = load_feature_params(features) if features else None
+        if rule_table is None and cfg.eval.caption_rules:
+            rule_table = load_caption_rules(cfg.eval.caption_rules)
+        return cls(model, "project", features=params, rules=rule_table, device=device, zero_shot=zero_shot)
+
+    @property
+    def has_text(self) -> bool:
+        return self.kind == "project" or self.model.text_encoder is not None
+
+    @property
+    def has_audio(self) -> bool:
+        return self.kind == "project" or self.model.audio_encoder is not None
+
+    # ------------------------------------------------------------------ audio
+    def audio_items(self, paths: Sequence[str | Path], *, foa_format: str | Sequence[str] = "ambix",
+                    segments: str = "first", mirror_left_right: bool = False) -> list[AudioItem]:
+        """Read and window recordings -> items keyed ``path`` (or ``path#k`` for the k-th window)."""
+        fmts = [foa_format] * len(paths) if isinstance(foa_format, str) else list(foa_format)
+        if len(fmts) != len(paths):
+            raise SchemaError("one FOA format per file", field="format")
+        n = self.features.clip_samples
+        items = []
+        for path, fmt in zip(paths, fmts):
+            foa = read_foa(path, fmt, self.features.sample_rate, mirror_left_right,
+                           resampler="torchaudio" if self.kind == "official" else "poly")
+            parts = windows(foa, n, segments)
+            for k, part in enumerate(parts):
+                items.append(AudioItem(str(path) if len(parts) == 1 else f"{path}#{k}", part))
+        return items
+
+    def _project_inputs(self, foa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from disse.pipeline.features import intensity_features
+        from disse.pipeline.render import RenderOptions, normalise_level
+
+        o = RenderOptions.__dataclass_fields__
+        foa, _gain = normalise_level(foa, o["target_rms_dbfs"].default, o["max_peak"].default)
+        return foa[0].copy(), intensity_features(foa, self.features)
+
+    def _official_inputs(self, foa: np.ndarray) -> dict[str, torch.Tensor]:
+        from disse.pipeline.official_features import official_intensity
+
+        i_act, i_rea = official_intensity(foa, self.features)
+        return {"i_act": torch.from_numpy(np.asarray(i_act, np.float32)),
+                "i_rea": torch.from_numpy(np.asarray(i_rea, np.float32)),
+                "omni_48k": torch.from_numpy(np.ascontiguousarray(foa[0], np.float32))}
+
+    @torch.no_grad()
+    def embed_items(self, items: Sequence[AudioItem], batch_size: int = 8) -> dict[str, np.ndarray]:
+        """Audio items -> ``audio_source``, ``audio_space`` (N, D) and the physical predictions.
+
+        Project models: ``est_direction`` (N, 3; x front, y left, z up), ``est_azimuth_deg``,
+        ``est_elevation_deg``, ``est_distance_m``, ``est_area_m2``, ``est_t30_ms`` (N,; real units) and
+        the intensity-vector baseline ``iv_direction`` (N, 3). (:meth:`embed` renames ``est_*`` to the
+        evaluator's ``pred_*`` where targets are given: disse-eval scores a prediction only beside its target.) Official: the release's raw head outputs
+        ``official_direction`` (N, 2; trained against [az, el] in radians by cosine, so only its
+        angle in the (az, el) plane means anything), ``official_area_z``, ``official_distance_z``,
+        ``official_reverb_z`` (N,; z-scores, the release publishes no statistics). Plus ``key``.
+        """
+        if not self.has_audio:
+            raise SchemaError("this model was loaded without its audio side", field="modalities")
+        if not items:
+            raise SchemaError("no audio to embed", field="audio")
+        self.model.eval()
+        cols: dict[str, list[np.ndarray]] = {}
+
+        def add(name: str, x: torch.Tensor | np.ndarray) -> None:
+            cols.setdefault(name, []).append(np.asarray(x.detach().float().cpu() if torch.is_tensor(x) else x))
+
+        for i in range(0, len(items), batch_size):
+            chunk = items[i:i + batch_size]
+            if self.kind == "project":
+                from disse.trainer import physics
+
+                ws, ivs = zip(*(self._project_inputs(it.foa) for it in chunk))
+                w = torch.from_numpy(np.stack(ws)).to(self.device)
+                iv = torch.from_numpy(np.stack(ivs)).to(self.device)
+                out = self.model.encode_audio(w, iv)
+                add("audio_source", out["source"])
+                add("audio_space", out["space"])
+                real = physics.to_real_units(out["phys"])
+                add("est_direction", real["direction"])
+                for name, k in (("est_azimuth_deg", "azimuth_deg"), ("est_elevation_deg", "elevation_deg"),
+                                ("est_distance_m", "distance_m"), ("est_area_m2", "area_m2"),
+                                ("est_t30_ms", "t30_ms")):
+                    add(name, real[k])
+                from disse.trainer.evaluate import IV_MIN_DIRECTIVITY
+
+                add("iv_direction", physics.intensity_direction(iv, IV_MIN_DIRECTIVITY))
+            else:
+                inputs = [self._official_inputs(it.foa) for it in chunk]
+                batch = {k: torch.stack([x[k] for x in inputs]) for k in inputs[0]}
+                out = self.model.encode_audio(batch)
+                add("audio_source", F.normalize(out["audio_source_emb"].float(), dim=-1))
+                add("audio_space", F.normalize(out["audio_space_emb"].float(), dim=-1))
+                add("official_direction", out["direction"])
+                for name, k in (("official_area_z", "area"), ("official_distance_z", "distance"),
+                                ("official_reverb_z", "reverb")):
+                    add(name, out[k].squeeze(-1))
+        arrays = {k: np.concatenate(v).astype(np.float32) for k, v in cols.items()}
+        arrays["key"] = np.array([it.key for it in items])
+        arrays.update(self.zero_shot_descriptors(arrays["audio_space"]))
+        return arrays
+
+    def embed_audio(self, paths: Sequence[str | Path], *, foa_format: str | Sequence[str] = "ambix",
+                    segments: str = "first", mirror_left_right: bool = False,
+                    batch_size: int = 8) -> dict[str, np.ndarray]:
+        """Recordings -> :meth:`embed_items` arrays (one row per 10 s window; ``key`` names it)."""
+        items = self.audio_items(paths, foa_format=foa_format, segments=segments,
+                                 mirror_left_right=mirror_left_right)
+        return self.embed_items(items, batch_size)
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def embed_text(self, captions: Sequence[str], batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Captions -> ``text_source``, ``text_space`` (N, D): each caption through both text heads."""
+        if not self.has_text:
+            raise SchemaError("the official model needs roberta_dir (a local roberta-base folder) for text",
+                              field="roberta_dir")
+        captions = [str(c) for c in captions]
+        if not captions:
+            raise SchemaError("no captions to embed", field="caption")
+        self.model.eval()
+        src, spa = [], []
+        for i in range(0, len(captions), batch_size):
+            out = self._text(captions[i:i + batch_size])
+            src.append(out["source"].float().cpu().numpy())
+            spa.append(out["space"].float().cpu().numpy())
+        return {"text_source": np.concatenate(src), "text_space": np.concatenate(spa)}
+
+    def _text(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if self.kind == "project":
+            tokens = {k: v.to(self.device) for k, v in self.model.tokenize(texts).items()}
+            return self.model.encode_text(tokens)
+        out = self.model.encode_text(texts)
+        return {"source": F.normalize(out["text_source_emb"].float(), dim=-1),
+                "space": F.normalize(out["text_space_emb"].float(), dim=-1)}
+
+    # ------------------------------------------------------------------ zero-shot
+    def prompts(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per attribute ``(labels (L,), text-space prototypes (L, D))`` from the caption rules."""
+        if self._prompts is None:
+            from disse.trainer.evaluate import zero_shot_prototypes
+
+            self._prompts = zero_shot_prototypes(_TextAdapter(self), self.rules, self.device, self.zero_shot)
+        return self._prompts
+
+    def zero_shot_descriptors(self, audio_space: np.ndarray) -> dict[str, np.ndarray]:
+        """``zs_<attribute>`` (N,) labels (nearest prototype by cosine) and the prompts, when text exists."""
+        if not self.has_text:
+            return {}
+        from disse.trainer.evaluate import PROMPT_EMB_PREFIX, PROMPT_LABEL_PREFIX
+
+        out = {}
+        a = audio_space / np.linalg.norm(audio_space, axis=1, keepdims=True).clip(1e-12)
+        for attr, (labels, protos) in self.prompts().items():
+            out[f"zs_{attr}"] = np.asarray(labels)[np.argmax(a @ protos.T, axis=1)]
+            out[PROMPT_LABEL_PREFIX + attr], out[PROMPT_EMB_PREFIX + attr] = labels, protos
+        return out
+
+    # ------------------------------------------------------------------ both, and the file
+    def embed(self, audio_paths: Sequence[str | Path] = (), captions: Sequence[str] = (), *,
+              source_ids: Sequence[str] | None = None, space_ids: Sequence[str] | None = None,
+              foa_format: str | Sequence[str] = "ambix", mirror_left_right: bool = False,
+              targets: dict[str, Sequence[float]] | None = None, batch_size: int = 8) -> dict[str, np.ndarray]:
+        """Recordings and/or captions -> one dict of ``.npz`` arrays.
+
+        With both, they are paired row by row (one caption per recording, first 10 s window each), and
+        the result is a full ``disse-eval --embeddings`` file. ``source_ids`` / ``space_ids`` default to
+        the row's key (the file path, else ``text<i>``). ``targets``: known physical values per item, keyed
+        by the evaluator's ``true_*`` names (``true_azimuth_deg``, ``true_elevation_deg``,
+        ``true_distance_m``, ``true_area_m2``, ``true_t30_ms``); the matching estimates become ``pred_*``.
+        """
+        n = len(audio_paths) or len(captions)
+        if audio_paths and captions and len(audio_paths) != len(captions):
+            raise SchemaError(f"{len(audio_paths)} recordings but {len(captions)} captions: pair them one to one",
+                              field="caption")
+        if n == 0:
+            raise SchemaError("give recordings and/or captions", field="audio")
+        arrays: dict[str, np.ndarray] = {}
+        if audio_paths:
+            arrays.update(self.embed_audio(audio_paths, foa_format=foa_format, segments="first",
+                                           mirror_left_right=mirror_left_right, batch_size=batch_size))
+        if captions:
+            arrays.update(self.embed_text(captions))
+        keys = list(arrays["key"]) if "key" in arrays else [f"text{i}" for i in range(n)]
+        for name, given in (("source_id", source_ids), ("space_id", space_ids)):
+            ids = list(given) if given is not None else keys
+            if len(ids) != n:
+                raise SchemaError(f"{len(ids)} ids for {n} items", field=name)
+            arrays[name] = np.array([str(x) for x in ids])
+        arrays["key"] = np.array(keys)
+        for true_name, values in (targets or {}).items():
+            if true_name not in TARGETS:
+                raise SchemaError(f"unknown target; use {sorted(TARGETS)}", field=true_name)
+            if len(values) != n:
+                raise SchemaError(f"{len(values)} values for {n} items", field=true_name)
+            arrays[true_name] = np.asarray(values, dtype=np.float32)
+        for true_names, est in TARGETS_OF_ESTIMATE.items():
+            if est in arrays and all(t in arrays for t in true_names):
+                arrays["pred_" + est[len("est_"):]] = arrays.pop(est)
+        arrays["format_version"] = np.array(1)
+        arrays["model_kind"] = np.array(self.kind)
+        return arrays
+
+    @staticmethod
+    def save(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+        """Write the ``.npz`` (through a temporary file); a file with all four embeddings and at least two
+        items (what scoring needs) is checked with the evaluator's reader first, so ``disse-eval
+        --embeddings`` accepts it."""
+        from disse.trainer.evaluate import EMBEDDING_ARRAYS, Embeddings
+
+        if all(k in arrays for k in EMBEDDING_ARRAYS) and len(arrays["audio_source"]) >= 2:
+            Embeddings.from_arrays(arrays, where=str(path))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        tmp.replace(path)
+        return path
+
+
+class _TextAdapter:
+    """The ``tokenize`` / ``encode_text`` pair :func:`disse.trainer.evaluate.zero_shot_prototypes` calls."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.e = embedder
+
+    def tokenize(self, texts: list[str]) -> dict[str, Any]:
+        return {"texts": list(texts)}
+
+    def encode_text(self, tokens: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.e._text(tokens["texts"])
+
+
+def read_manifest(path: str | Path) -> list[dict[str, str]]:
+    """CSV with ``audio_path`` (or ``path`` / ``foa_path``) and/or ``caption`` (or ``text``); optional
+    ``source_id``, ``space_id``, ``format`` (ambix / fuma) and known physical values (``azimuth_deg``,
+    ``elevation_deg``, ``source_distance_m``, ``area_m2``, ``t30_ms``: then the estimates are scored).
+    Relative paths resolve against the CSV's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise SchemaError("manifest not found", file=str(path))
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise SchemaError("manifest has no rows", file=str(path))
+    out = []
+    for i, row in enumerate(rows):
+        audio = row.get("audio_path") or row.get("path") or row.get("foa_path") or ""
+        caption = row.get("caption") or row.get("text") or ""
+        if not audio and not caption:
+            raise SchemaError(f"row {i + 2}: needs audio_path and/or caption", file=str(path))
+        if audio and not Path(audio).is_absolute():
+            audio = str(path.parent / audio)
+        item = {"audio": audio, "caption": caption, "source_id": row.get("source_id") or "",
+                "space_id": row.get("space_id") or "", "format": (row.get("format") or "ambix").lower()}
+        for col, name in MANIFEST_TARGETS.items():
+            if row.get(col) not in (None, ""):
+                try:
+                    item[name] = float(row[col])
+                except ValueError:
+                    raise SchemaError(f"row {i + 2}: not a number: {row[col]!r}", file=str(path), field=col) from None
+        out.append(item)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _cli():
+    import click
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+                  help="A disse-train checkpoint or the released disse_epoch20.pt (told apart by its keys).")
+    @click.option("--audio", "audio", multiple=True, type=click.Path(dir_okay=False),
+                  help="FOA recording (4 channels; WAV, FLAC, ...; any rate and length). Repeatable.")
+    @click.option("--caption", "captions", multiple=True, help="Caption to embed. Repeatable; with --audio, one per file.")
+    @click.option("--manifest", type=click.Path(dir_okay=False),
+                  help="CSV: audio_path and/or caption, optional source_id, space_id, format (ambix/fuma).")
+    @click.option("--format", "foa_format", type=click.Choice(FOA_FORMATS), default="ambix", show_default=True,
+                  help="Channel convention of the --audio files (FuMa is converted to AmbiX on read).")
+    @click.option("--segments", type=click.Choice(SEGMENTS), default="first", show_default=True,
+                  help="Audio without captions: embed the first 10 s, or every 10 s window (rows key#k).")
+    @click.option("--source-id", "source_ids", multiple=True, help="Ids of the items (default: the file path).")
+    @click.option("--space-id", "space_ids", multiple=True, help="Spatial ids of the items (default: the file path).")
+    @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz.")
+    @click.option("--roberta-dir", type=click.Path(file_okay=False),
+                  help="Official checkpoint: local roberta-base folder (needed for captions and zero-shot).")
+    @click.option("--features", type=click.Path(dir_okay=False),
+                  help="Project checkpoint: feature-parameter YAML of its shards (default: packaged).")
+    @click.option("--rules", help="Caption rule table or set name for zero-shot prompts (default: the model's).")
+    @click.option("--zero-shot-prompts", type=click.Choice(["ensemble", "single"]), default=None,
+                  help="Default: ensemble for project models, single for the official one.")
+    @click.option("--mirror-left-right", is_flag=True,
+                  help="Negate Y before featurising (real AmbiX into the release's mirrored frame; docs/official.md).")
+    @click.option("--no-strict", is_flag=True, help="Official checkpoint: load even if keys do not match.")
+    @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+    @click.option("--device", default="auto", show_default=True)
+    def main(checkpoint, audio, captions, manifest, foa_format, segments, source_ids, space_ids, out, roberta_dir,
+             features, rules, zero_shot_prompts, mirror_left_right, no_strict, batch_size, device):
+        """Embed FOA recordings and/or captions into the .npz layout disse-eval --embeddings reads."""
+        import sys
+
+        try:
+            fmts: str | list[str] = foa_format
+            targets: dict[str, list[float]] = {}
+            if manifest:
+                if audio or captions:
+                    raise SchemaError("give --manifest or --audio / --caption, not both", field="--manifest")
+                rows = read_manifest(manifest)
+                audio = tuple(r["audio"] for r in rows if r["audio"])
+                captions = tuple(r["caption"] for r in rows if r["caption"])
+                fmts = [r["format"] for r in rows if r["audio"]]
+                source_ids = tuple(r["source_id"] for r in rows) if all(r["source_id"] for r in rows) else ()
+                space_ids = tuple(r["space_id"] for r in rows) if all(r["space_id"] for r in rows) else ()
+                targets = {t: [r[t] for r in rows] for t in TARGETS if all(t in r for r in rows)}
+            emb = Embedder.load(checkpoint, device=_device(device), roberta_dir=roberta_dir, features=features,
+                                rules=rules, zero_shot=zero_shot_prompts, strict=not no_strict)
+            if audio and not captions and segments == "all":
+                if source_ids or space_ids:
+                    raise SchemaError("--segments all names its rows itself (key#k); drop the ids",
+                                      field="--segments")
+                arrays = emb.embed_audio(audio, foa_format=fmts, segments="all",
+                                         mirror_left_right=mirror_left_right, batch_size=batch_size)
+                arrays["source_id"] = arrays["space_id"] = arrays["key"]
+                arrays["format_version"], arrays["model_kind"] = np.array(1), np.array(emb.kind)
+            else:
+                arrays = emb.embed(audio, captions, source_ids=source_ids or None, space_ids=space_ids or None,
+                                   foa_format=fmts, mirror_left_right=mirror_left_right, targets=targets,
+                                   batch_size=batch_size)
+            path = Embedder.save(out, arrays)
+        except SchemaError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        n = len(arrays["key"])
+        click.echo(f"{n} item(s) embedded with the {emb.kind} model -> {path}")
+        for k in sorted(a for a in arrays if a.startswith("zs_"))[:5]:
+            click.echo(f"  {k[3:]}: {', '.join(map(str, arrays[k][:8]))}{' ...' if n > 8 else ''}")
+
+    return main
+
+
+def main() -> None:
+    """Console script ``disse-embed``."""
+    _cli()()
+
+
+if __name__ == "__main__":
+    main()
