@@ -8,11 +8,14 @@ outwards. The release's A -> B matrix, halves, no filters, no extra gain::
     Y = (m0 - m1 + m2 - m3) / 2     Z = (m0 - m1 - m2 + m3) / 2
 
 stacked as AmbiX order [W, Y, Z, X]. For ideal coincident cardioids a plane wave s from unit
-direction u gives W = s and [X, Y, Z] = s u / sqrt(3): the dipoles are 1/sqrt(3) of SN3D. That is the
-release's scaling, kept exactly (the official intensity features divide by the active norm, so they
-do not see it; this project's energy-normalised features read such a field as partly diffuse).
+direction u gives W = s and [X, Y, Z] = s u / sqrt(3): the dipoles are 1/sqrt(3) of SN3D.
 
-``foa_format = aformat`` in a RIR CSV converts on read (:func:`aformat_to_ambix`).
+* ``aformat_to_ambix(a, sn3d=False)`` is the release's matrix exactly (the official grid uses it).
+* ``aformat_to_ambix(a)`` (``sn3d=True``, what ``foa_format = aformat`` in a RIR CSV does on read)
+  multiplies the dipoles by sqrt(3) so the result is AmbiX / SN3D (a plane wave has |XYZ| = W, which
+  the RIR sanity check and this project's features expect). W is unchanged, and the official intensity
+  features divide act and rea by the active norm, so they are the same either way (up to the 1e-6
+  threshold and float rounding).
 :func:`simulate_catalogue_rir` regenerates one row of the release's ``rir_fixed.csv`` with
 pyroomacoustics as its ``generate-rirs`` does (48 kHz shoebox, ``max_order`` 10, one
 ``Material(alpha)``, default air absorption, no ray tracing, array at the room centre, PCM_16 WAV).
@@ -43,12 +46,21 @@ CARDIOID_P = 0.5
 MAX_ORDER = 10
 
 
-def aformat_to_ambix(a: np.ndarray) -> np.ndarray:
-    """A-format ``(4, T)`` (m0..m3) -> ``(4, T)`` [W, Y, Z, X] with the release's matrix (same dtype)."""
+SN3D_DIPOLE_GAIN = math.sqrt(3.0)  # ideal cardioid capsules: the release's matrix leaves dipoles at 1/sqrt(3)
+
+
+def aformat_to_ambix(a: np.ndarray, sn3d: bool = True) -> np.ndarray:
+    """A-format ``(4, T)`` (m0..m3) -> ``(4, T)`` [W, Y, Z, X] (same float dtype).
+
+    ``sn3d=False``: the release's matrix exactly. ``sn3d=True``: then Y, Z, X times sqrt(3) (AmbiX/SN3D).
+    """
     a = np.asarray(a)
     if a.ndim != 2 or a.shape[0] != 4:
         raise ValueError(f"A-format must be (4, T), got {a.shape}")
-    return (A_TO_B.astype(a.dtype if a.dtype.kind == "f" else np.float64) @ a)
+    m = A_TO_B.copy()
+    if sn3d:
+        m[1:] *= SN3D_DIPOLE_GAIN
+    return m.astype(a.dtype if a.dtype.kind == "f" else np.float64) @ a
 
 
 def coincident_capsule_gains(azimuth_deg: float, elevation_deg: float, p: float = CARDIOID_P) -> np.ndarray:

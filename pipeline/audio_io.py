@@ -156,7 +156,7 @@ def load_rir(path: str | Path, foa_format: str = "ambix", sample_rate: int = 480
                           field="channels")
     if foa_format == "fuma":
         data = fuma_to_ambix(data)
-    elif foa_format == "aformat":  # tetrahedral capsules, the DISSE release's A -> B matrix
+    elif foa_format == "aformat":  # tetrahedral capsules: the DISSE release's A -> B matrix, dipoles to SN3D
         from disse.pipeline.aformat import aformat_to_ambix
         data = aformat_to_ambix(data).astype(np.float32, copy=False)
     elif foa_format != "ambix":

@@ -165,7 +165,7 @@ def spatialise_official(dry: np.ndarray, rir_a: np.ndarray, n_out: int = 480000)
     A -> B: ``(4, n_out)`` float32 [W, Y, Z, X]."""
     n = dry.shape[-1] + rir_a.shape[-1] - 1
     conv = np.fft.irfft(np.fft.rfft(rir_a.astype(np.float64), n) * np.fft.rfft(dry.astype(np.float64), n)[None], n)
-    return aformat_to_ambix(conv[:, :n_out]).astype(np.float32)
+    return aformat_to_ambix(conv[:, :n_out], sn3d=False).astype(np.float32)  # the release's matrix exactly
 
 
 def encode_item(item: GridItem, dry: np.ndarray, rir_a: np.ndarray, seed: int) -> dict:

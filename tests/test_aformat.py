@@ -18,20 +18,34 @@ from disse.schemas import SchemaError
 @pytest.mark.parametrize("az,el", [(0, 0), (77, -46), (-120, 30), (180, 60)])
 def test_plane_wave_through_capsules_and_back(az, el):
     a = coincident_capsule_gains(az, el)[:, None] * np.ones((1, 8))
-    b = aformat_to_ambix(a)
+    b = aformat_to_ambix(a, sn3d=False)
     w, y, z, x = b[:, 0]
     assert w == pytest.approx(1.0)  # W = sum of four cardioids / 2 = 1 for any direction
     got = direction_of(np.array([x, y, z]))
     assert got[0] == pytest.approx(((az + 180) % 360) - 180 if az != 180 else 180, abs=1e-6)
     assert got[1] == pytest.approx(el, abs=1e-6)
-    # the release's scaling: dipoles are 1/sqrt(3) of SN3D
+    # the release's scaling: dipoles are 1/sqrt(3) of SN3D; sn3d=True (the default, on read) fixes that
     assert math.hypot(x, y, z) == pytest.approx(1 / math.sqrt(3))
+    w2, y2, z2, x2 = aformat_to_ambix(a)[:, 0]
+    assert w2 == pytest.approx(1.0) and math.hypot(x2, y2, z2) == pytest.approx(1.0)
+
+
+def test_official_features_do_not_see_the_dipole_scale():
+    from disse.pipeline.official_features import official_intensity
+
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal(48000).astype(np.float32) * 0.1
+    a = np.stack([np.roll(s, k) * g for k, g in enumerate(coincident_capsule_gains(30, 10))])  # not a plane wave
+    act1, rea1 = official_intensity(aformat_to_ambix(a, sn3d=False))
+    act2, rea2 = official_intensity(aformat_to_ambix(a))
+    np.testing.assert_allclose(act1, act2, atol=1e-4)
+    np.testing.assert_allclose(rea1, rea2, rtol=1e-3, atol=1e-4)
 
 
 def test_matrix_is_the_release_one():
     # W=(m0+m1+m2+m3)/2, Y=(m0-m1+m2-m3)/2, Z=(m0-m1-m2+m3)/2, X=(m0+m1-m2-m3)/2
     m = np.eye(4)
-    b = aformat_to_ambix(m)
+    b = aformat_to_ambix(m, sn3d=False)
     np.testing.assert_array_equal(b, A_TO_B)
     np.testing.assert_array_equal(b[:, 0], [0.5, 0.5, 0.5, 0.5])   # m0 at (+,+,+)
     np.testing.assert_array_equal(b[:, 2], [0.5, 0.5, -0.5, -0.5])  # m2 at (-,+,-): +Y
@@ -86,7 +100,7 @@ def test_regeneration_is_deterministic_and_points_at_the_source(tmp_path):
     # the direct path, low-passed (capsules 5 cm apart), points at the catalogue's direction
     for row in rows:
         a, fs = simulate_catalogue_rir(row)
-        b = aformat_to_ambix(a.astype(np.float64))
+        b = aformat_to_ambix(a.astype(np.float64), sn3d=False)
         spec = np.fft.rfft(b, axis=1)
         spec[:, np.fft.rfftfreq(b.shape[1], 1 / fs) > 1000] = 0
         low = np.fft.irfft(spec, b.shape[1], axis=1)
