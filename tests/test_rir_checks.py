@@ -197,3 +197,23 @@ def test_undeclared_a_format_file_is_skipped(bank, tmp_path):
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())
     (row,) = [r for r in m["skipped_rows"] if r["field"] == "rir_check"]
     assert row["rir_id"] == "r4" and row["kind"] == "a-format"
+
+
+def test_release_a_format_passes_when_declared_and_is_skipped_when_not():
+    """The DISSE release's A-format (cardioid capsules 5 cm from the centre, pipeline/aformat.py):
+    declared ``aformat`` it is converted on read and its direction checks out (its dipole level is
+    the converter's, not SN3D's, so only the direction is judged); read as AmbiX it is refused."""
+    from disse.pipeline.aformat import aformat_to_ambix, simulate_catalogue_rir
+
+    for az, el in [(90, 0), (-60, 20), (150, -10)]:
+        dims, d = np.array([6.0, 5.0, 3.0]), 1.5
+        pos = dims / 2 + d * _unit(az, el)
+        row = {"dims": str(list(dims)), "source_distance_m": str(d), "azimuth_deg": str(az),
+               "elevation_deg": str(el), "source_pos_xyz": str([round(float(v), 3) for v in pos]),
+               "fs": "48000", "alpha": "0.3"}
+        capsules, fs = simulate_catalogue_rir(row)
+        capsules = capsules.astype(np.float64)
+        declared = check_rir(aformat_to_ambix(capsules), fs, az, el, "aformat")
+        assert declared.ok and declared.error_deg < 6, declared
+        undeclared = check_rir(capsules, fs, az, el, "ambix")
+        assert not undeclared.ok and undeclared.kind in ("a-format", "levels"), undeclared
