@@ -117,17 +117,21 @@ def intensity_features(foa: np.ndarray, params: FeatureParams | OfficialFeatureP
     return (pooled[:6] / (pooled[6:] + np.float32(params.eps))).astype(np.float32, copy=False)
 
 
-def direction_from_iv(iv: np.ndarray, min_directivity: float = 0.0) -> tuple[float, float]:
+def direction_from_iv(iv: np.ndarray, min_directivity: float = 0.0, features: dict | None = None
+                      ) -> tuple[float, float]:
     """Estimate the source direction (azimuth_deg, elevation_deg) from ``iv (6, F, M)``.
 
     Sums the active intensity vectors of the time-frequency cells whose directivity ``|I_act|``
     (1 for a single plane wave, 0 for a diffuse field) is at least ``min_directivity``. With 0 it
     is the plain sum, exact for anechoic sound; in a room, early reflections bend the plain sum,
     and keeping only near-plane-wave cells (e.g. 0.95: frames that hold the direct sound alone,
-    as after an onset) recovers the direct path.
+    as after an onset) recovers the direct path. Pass the sample's ``features`` block to read an
+    ``official`` preset ``iv`` ([act Y, Z, X] first).
     """
     from disse.pipeline.foa import direction_of
 
+    if features is not None and features.get("preset", "project") == "official":
+        iv = np.asarray(iv)[[2, 0, 1]]  # official rows act Y, Z, X -> x, y, z (axes bins x frames)
     act = np.asarray(iv[:3], dtype=np.float64)
     if min_directivity > 0:
         keep = np.linalg.norm(act, axis=0) >= min_directivity

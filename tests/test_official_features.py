@@ -114,6 +114,9 @@ def test_preset_via_intensity_features_and_storage():
     act, rea = split_official_iv(stored)
     a, e = official_direction(act)
     assert abs(a + 120.0) < 0.2 and abs(e - 10.0) < 0.2
+    from disse.pipeline.features import direction_from_iv
+    a2, e2 = direction_from_iv(stored, features=params.to_dict())
+    assert abs(a2 - a) < 1e-6 and abs(e2 - e) < 1e-6
     # bytes per sample of iv.npy: 6 x 201 x 1601 float16 + the npy header
     assert stored.nbytes == 3_861_612
 
