@@ -328,6 +328,14 @@ def prompt_ensemble(rules: CaptionRules, template: int = 0) -> list[tuple[dict[s
 
     names = list(rules.attributes)
     out = []
+    if isinstance(rules, OfficialCaptionRules):  # the release's first template, first synonyms, no source
+        for labels in itertools.product(*(rules.attributes[a].labels for a in names)):
+            descriptors = dict(zip(names, labels))
+            words = {a: rules.phrases(a, descriptors[a])[0] for a in names}
+            loc = " ".join(words[a] for a in rules.loc_order)
+            room = f"{words['room_size']} {words['reverberation']} room"
+            out.append((descriptors, rules.templates[template].format(orig="a sound", loc=loc, room=room)))
+        return out
     for labels in itertools.product(*(rules.attributes[a].labels for a in names)):
         descriptors = dict(zip(names, labels))
         ph = {a: rules.phrases(a, descriptors[a])[0] for a in names}

@@ -72,3 +72,15 @@ def test_both_beside_project_metrics_and_official_npz_written(tmp_path):
     a = json.loads((tmp_path / "out" / "official_metrics.json").read_text())
     b = json.loads((tmp_path / "out2" / "official_metrics.json").read_text())
     assert a["cross_modal"]["both"] == b["cross_modal"]["both"]
+
+
+def test_descriptor_labels_with_the_official_rules():
+    from disse.schemas import load_caption_rules
+    from disse.trainer.evaluate import Embeddings
+
+    e = np.eye(3, dtype=np.float32)
+    emb = Embeddings(e, e, e, e, np.array(["a", "b", "c"]), np.array(["x", "y", "z"]),
+                     physical={"true_azimuth_deg": np.array([90.0, 45.0, -90.0]),
+                               "true_elevation_deg": np.zeros(3)})
+    assert emb.descriptor_labels("direction", load_caption_rules("official")).tolist() == ["right", "none", "left"]
+    assert emb.descriptor_labels("direction", load_caption_rules()).tolist() == ["left", "front-left", "right"]

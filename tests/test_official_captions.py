@@ -107,3 +107,14 @@ def test_bad_official_table_names_the_field(tmp_path):
     path.write_text(yaml.safe_dump(d))
     with pytest.raises(SchemaError, match="draw_order"):
         load_caption_rules(path)
+
+
+def test_prompt_ensemble_of_the_official_rules(official):
+    from disse.schemas.captions import prompt_ensemble
+
+    combos = prompt_ensemble(official)
+    assert len(combos) == 2 * 4 * 2 * 3 * 2  # every labelled cell (the 96 of the grid)
+    desc, text = combos[0]
+    assert desc == {"distance": "near", "direction": "front", "elevation": "up", "room_size": "small",
+                    "reverberation": "dampened"}
+    assert text == "The sound: a sound is coming from the near up front of a small acoustically dampened room."
