@@ -148,3 +148,55 @@ def test_clap_roberta_without_local_folder_is_a_clear_error(tmp_path):
         TextEncoder(TextConfig(kind="clap_roberta"))
     with pytest.raises(SchemaError, match="no config.json"):
         TextEncoder(TextConfig(kind="clap_roberta", hf_dir=str(tmp_path)))
+
+
+# ------------------------------------------------------------------------------------------------
+# laion-clap as the reference for transformers' ClapAudioModel (the official preset's HTSAT)
+
+import importlib.util  # noqa: E402
+
+needs_laion_clap = pytest.mark.skipif(importlib.util.find_spec("laion_clap") is None,
+                                      reason="laion-clap (the reference implementation) is not installed")
+
+
+@needs_laion_clap
+def test_laion_htsat_maps_onto_transformers_clap_audio_model(laion_htsat_ckpt, waveform):
+    """Same random weights through laion-clap's HTSAT-tiny and transformers' ClapAudioModel (keys mapped
+    by laion_htsat_to_clap_audio) give the same pooled embedding from the same log-mel."""
+    from transformers import ClapAudioModel
+
+    from disse.trainer.clap_checkpoint import laion_htsat_to_clap_audio, sub_state_dict
+    from disse.trainer.official_model import clap_audio_config
+
+    ref, path = laion_htsat_ckpt
+    mapped, dropped = laion_htsat_to_clap_audio(sub_state_dict(read_state_dict(path), "audio_branch."))
+    assert "logmel_extractor.melW" in dropped and "head.weight" in dropped
+    assert any(k.endswith(".attn_mask") for k in dropped)
+    torch.manual_seed(5)
+    hf = ClapAudioModel(clap_audio_config({"enable_fusion": False})).eval()
+    hf.load_state_dict(mapped, strict=True)  # every tensor of the HF model comes from the LAION file
+    with torch.no_grad():
+        mel = ref.logmel_extractor(ref.spectrogram_extractor(waveform))  # (1, 1, 1001, 64)
+        want = ref({"waveform": waveform})["embedding"]
+        got = hf(input_features=mel).pooler_output
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+@needs_laion_clap
+def test_laion_fused_htsat_equals_the_official_preset_htsat(waveform):
+    """laion-clap's fused HTSAT (aff_2d, as laion/clap-htsat-fused) maps strictly onto the official
+    preset's ClapAudioModel, and with no clip marked longer both give the same embedding."""
+    from disse.trainer.clap_checkpoint import laion_htsat_to_clap_audio
+    from disse.trainer.official_model import ClapHTSAT
+
+    torch.manual_seed(99)
+    cfg = types.SimpleNamespace(**htsat_audio_cfg(HTSATConfig(preset="tiny")))
+    ref = laion_clap_module("htsat").create_htsat_model(cfg, enable_fusion=True, fusion_type="aff_2d").eval()
+    branch = ClapHTSAT().eval()
+    mapped, _ = laion_htsat_to_clap_audio(ref.state_dict())
+    branch.model.load_state_dict(mapped, strict=True)
+    with torch.no_grad():
+        mel = ref.logmel_extractor(ref.spectrogram_extractor(waveform))
+        want = ref({"mel_fusion": mel.repeat(1, 4, 1, 1), "longer": torch.zeros(1, dtype=torch.bool)})["embedding"]
+        got = branch.model(input_features=mel, is_longer=torch.zeros(1, 1, dtype=torch.bool)).pooler_output
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())

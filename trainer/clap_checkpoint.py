@@ -136,3 +136,51 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], *, what: str, s
     module.load_state_dict(usable, strict=False)
     log.info("%s", report)
     return report
+
+
+# ---------------------------------------------------------------------------------------------------
+# LAION-CLAP HTSAT -> transformers ClapAudioModel (the layout of the official DISSE preset)
+
+# laion-clap module names -> transformers' (as transformers' own CLAP conversion renames them);
+# the fused qkv projection is split separately.
+_LAION_TO_HF_RENAMES = (
+    (".attn.proj.", ".attention.output.dense."),
+    (".attn.relative_position_bias_table", ".attention.self.relative_position_bias_table"),
+    (".attn.relative_position_index", ".attention.self.relative_position_index"),
+    (".norm1.", ".layernorm_before."),
+    (".norm2.", ".layernorm_after."),
+    (".mlp.fc1.", ".intermediate.dense."),
+    (".mlp.fc2.", ".output.dense."),
+)
+# In a LAION HTSAT state dict but not in ClapAudioModel: the waveform front end (transformers takes
+# log-mel input), the AudioSet classifier (not on the path to the pooled embedding) and the shifted-
+# window masks (recomputed in forward).
+_LAION_NOT_IN_HF = ("spectrogram_extractor.", "logmel_extractor.", "tscam_conv.", "head.")
+
+
+def laion_htsat_to_clap_audio(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A LAION-CLAP HTSAT state dict (``audio_branch.*`` with the prefix removed) -> the state dict of
+    transformers' ``ClapAudioModel`` (keys ``audio_encoder.*``), and the LAION keys left out.
+
+    ``bn0`` -> ``batch_norm``; per Swin block ``norm1/2`` -> ``layernorm_before/after``, ``attn.qkv``
+    split in three (query, key, value), ``attn.proj`` -> ``attention.output.dense``, ``mlp.fc1/2`` ->
+    ``intermediate.dense`` / ``output.dense``; ``patch_embed``, ``downsample`` and ``norm`` keep their
+    names (fused checkpoints' ``fusion_model`` / ``mel_conv2d`` too). The front end, classifier head
+    and ``attn_mask`` buffers have no counterpart and are returned as left out.
+    """
+    out: dict[str, torch.Tensor] = {}
+    dropped: list[str] = []
+    for key, value in state.items():
+        if key.startswith(_LAION_NOT_IN_HF) or key.endswith(".attn_mask"):
+            dropped.append(key)
+            continue
+        new = "batch_norm." + key[len("bn0."):] if key.startswith("bn0.") else key
+        if ".attn.qkv." in new:
+            base, kind = new.split(".attn.qkv.")
+            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+                out[f"audio_encoder.{base}.attention.self.{name}.{kind}"] = part.clone()
+            continue
+        for old, repl in _LAION_TO_HF_RENAMES:
+            new = new.replace(old, repl)
+        out["audio_encoder." + new] = value
+    return out, sorted(dropped)
