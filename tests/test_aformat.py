@@ -118,3 +118,30 @@ def test_catalogue_position_mismatch_names_the_field(tmp_path):
     row["source_pos_xyz"] = "[0.0, 0.0, 0.0]"
     with pytest.raises(SchemaError, match="source_pos_xyz"):
         simulate_catalogue_rir(row)
+
+
+# three rows of the release's evaluation/rir_fixed.csv (the golden row and the +-180 degree edges)
+RELEASE_ROWS = '''rir_path,dims,area_m2,alpha,fullband_T30_ms,source_distance_m,azimuth_deg,elevation_deg,source_pos_xyz,distance,fs,room_id,split
+RIR_dataset/RIR_data/test/auto_000000.wav,"[14.18, 14.009, 3.0]",198.65,0.1451,1167.6,0.84,77,-46,"[7.221, 7.573, 0.896]",0.84,48000,e6a9c0cd,test
+RIR_dataset/RIR_data/test/auto_000028.wav,"[11.968, 5.282, 3.0]",63.22,0.1305,1017.4,0.51,-180,-41,"[5.599, 2.641, 1.165]",0.51,48000,a48adc75,test
+RIR_dataset/RIR_data/test/auto_000054.wav,"[11.819, 7.711, 3.0]",91.13,0.7824,187.9,0.53,180,42,"[5.516, 3.856, 1.855]",0.53,48000,be59efbd,test
+'''
+
+
+def test_release_catalogue_rows_pass_the_position_check_and_give_the_golden_caption(tmp_path):
+    import random
+
+    from disse.pipeline.aformat import read_catalogue, source_position
+    from disse.schemas import load_caption_rules
+
+    (tmp_path / "rir_fixed.csv").write_text(RELEASE_ROWS)
+    rows = read_catalogue(tmp_path / "rir_fixed.csv")
+    for row in rows:
+        source_position(row)  # the release's polar metadata reproduces its recorded positions
+    rules = load_caption_rules("official")
+    values = {"azimuth_deg": 77, "elevation_deg": -46, "source_distance_m": 0.84, "area_m2": 198.65,
+              "t30_ms": 1167.6}
+    assert rules.caption("Rain is falling continuously", rules.describe(values), random.Random(42))[0] == (
+        "The sound: Rain is falling continuously is coming from the nearby down right of a spacious highly "
+        "reverberant room.")
+    assert rules.describe({**values, "azimuth_deg": -180})["direction"] == "back"
