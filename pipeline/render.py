@@ -756,7 +756,8 @@ def _make_command():
     @click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
                   help="Samples per shard.")
     @click.option("--rirs-per-clip", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="K: every clip is rendered with at least K RIRs of its split.")
+                  help="K: every clip is rendered with at least K RIRs of its split. Use 2 or more: "
+                       "K = 1 leaves X-SRC, IR_space and the source loss's positives undefined (a warning says so).")
     @click.option("--clips-per-rir", type=click.IntRange(min=1), default=1, show_default=True,
                   help="L: every RIR is used with at least L clips of its split.")
     @click.option("--val-fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True)
