@@ -81,6 +81,7 @@ def official_intensity(foa: np.ndarray, params: OfficialFeatureParams | None = N
     """
     import torch
 
+    _one_thread_in_workers()
     p = params or OfficialFeatureParams()
     foa = np.asarray(foa, dtype=np.float32)
     if foa.ndim != 2 or foa.shape[0] != 4:
@@ -97,6 +98,22 @@ def official_intensity(foa: np.ndarray, params: OfficialFeatureParams | None = N
         scale = torch.where(norm > p.norm_eps, norm, torch.ones_like(norm))
         act, rea = act / scale, rea / scale
     return act.numpy().astype(np.float32, copy=False), rea.numpy().astype(np.float32, copy=False)
+
+
+_THREADS_CHECKED = False
+
+
+def _one_thread_in_workers() -> None:
+    """In a worker process (render / grid pools) torch gets one thread: the processes use the cores."""
+    global _THREADS_CHECKED
+    if not _THREADS_CHECKED:
+        import multiprocessing
+
+        import torch
+
+        if multiprocessing.parent_process() is not None:
+            torch.set_num_threads(1)
+        _THREADS_CHECKED = True
 
 
 def official_iv(foa: np.ndarray, params: OfficialFeatureParams | None = None) -> np.ndarray:
