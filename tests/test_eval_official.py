@@ -62,7 +62,9 @@ def test_both_beside_project_metrics_and_official_npz_written(tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
     assert "SRC/t2a/R@1" in m and "official/cross_modal/on_task_source/text_to_audio/R@1" in m
-    assert (tmp_path / "out" / "report.md").is_file()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## The DISSE release's metrics" in report and "| both | text → audio |" in report
+    assert "| audio_spatial |" in report
     again = load_npz(tmp_path / "again.npz")
     np.testing.assert_array_equal(again["spatial_id"], d["spatial_id"])
     np.testing.assert_allclose(again["audio_spatial"], d["audio_spatial"], rtol=1e-6)

@@ -149,10 +149,31 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
     click.echo(report.console_summary(metrics))
     click.echo(f"\nreport: {paths['report']}\nmetrics: {paths['metrics']}")
     if metric_set == "both":
+        with open(paths["report"], "a") as f:
+            f.write("\n" + official_markdown(metrics) + "\n")
         click.echo(f"official metrics (the release's semantics; also under 'official/' in metrics.json): "
                    f"{Path(out) / 'official_metrics.json'}")
     if save_embeddings:
         click.echo(f"embeddings: {save_embeddings}")
+
+
+def official_markdown(metrics: dict) -> str:
+    """The ``official/...`` figures as a markdown section (appended to report.md with --metrics both)."""
+    from disse.trainer.report import fmt
+
+    lines = ["## The DISSE release's metrics (its semantics: own pair kept cross-modally, optimistic ties)", "",
+             "| task | direction | R@1 | R@5 | R@10 | MedR | MnR | queries |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = sorted({k.rsplit("/", 1)[0] for k in metrics if k.startswith("official/") and "/iidr/" not in k})
+    for row in rows:
+        parts = row.split("/")  # official/cross_modal/<task>/<direction> or official/intra_modal/<mod>/<task>
+        task, direction = (parts[2], parts[3]) if parts[1] == "cross_modal" else (parts[3], f"{parts[2]} → {parts[2]}")
+        vals = [fmt(metrics.get(f"{row}/{m}")) for m in ("R@1", "R@5", "R@10", "MedR", "MnR", "queries")]
+        lines.append(f"| {task} | {direction.replace('_to_', ' → ')} | " + " | ".join(vals) + " |")
+    lines += ["", "| embedding | IIDR_source | IIDR_spatial |", "| --- | --- | --- |"]
+    for emb in sorted({k.split("/")[2] for k in metrics if k.startswith("official/iidr/")}):
+        lines.append(f"| {emb} | {fmt(metrics.get(f'official/iidr/{emb}/IIDR_source'))} | "
+                     f"{fmt(metrics.get(f'official/iidr/{emb}/IIDR_spatial'))} |")
+    return "\n".join(lines)
 
 
 def _official(data: dict, out: str, chunk_size: int) -> dict:
