@@ -12,10 +12,12 @@ from disse.configs import config_path
 from disse.schemas import SchemaError
 from disse.schemas.config import load_config
 from disse.trainer import physics
-from disse.trainer.audio_encoder import FFTSpectrogram, HTSATBranch, laion_clap_module
+from disse.trainer.audio_encoder import FFTSpectrogram, HTSATBranch
+from disse.trainer.htsat import LAION_AUDIO_CFG, LogMel
 from disse.trainer.losses import DELSALoss, LossConfig
 from disse.trainer.model import DELSA, AudioConfig, HTSATConfig, ModelConfig, SpatialConfig, TextConfig
 from disse.trainer.text_encoder import TextEncoder
+from laion_reference import laion_clap_module, laion_htsat, needs_laion_clap
 
 SMALL_HTSAT = dict(spec_size=64, mel_bins=16, n_fft=1024, hop_size=1920, embed_dim=16, depths=[1, 1, 1],
                    num_heads=[1, 1, 2], drop_path_rate=0.0)
@@ -101,11 +103,11 @@ def test_gradients_reach_every_trainable_parameter(model):
     no_grad = [n for n, p in trainable if p.grad is None or not torch.any(p.grad != 0)]
     assert no_grad == []
     assert any(n.startswith("text.backbone.") for n, _ in trainable)  # the text backbone trains too
-    assert any(n.startswith("audio.source.htsat.layers.") for n, _ in trainable)
-    # HTSAT's AudioSet classifier and the fixed mel filters are not trainable (not on the embedding path).
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert "audio.source.htsat.tscam_conv.weight" in frozen and "audio.source.htsat.head.weight" in frozen
-    assert "audio.source.htsat.logmel_extractor.melW" in frozen
+    assert any(n.startswith("audio.source.htsat.audio_encoder.layers.") for n, _ in trainable)
+    # every HTSAT parameter is on the embedding path (no AudioSet classifier); the mel filters are a
+    # constant buffer, not a parameter
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("audio.source."))
+    assert "audio.source.front.mel" in dict(model.named_buffers())
 
 
 def test_text_input_modes(model):
@@ -163,6 +165,7 @@ def test_frozen_htsat_has_no_gradient_and_is_deterministic_in_train_mode():
     assert not a.requires_grad and torch.equal(a, b)  # no SpecAugment, BN statistics untouched
 
 
+@needs_laion_clap
 def test_fft_spectrogram_equals_torchlibrosa():
     Spectrogram = laion_clap_module("htsat").Spectrogram  # torchlibrosa's, as HTSAT uses it
     ref = Spectrogram(n_fft=1024, hop_length=480, win_length=1024, window="hann", center=True,
@@ -172,6 +175,54 @@ def test_fft_spectrogram_equals_torchlibrosa():
     got = FFTSpectrogram(1024, 480)(x)
     assert got.shape == want.shape
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * want.max().item())
+
+
+@needs_laion_clap
+def test_log_mel_front_end_equals_laion_clap():
+    """The torch front end (FFT power, Slaney mel from transformers, 10 log10) equals laion-clap's
+    torchlibrosa Spectrogram + LogmelFilterBank (librosa's filterbank) on HTSAT-tiny's settings."""
+    ref = laion_htsat(HTSATConfig(preset="tiny")).eval()
+    x = 0.1 * torch.randn(2, 96000)
+    with torch.no_grad():
+        want = ref.logmel_extractor(ref.spectrogram_extractor(x))
+        got = LogMel(LAION_AUDIO_CFG)(x)
+    assert torch.allclose(LogMel(LAION_AUDIO_CFG).mel, ref.logmel_extractor.melW, atol=1e-6)
+    assert got.shape == want.shape == (2, 1, 201, 64)
+    assert torch.allclose(got, want, atol=1e-3)  # dB
+
+
+@needs_laion_clap
+@pytest.mark.parametrize("sizes", ["demo", "small"])
+def test_htsat_equals_laion_clap_with_the_same_weights(sizes):
+    """DISSE's HTSAT (ClapAudioModel) and laion-clap's, same random weights, same embedding, also where a
+    stage is smaller than the attention window (the demo's last stage; laion-clap shrinks the window)."""
+    kw = SMALL_HTSAT if sizes == "small" else yaml.safe_load(open(config_path("demo.yaml")))["model"]["audio"]["htsat"]
+    cfg = HTSATConfig(**kw)
+    torch.manual_seed(3)
+    ref = laion_htsat(cfg).eval()
+    ours = HTSATBranch(cfg).eval()
+    ours.load_state_dict({"htsat." + k: v for k, v in ref.state_dict().items()})  # a pre-swap DISSE layout
+    x = 0.1 * torch.randn(2, 480000)
+    with torch.no_grad():
+        want, got = ref({"waveform": x})["embedding"], ours(x)
+    assert torch.allclose(got, want, atol=1e-5 * want.abs().max().item())
+
+
+def test_spec_augment_runs_in_training_only():
+    branch = HTSATBranch(HTSATConfig(**SMALL_HTSAT, spec_augment=True))
+    x = 0.1 * torch.randn(2, 480000)
+    branch.eval()
+    with torch.no_grad():
+        a, b = branch(x), branch(x)
+    assert torch.equal(a, b)
+    branch.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        c = branch(x)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        d = branch(x)
+    assert not torch.allclose(c, d)  # random stripes differ between draws
 
 
 def test_audio_encoder_init_is_seeded():
