@@ -176,3 +176,12 @@ def test_official_checkpoint_is_recognised_and_embeds(files, tmp_path):
     assert set(arrays["zs_direction"]) <= set(both.rules.attributes["direction"].labels)
     assert np.allclose(arrays["audio_space"][0], arrays["audio_space"][1], atol=1e-4)  # FuMa == AmbiX here too
     assert len(Embeddings.from_arrays(arrays)) == 2
+    # the CLI with a configs/official.yaml-style file
+    (tmp_path / "official.yaml").write_text(f"model:\n  preset: official\n  official:\n"
+                                            f"    checkpoint: {tmp_path / 'disse_epoch20.pt'}\n    modalities: [audio]\n")
+    res = CliRunner().invoke(_cli(), ["--config", str(tmp_path / "official.yaml"), "--audio", str(files / "ambix48.wav"),
+                                      "--audio", str(files / "ambix44.flac"), "--out", str(tmp_path / "rel.npz")])
+    assert res.exit_code == 0, res.output
+    with np.load(tmp_path / "rel.npz") as z:
+        assert str(z["model_kind"]) == "official" and z["audio_space"].shape == (2, 512)
+        assert np.allclose(z["audio_space"][0], a["audio_space"][0], atol=1e-5)

@@ -3,7 +3,6 @@
 No real weights: the reference's key table (../shared/reference/disse-official-release.md §1.3) is
 written below as data; checkpoints are synthesised from it in each container format of the release.
 """
-import json
 import math
 from pathlib import Path
 
@@ -265,14 +264,14 @@ def test_single_modality_models_drop_the_other_side(model, toy_dir, tmp_path):
         DISSEOfficial(OfficialConfig(modalities=["video"]))
 
 
-def test_packaged_official_config_parses():
-    from disse.schemas.config import load_config
-    from disse.trainer.official_model import OfficialConfig as C
+def test_packaged_official_config_parses(tmp_path):
+    from disse.trainer.official_model import load_official_config
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "official.yaml"
-    import yaml
-
-    data = yaml.safe_load(path.read_text())
-    assert data["model"]["preset"] == "official"
-    cfg = load_config(C, None, [f"{k}={json.dumps(v)}" for k, v in data["model"]["official"].items()])
+    cfg = load_official_config(None, ["model.official.roberta_dir=/data/roberta-base"])
     assert cfg.text_max_length == 512 and cfg.strict and cfg.modalities == ["audio", "text"]
+    assert cfg.roberta_dir == "/data/roberta-base" and cfg.checkpoint is None
+    (tmp_path / "bad.yaml").write_text("model:\n  preset: delsa\n")
+    with pytest.raises(SchemaError, match="preset"):
+        load_official_config(tmp_path / "bad.yaml")
+    with pytest.raises(SchemaError, match="strictness|strict"):
+        load_official_config(None, ["model.official.strictness=false"])

@@ -434,8 +434,11 @@ def _cli():
     import click
 
     @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-    @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+    @click.option("--checkpoint", type=click.Path(dir_okay=False),
                   help="A disse-train checkpoint or the released disse_epoch20.pt (told apart by its keys).")
+    @click.option("--config", "config", type=click.Path(dir_okay=False),
+                  help="configs/official.yaml-style file: model.official.{checkpoint, roberta_dir, modalities, "
+                       "text_max_length, strict}; command-line options win.")
     @click.option("--audio", "audio", multiple=True, type=click.Path(dir_okay=False),
                   help="FOA recording (4 channels; WAV, FLAC, ...; any rate and length). Repeatable.")
     @click.option("--caption", "captions", multiple=True, help="Caption to embed. Repeatable; with --audio, one per file.")
@@ -460,12 +463,22 @@ def _cli():
     @click.option("--no-strict", is_flag=True, help="Official checkpoint: load even if keys do not match.")
     @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
     @click.option("--device", default="auto", show_default=True)
-    def main(checkpoint, audio, captions, manifest, foa_format, segments, source_ids, space_ids, out, roberta_dir,
+    def main(checkpoint, config, audio, captions, manifest, foa_format, segments, source_ids, space_ids, out, roberta_dir,
              features, rules, zero_shot_prompts, mirror_left_right, no_strict, batch_size, device):
         """Embed FOA recordings and/or captions into the .npz layout disse-eval --embeddings reads."""
         import sys
 
         try:
+            modalities, text_max_length, strict = None, 512, not no_strict
+            if config:
+                from disse.trainer.official_model import load_official_config
+
+                oc = load_official_config(config)
+                checkpoint = checkpoint or oc.checkpoint
+                roberta_dir = roberta_dir or oc.roberta_dir
+                modalities, text_max_length, strict = oc.modalities, oc.text_max_length, oc.strict and not no_strict
+            if not checkpoint:
+                raise SchemaError("give --checkpoint (or model.official.checkpoint in --config)", field="--checkpoint")
             fmts: str | list[str] = foa_format
             targets: dict[str, list[float]] = {}
             if manifest:
@@ -479,7 +492,8 @@ def _cli():
                 space_ids = tuple(r["space_id"] for r in rows) if all(r["space_id"] for r in rows) else ()
                 targets = {t: [r[t] for r in rows] for t in TARGETS if all(t in r for r in rows)}
             emb = Embedder.load(checkpoint, device=_device(device), roberta_dir=roberta_dir, features=features,
-                                rules=rules, zero_shot=zero_shot_prompts, strict=not no_strict)
+                                rules=rules, zero_shot=zero_shot_prompts, strict=strict, modalities=modalities,
+                                text_max_length=text_max_length)
             if audio and not captions and segments == "all":
                 if source_ids or space_ids:
                     raise SchemaError("--segments all names its rows itself (key#k); drop the ids",

@@ -86,6 +86,30 @@ class OfficialConfig:
     strict: bool = True              # missing / unexpected / mismatched keys are an error
 
 
+@dataclass
+class _ModelSection:
+    preset: str = "official"
+    official: OfficialConfig = field(default_factory=OfficialConfig)
+
+
+@dataclass
+class _OfficialFile:
+    model: _ModelSection = field(default_factory=_ModelSection)
+
+
+def load_official_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> OfficialConfig:
+    """``model.official`` of a YAML file (default the packaged configs/official.yaml), with dotted
+    overrides (``model.official.roberta_dir=/data/roberta-base``); names and types are checked."""
+    from disse.configs import config_path
+    from disse.schemas.config import load_config
+
+    path = path or config_path("official.yaml")
+    cfg = load_config(_OfficialFile, path, overrides)
+    if cfg.model.preset != "official":
+        raise SchemaError(f"model.preset is {cfg.model.preset!r}, not 'official'", file=str(path), field="model.preset")
+    return cfg.model.official
+
+
 # ---------------------------------------------------------------------------------------- audio
 class AddCoords(nn.Module):
     """``(B, C, H, W) -> (B, C + 2, H, W)``: appends linspace(-1, 1) over H (frequency), then over W (time)."""
