@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from disse.schemas import SchemaError, ShardMeta
-from disse.schemas.shard import (IV_CHANNELS, decode_foa, decode_iv, decode_meta, decode_w_flac, decode_w_wav,
+from disse.schemas.shard import (IV_CHANNELS, decode_foa_sample, decode_iv, decode_meta, decode_w_wav,
                                  group_tar_members)
 
 QUANTITIES = (  # (json field, label with unit)
@@ -210,8 +210,9 @@ def format_summary(summary: dict, target: str) -> str:
 def format_sample(sample: RawSample) -> str:
     """Metadata, captions, descriptors and audio / feature shapes of one sample."""
     meta = sample.meta()
-    foa, sr = decode_foa(sample.data["foa.flac"], where=sample.where)
+    foa, sr = decode_foa_sample(sample.data, meta, where=sample.where)
     iv = decode_iv(sample.data["iv.npy"], where=sample.where)
+    stored = "foa.flac" if "foa.flac" in sample.data else "w.wav + yzx.flac, 16-bit"
     rms = np.sqrt(np.mean(foa.astype(np.float64) ** 2, axis=1))
     lines = [
         f"key: {meta.key}   (shard {sample.shard}, split {meta.split}, schema {meta.schema_version})",
@@ -222,11 +223,11 @@ def format_sample(sample: RawSample) -> str:
         f"distance {meta.source_distance_m:.2f} m, floor area {meta.area_m2:.1f} m², "
         f"T30 {meta.t30_ms:.0f} ms",
         "descriptors: " + ", ".join(f"{k}={v}" for k, v in meta.descriptors.items()),
-        f"foa.flac: 4 x {foa.shape[1]} at {sr} Hz ({foa.shape[1] / sr:.2f} s), peak "
+        f"FOA ({stored}): 4 x {foa.shape[1]} at {sr} Hz ({foa.shape[1] / sr:.2f} s), peak "
         f"{np.abs(foa).max():.3f}, RMS W/Y/Z/X " + "/".join(f"{20 * math.log10(max(r, 1e-12)):.1f}" for r in rms)
         + " dBFS",
         *_w_line(sample, foa, sr),
-        f"iv.npy: {iv.shape} {iv.dtype}",
+        f"iv.npy: {iv.shape} {iv.dtype}" + (" (stored as int8 q / 127)" if meta.schema_version >= 3 else ""),
         "render: " + json.dumps(meta.render, sort_keys=True),
         "features: " + json.dumps(meta.features, sort_keys=True),
     ]
@@ -234,17 +235,15 @@ def format_sample(sample: RawSample) -> str:
 
 
 def _w_line(sample: RawSample, foa: np.ndarray, sr: int) -> list[str]:
-    """``w.flac`` (schema v3) or ``w.wav`` (v2): its length and how far it is from W of ``foa.flac``,
-    in 16-bit steps (v3: 0, the same samples)."""
-    member = next((m for m in ("w.flac", "w.wav") if m in sample.data), None)
-    if member is None:
+    """``w.wav`` (schema v2): its length and how far it is from W of ``foa.flac``, in 16-bit steps.
+    (In v3 ``w.wav`` is the FOA's W channel itself.)"""
+    if "w.wav" not in sample.data or "foa.flac" not in sample.data:
         return []
-    decode = decode_w_flac if member == "w.flac" else decode_w_wav
-    w, w_sr = decode(sample.data[member], where=sample.where)
+    w, w_sr = decode_w_wav(sample.data["w.wav"], where=sample.where)
     n = min(len(w), foa.shape[1])
     steps = float(np.abs(w[:n].astype(np.float64) - foa[0, :n]).max(initial=0.0)) * 2 ** 15
     same = "matches" if len(w) == foa.shape[1] and w_sr == sr and steps <= 0.51 else "DIFFERS from"
-    return [f"{member}: 1 x {len(w)} at {w_sr} Hz, 16-bit; {same} W of foa.flac (max {steps:.2f} steps)"]
+    return [f"w.wav: 1 x {len(w)} at {w_sr} Hz, 16-bit; {same} W of foa.flac (max {steps:.2f} steps)"]
 
 
 def format_bytes(summary: dict) -> str:
@@ -259,7 +258,7 @@ def export_wav(sample: RawSample, out: str | Path) -> Path:
     stores 16-bit (schema v3) or 24-bit (v1, v2) FLAC)."""
     import soundfile as sf
 
-    foa, sr = decode_foa(sample.data["foa.flac"], where=sample.where)
+    foa, sr = decode_foa_sample(sample.data, sample.meta(), where=sample.where)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(out, foa.T, sr, subtype="PCM_24")
@@ -283,7 +282,7 @@ def plot_sample(sample: RawSample, out: str | Path) -> Path:
     from scipy.signal import stft
 
     meta = sample.meta()
-    foa, sr = decode_foa(sample.data["foa.flac"], where=sample.where)
+    foa, sr = decode_foa_sample(sample.data, sample.meta(), where=sample.where)
     iv = decode_iv(sample.data["iv.npy"], where=sample.where).astype(np.float32)
     feats = meta.features or {}
     hop = int(feats.get("hop_length", 480))

@@ -1,13 +1,19 @@
-"""``disse-synth upgrade SRC DST``: rewrite schema v1 shards as v2 without rendering again.
+"""``disse-synth upgrade SRC DST``: rewrite schema v1 / v2 shards as v3 without rendering again.
 
-Version 2 adds ``w.wav`` (W alone, 16-bit PCM) so the trainer never decodes the 4-channel FLAC
-(docs/internals.md). Upgrading a sample decodes W from its ``foa.flac``, rounds it to 16 bits,
-adds ``w.wav`` and sets ``schema_version`` to 2 in its ``json``; every other member is copied
-byte for byte. Samples that are already v2 are copied unchanged. A sample that cannot be
-upgraded (unreadable JSON or FLAC, a missing member) is left out and reported, and the
-destination's ``sizes.json`` counts what was written. Output is deterministic: the same input
-gives byte-identical shards, whatever ``--workers``. Only shards and ``sizes.json`` are written:
-the render ``manifest.json`` stays with the source as the record of how the samples were made.
+Version 3 (schemas/shard.py, docs/synthesis.md "Shard size") stores each FOA channel once at 16 bits:
+W as 16-bit PCM ``w.wav`` (what training reads), Y, Z, X as 3-channel 16-bit ``yzx.flac``, and the
+project's intensity features as int8: about half of a v2 sample's bytes. Upgrading a sample
+decodes its ``foa.flac``, rounds it to 16 bits exactly as the renderer does (round(x * 2**15), no
+dither), writes ``w.wav`` and ``yzx.flac`` from those samples (``foa.flac`` and a v2 ``w.wav`` are
+replaced), quantises ``iv.npy`` to int8 (project features only; another preset's features are
+copied byte for byte) and sets ``schema_version`` to 3 in its ``json`` (every other JSON field,
+known to this reader or not, is kept). The 24 -> 16-bit step is lossy by design (error <= 2**-16 of
+full scale); keep the source if you need the 24-bit FOA. Samples that are already v3 are copied
+unchanged. A sample that cannot be upgraded (unreadable JSON, FLAC or npy, a missing member) is
+left out and reported, and the destination's ``sizes.json`` counts what was written. Output is
+deterministic: the same input gives byte-identical shards, whatever ``--workers``. Only shards and
+``sizes.json`` are written: the render ``manifest.json`` stays with the source as the record of
+how the samples were made.
 """
 from __future__ import annotations
 
@@ -20,27 +26,32 @@ import click
 from disse.pipeline.inspect import find_shards
 from disse.pipeline.shards import read_tar_samples, write_json_atomic, write_tar_atomic
 from disse.schemas import SchemaError
-from disse.schemas.shard import SCHEMA_VERSION, check_members, decode_meta, decode_w_from_foa, encode_w_wav
+from disse.schemas.shard import (SCHEMA_VERSION, check_members, decode_foa, decode_iv, decode_meta, encode_flac,
+                                 encode_iv, encode_pcm16_wav, foa_to_pcm16, iv_is_bounded)
 
 
 def upgrade_sample(sample: dict, *, where: str = "sample") -> dict:
-    """A raw sample dict (``__key__`` + ``ext -> bytes``) of schema v1 -> the same sample in v2.
+    """A raw sample dict (``__key__`` + ``ext -> bytes``) of schema v1 or v2 -> the same sample in v3.
 
-    v2 samples are returned unchanged. Raises :class:`SchemaError` naming the member at fault.
+    v3 samples are returned unchanged. Raises :class:`SchemaError` naming the member at fault.
     """
     if "json" not in sample:
         raise SchemaError("missing member 'json'", file=where, field="json")
     meta = decode_meta(sample["json"], where=where)
     check_members(sample, meta.schema_version, where=where)
-    if meta.schema_version >= 2:
+    if meta.schema_version >= SCHEMA_VERSION:
         return sample
-    w, sr = decode_w_from_foa(sample["foa.flac"], where=where)
+    foa, sr = decode_foa(sample["foa.flac"], where=where)
+    pcm = foa_to_pcm16(foa)
     # edit the JSON as a dict, not through ShardMeta, so that fields this reader does not know survive
     d = json.loads(sample["json"].decode("utf-8"))
     d["schema_version"] = SCHEMA_VERSION
-    out = dict(sample)
+    out = {k: v for k, v in sample.items() if k not in ("w.wav", "foa.flac")}
     out["json"] = json.dumps(d, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    out["w.wav"] = encode_w_wav(w, sr)
+    out["w.wav"] = encode_pcm16_wav(pcm[0], sr)
+    out["yzx.flac"] = encode_flac(pcm[1:].T, sr)
+    if iv_is_bounded(meta.features):
+        out["iv.npy"] = encode_iv(decode_iv(sample["iv.npy"], where=where), quantise=True)
     return out
 
 
@@ -114,15 +125,16 @@ def upgrade_tree(src: str | Path, dst: str | Path, *, workers: int = 1, progress
 @click.option("--workers", type=int, default=1, show_default=True, help="processes (one shard each at a time)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def upgrade_command(src: str, dst: str, workers: int, no_progress: bool) -> None:
-    """Rewrite the shards under SRC (a folder, brace pattern or tar) as schema v2 into DST.
+    """Rewrite the shards under SRC (a folder, brace pattern or tar) as schema v3 into DST.
 
-    Adds each sample's W channel as w.wav (16-bit PCM) so training reads it without decoding the
-    4-channel FLAC; every other member is copied unchanged. Samples that cannot be read are left
-    out and listed; DST's sizes.json counts what was written. Exit status 1 if any was left out.
+    Each FOA channel once at 16 bits (W as w.wav, Y, Z, X as yzx.flac), int8 intensity features:
+    about half of a v2 sample. Samples that cannot be read are left out and listed;
+    DST's sizes.json counts what was written. Exit status 1 if any was left out.
     """
     report = upgrade_tree(src, dst, workers=workers, progress=not no_progress)
     click.echo(f"{report['shards']} shard(s), {report['samples']} sample(s) written to {dst}; "
-               f"{report['upgraded']} upgraded from v1, {report['samples'] - report['upgraded']} already v2")
+               f"{report['upgraded']} upgraded to v{SCHEMA_VERSION}, "
+               f"{report['samples'] - report['upgraded']} already v{SCHEMA_VERSION}")
     for s in report["skipped"]:
         click.echo(f"left out: {s['shard']}:{s['key']}, field '{s['field']}': {s['reason']}", err=True)
     if report["skipped"]:

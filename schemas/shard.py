@@ -1,17 +1,34 @@
-"""Shard sample, schema version 2 (DESIGN.md's version 1 plus a ``w.wav`` member).
+"""Shard sample, schema version 3 (DESIGN.md's version 1, made affordable; docs/synthesis.md).
 
-A sample is four tar members sharing a dot-free ``__key__``:
+A sample is four tar members sharing a dot-free ``__key__``; the FOA is split in two members that
+together hold every channel once, losslessly at 16 bits:
 
-* ``foa.flac`` -- 4-channel AmbiX FOA (ACN W, Y, Z, X; SN3D), 48 kHz, 24-bit FLAC
-* ``iv.npy``   -- float16 ``(6, n_frames, n_mels)``: I_act (x, y, z) then I_rea (x, y, z)
+* ``w.wav``    -- W (ACN 0), mono 16-bit PCM WAV, 48 kHz: what the trainer reads (~0.2 ms to decode)
+* ``yzx.flac`` -- (version 3) Y, Z, X (ACN 1-3), 3-channel 16-bit FLAC, 48 kHz. AmbiX FOA (ACN
+  W, Y, Z, X; SN3D) = [w.wav, yzx.flac] stacked; :func:`decode_foa_sample` does it for any version
+* ``iv.npy``   -- ``(6, n_frames, n_mels)``: I_act (x, y, z) then I_rea (x, y, z); **int8**,
+  value = q / 127 (:data:`IV_INT8_SCALE`), for the project's features (|I| <= 1 by construction);
+  float16 for a features preset that is not bounded (the official release's)
 * ``json``     -- :class:`ShardMeta` as UTF-8 JSON (sorted keys, so bytes are reproducible)
-* ``w.wav``    -- (version 2) the W channel of ``foa.flac`` alone, mono 16-bit PCM WAV, 48 kHz
 
-Why ``w.wav``: training reads only W, and libsndfile decodes every channel of a FLAC frame, so
-reading W from ``foa.flac`` costs ~33 ms per 10 s sample (a ceiling of ~30 samples/s per core).
-16-bit PCM WAV read as integers costs ~0.4 ms; the price is ~0.96 MB more per sample (+34 %).
-W in ``w.wav`` is W of ``foa.flac`` rounded to 16 bits (error <= 2**-16 of full scale).
-Version 1 samples (no ``w.wav``) are still read: W then comes from ``foa.flac``.
+Why (measured, docs/synthesis.md "Shard size"): version 2 held the FOA as 24-bit 4-channel FLAC,
+W a second time as 16-bit PCM (``w.wav``) and float16 features: ~4.0 MB a demo sample, ~4.8 MB a
+real-recording sample. Version 3 stores no channel twice, the FOA at 16 bits and the features at
+8 bits: ~2.1-2.3 MB.
+
+* **16-bit FOA.** The renderer normalises W to -26 dBFS RMS with peaks <= 0.99, so rounding to
+  16 bits (round(x * 2**15), no dither) leaves the error <= 2**-16 of full scale, ~75 dB below the
+  signal: far under what the intensity features (computed before rounding, from float32) or
+  HTSAT's log-mel resolve. Dither would decorrelate an error nobody hears, at the price of more
+  FLAC bytes and a noise floor in every silent tail; it is not used. FLAC at compression level
+  :data:`FLAC_COMPRESSION` (libFLAC ~4): level 8 saves ~1 % more at twice the encoding time.
+* **W as PCM, not FLAC.** W as mono FLAC would be ~0.3 MB instead of 0.96 MB, but decoding it costs
+  ~7 ms of CPU a sample here (PCM: ~0.2 ms), which would take the training loader from ~200 to
+  ~100 samples per CPU-second (benchmarks/data.py); W is the one member read every step.
+* **int8 features**: step 1/127, error <= 0.004 on components bounded by 1; half of float16.
+
+Versions 1 (``foa.flac`` only, 24-bit, float16 iv) and 2 (plus ``w.wav``) are still read and
+written; ``disse-synth upgrade`` rewrites them as version 3.
 """
 from __future__ import annotations
 
@@ -29,13 +46,18 @@ import soundfile as sf
 
 from disse.schemas.errors import SchemaError
 
-SCHEMA_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
-MEMBERS = {1: ("foa.flac", "iv.npy", "json"), 2: ("foa.flac", "iv.npy", "json", "w.wav")}
+SCHEMA_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
+MEMBERS = {1: ("foa.flac", "iv.npy", "json"), 2: ("foa.flac", "iv.npy", "json", "w.wav"),
+           3: ("yzx.flac", "iv.npy", "json", "w.wav")}
+W_MEMBER = {1: "foa.flac", 2: "w.wav", 3: "w.wav"}   # where each version keeps W
 FOA_CHANNELS = ("W", "Y", "Z", "X")  # AmbiX / ACN order
 IV_CHANNELS = ("act_x", "act_y", "act_z", "rea_x", "rea_y", "rea_z")
-FLAC_SUBTYPE = "PCM_24"
+FLAC_SUBTYPE = "PCM_16"                    # yzx.flac, version 3
+FLAC_SUBTYPES = {1: "PCM_24", 2: "PCM_24"}  # foa.flac of versions 1 and 2
+FLAC_COMPRESSION = 0.5  # soundfile's 0..1 scale of libFLAC's levels 0..8
 W_SUBTYPE = "PCM_16"
+IV_INT8_SCALE = 127.0   # version 3, project features: iv.npy int8 q, value = q / 127
 
 
 @dataclass
@@ -104,21 +126,60 @@ def encode_sample(foa: np.ndarray, iv: np.ndarray, meta: ShardMeta, sample_rate:
     if meta.schema_version not in SUPPORTED_VERSIONS:
         raise SchemaError(f"cannot write schema_version {meta.schema_version!r}", file=meta.key,
                           field="schema_version")
+    version = meta.schema_version
+    if version >= 3:
+        pcm = foa_to_pcm16(foa)
+        return {"__key__": meta.key, "w.wav": encode_pcm16_wav(pcm[0], sample_rate),
+                "yzx.flac": encode_flac(pcm[1:].T, sample_rate),
+                "iv.npy": encode_iv(iv, quantise=iv_is_bounded(meta.features)), "json": meta.to_json_bytes()}
     flac = io.BytesIO()
-    sf.write(flac, np.ascontiguousarray(foa.T), sample_rate, format="FLAC", subtype=FLAC_SUBTYPE)
-    npy = io.BytesIO()
-    np.save(npy, iv.astype(np.float16), allow_pickle=False)
-    out = {"__key__": meta.key, "foa.flac": flac.getvalue(), "iv.npy": npy.getvalue(),
+    sf.write(flac, np.ascontiguousarray(foa.T), sample_rate, format="FLAC", subtype=FLAC_SUBTYPES[version])
+    out = {"__key__": meta.key, "foa.flac": flac.getvalue(), "iv.npy": encode_iv(iv, quantise=False),
            "json": meta.to_json_bytes()}
-    if meta.schema_version >= 2:
+    if version == 2:
         out["w.wav"] = encode_w_wav(foa[0], sample_rate)
     return out
 
 
+def foa_to_pcm16(foa: np.ndarray) -> np.ndarray:
+    """``(C, T)`` float in +-1 -> int16 by round(x * 2**15) (no dither; module docstring)."""
+    return np.clip(np.rint(np.asarray(foa, np.float32) * np.float32(32768.0)), -32768, 32767).astype(np.int16)
+
+
+def encode_flac(pcm: np.ndarray, sample_rate: int) -> bytes:
+    """int16 ``(T,)`` or ``(T, C)`` -> 16-bit FLAC bytes (level :data:`FLAC_COMPRESSION`); lossless."""
+    buf = io.BytesIO()
+    sf.write(buf, np.ascontiguousarray(pcm), sample_rate, format="FLAC", subtype=FLAC_SUBTYPE,
+             compression_level=FLAC_COMPRESSION)
+    return buf.getvalue()
+
+
+def iv_is_bounded(features: dict) -> bool:
+    """True for the project's mel intensity features (every component within +-1, so int8 storage
+    applies); False for other presets (the official release's per-bin normalisation is unbounded)."""
+    return features.get("preset", "project") == "project"
+
+
+def encode_iv(iv: np.ndarray, *, quantise: bool) -> bytes:
+    """``iv.npy`` bytes: int8 round(iv * 127) (values clipped to +-1) or float16. Never pickled."""
+    buf = io.BytesIO()
+    if quantise:
+        q = np.rint(np.clip(np.asarray(iv, np.float32), -1.0, 1.0) * np.float32(IV_INT8_SCALE)).astype(np.int8)
+        np.save(buf, q, allow_pickle=False)
+    else:
+        np.save(buf, np.asarray(iv).astype(np.float16), allow_pickle=False)
+    return buf.getvalue()
+
+
 def encode_w_wav(w: np.ndarray, sample_rate: int) -> bytes:
     """``w.wav`` bytes: W ``(T,)`` float in +-1 as mono 16-bit PCM WAV (:func:`w_to_pcm16`)."""
+    return encode_pcm16_wav(w_to_pcm16(w), sample_rate)
+
+
+def encode_pcm16_wav(pcm: np.ndarray, sample_rate: int) -> bytes:
+    """int16 ``(T,)`` -> mono 16-bit PCM WAV bytes (the samples as given)."""
     wav = io.BytesIO()
-    sf.write(wav, w_to_pcm16(w), sample_rate, format="WAV", subtype=W_SUBTYPE)
+    sf.write(wav, np.ascontiguousarray(pcm, dtype=np.int16), sample_rate, format="WAV", subtype=W_SUBTYPE)
     return wav.getvalue()
 
 
@@ -141,24 +202,28 @@ def decode_foa(data: bytes, *, where: str = "foa.flac") -> tuple[np.ndarray, int
 
 def decode_w_wav(data: bytes, *, where: str = "w.wav", frames: int = -1,
                  pcm16: bool = False) -> tuple[np.ndarray, int]:
-    """Decode ``w.wav`` bytes to W as ``(T,)`` float32 (at most ``frames``) and the sample rate.
+    """Decode ``w.wav`` (version 2) bytes to W as ``(T,)`` float32 (at most ``frames``) and the rate.
 
     Read as int16 and scaled by 2**-15 (libsndfile's own float conversion is ~4x slower);
     ``pcm16=True`` returns the int16 samples unscaled.
     """
+    return _decode_mono16(data, "w.wav", where=where, frames=frames, pcm16=pcm16)
+
+
+def _decode_mono16(data: bytes, member: str, *, where: str, frames: int, pcm16: bool) -> tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             if f.channels != 1:
-                raise SchemaError(f"expected 1 channel (W), got {f.channels}", file=where, field="w.wav")
+                raise SchemaError(f"expected 1 channel (W), got {f.channels}", file=where, field=member)
             if f.subtype != W_SUBTYPE:
-                raise SchemaError(f"expected {W_SUBTYPE} samples, got {f.subtype}", file=where,
-                                  field="w.wav")
+                raise SchemaError(f"expected {W_SUBTYPE} samples, got {f.subtype}", file=where, field=member)
             sr = f.samplerate
             pcm = f.read(frames=frames, dtype="int16")
     except SchemaError:
         raise
     except Exception as exc:
-        raise SchemaError(f"cannot decode WAV ({exc})", file=where, field="w.wav") from None
+        kind = "FLAC" if member.endswith(".flac") else "WAV"
+        raise SchemaError(f"cannot decode {kind} ({exc})", file=where, field=member) from None
     return (pcm if pcm16 else pcm.astype(np.float32) * np.float32(2.0 ** -15)), sr
 
 
@@ -181,11 +246,11 @@ def check_members(sample: dict, version: int, *, where: str) -> None:
 
 def decode_w(sample: dict, meta: ShardMeta, *, where: str, frames: int = -1,
              pcm16: bool = False) -> tuple[np.ndarray, int]:
-    """The W channel of a raw sample, from ``w.wav`` (version >= 2) or ``foa.flac`` (version 1).
+    """The W channel of a raw sample: ``w.wav`` (versions 2, 3) or ``foa.flac`` (1).
 
     ``(T,)`` float32 in +-1, or with ``pcm16=True`` int16 (a v1 sample's 24-bit W is rounded).
     """
-    member = "w.wav" if meta.schema_version >= 2 else "foa.flac"
+    member = W_MEMBER.get(meta.schema_version, W_MEMBER[SCHEMA_VERSION])
     if member not in sample:
         raise SchemaError(f"missing member {member!r} (schema_version {meta.schema_version})", file=where,
                           field=member)
@@ -195,15 +260,23 @@ def decode_w(sample: dict, meta: ShardMeta, *, where: str, frames: int = -1,
     return (w_to_pcm16(w) if pcm16 else w), sr
 
 
-def decode_iv(data: bytes, *, where: str = "iv.npy") -> np.ndarray:
-    """Decode ``iv.npy`` bytes to ``(6, F, M)`` float16 (never unpickles)."""
+def decode_iv(data: bytes, *, where: str = "iv.npy", dequantise: bool = True) -> np.ndarray:
+    """Decode ``iv.npy`` bytes to ``(6, F, M)`` float16 (never unpickles). Version 3's int8 is
+    de-quantised (q / 127) unless ``dequantise=False`` (then int8 is returned as stored)."""
     try:
         iv = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:
         raise SchemaError(f"cannot decode npy ({exc})", file=where, field="iv.npy") from None
     if iv.ndim != 3 or iv.shape[0] != 6:
         raise SchemaError(f"expected (6, frames, mels), got {iv.shape}", file=where, field="iv.npy")
+    if iv.dtype == np.int8:  # version 3: q / 127 through a 256-entry table (one gather, exact rounding)
+        return np.take(_IV_TABLE, iv.view(np.uint8)) if dequantise else iv
+    if iv.dtype not in (np.float16, np.float32):
+        raise SchemaError(f"expected int8, float16 or float32, got {iv.dtype}", file=where, field="iv.npy")
     return iv
+
+
+_IV_TABLE = (np.arange(256, dtype=np.uint8).view(np.int8).astype(np.float64) / IV_INT8_SCALE).astype(np.float16)
 
 
 def decode_meta(data: bytes, *, where: str = "json") -> ShardMeta:
@@ -222,8 +295,38 @@ def decode_sample(sample: dict, *, audio: bool = True) -> tuple[np.ndarray | Non
     meta = decode_meta(sample["json"], where=where)
     check_members(sample, meta.schema_version, where=where)
     iv = decode_iv(sample["iv.npy"], where=where)
-    foa = decode_foa(sample["foa.flac"], where=where)[0] if audio else None
+    foa = decode_foa_sample(sample, meta, where=where)[0] if audio else None
     return foa, iv, meta
+
+
+def decode_foa_sample(sample: dict, meta: ShardMeta, *, where: str = "sample") -> tuple[np.ndarray, int]:
+    """The 4-channel AmbiX FOA ``(4, T)`` float32 of a raw sample of any version, and the rate:
+    ``foa.flac`` (versions 1, 2) or ``w.wav`` + ``yzx.flac`` stacked (version 3, exact 16-bit samples)."""
+    if meta.schema_version < 3:
+        check_members(sample, meta.schema_version, where=where)
+        return decode_foa(sample["foa.flac"], where=where)
+    for member in ("w.wav", "yzx.flac"):
+        if member not in sample:
+            raise SchemaError(f"missing member {member!r} (schema_version {meta.schema_version})", file=where,
+                              field=member)
+    w, sr = decode_w_wav(sample["w.wav"], where=where, pcm16=True)
+    try:
+        with sf.SoundFile(io.BytesIO(sample["yzx.flac"])) as f:
+            if f.channels != 3:
+                raise SchemaError(f"expected 3 channels (Y, Z, X), got {f.channels}", file=where, field="yzx.flac")
+            yzx_sr, yzx = f.samplerate, f.read(dtype="int16", always_2d=True)
+    except SchemaError:
+        raise
+    except Exception as exc:
+        raise SchemaError(f"cannot decode FLAC ({exc})", file=where, field="yzx.flac") from None
+    if yzx_sr != sr or len(yzx) != len(w):
+        raise SchemaError(f"yzx.flac ({len(yzx)} frames at {yzx_sr} Hz) does not match w.wav ({len(w)} at {sr} Hz)",
+                          file=where, field="yzx.flac")
+    foa = np.empty((4, len(w)), np.float32)
+    foa[0] = w
+    foa[1:] = yzx.T
+    foa *= np.float32(2.0 ** -15)
+    return foa, sr
 
 
 _WDS_META = re.compile(r"(^|/)__[^/]*__($|/)")  # WebDataset's metadata files, never sample members

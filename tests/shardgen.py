@@ -1,4 +1,4 @@
-"""Small real shards for the trainer's data tests: real FLAC + WAV + npy + json in real tar files.
+"""Small real shards for the trainer's data tests: real FLAC + npy + json in real tar files.
 
 Written with ``disse.schemas.encode_sample`` so they follow the shard contract exactly; clips are
 short (``clip_seconds``) to keep tests fast. Not a substitute for the demo renderer: the
@@ -36,7 +36,7 @@ def write_shards(root: Path, split: str, sizes: list[int], *, clip_seconds: floa
                  seed: int = 0, schema_version: int = SCHEMA_VERSION) -> list[Path]:
     """Write ``len(sizes)`` shards ``{split}-{k:06d}.tar`` and ``sizes.json`` under ``root/split``.
 
-    ``schema_version=1`` writes the older layout (no ``w.wav``), for the readers' fallback.
+    ``schema_version=1`` / ``2`` write the older layouts (no W member / ``w.wav``), for the readers' fallback.
     """
     params = FeatureParams(clip_seconds=clip_seconds)
     rng = np.random.default_rng(seed)
@@ -50,7 +50,8 @@ def write_shards(root: Path, split: str, sizes: list[int], *, clip_seconds: floa
                 meta = make_meta(f"{split}_{i:06d}", split, i, params, schema_version)
                 foa = (0.1 * rng.standard_normal((4, params.clip_samples))).clip(-1, 1).astype(np.float32)
                 foa[0, :10] = i / 1000.0  # W carries the sample index: order checks can read it back
-                iv = rng.standard_normal((6, params.n_frames, params.n_mels)).astype(np.float16)
+                # bounded by 1 like real intensity features (schema v3 stores them as int8)
+                iv = rng.uniform(-1, 1, (6, params.n_frames, params.n_mels)).astype(np.float16)
                 for name, data in encode_sample(foa, iv, meta).items():
                     if name == "__key__":
                         continue

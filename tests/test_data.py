@@ -135,9 +135,9 @@ def test_corrupt_shard_and_sample_skipped_and_counted(tmp_path):
     nan_iv = io.BytesIO()
     np.save(nan_iv, np.full((6, 26, 64), np.nan, dtype=np.float16))
     bad = {"bad_a.json": b"{not json", "bad_a.iv.npy": members["train_000000.iv.npy"],
-           "bad_a.foa.flac": members["train_000000.foa.flac"],
+           "bad_a.w.wav": members["train_000000.w.wav"],
            "bad_b.json": members["train_000000.json"], "bad_b.iv.npy": nan_iv.getvalue(),
-           "bad_b.foa.flac": members["train_000000.foa.flac"]}
+           "bad_b.w.wav": members["train_000000.w.wav"]}
     with tarfile.open(d / "train-000004.tar", "w") as tar:
         for name, data in bad.items():
             info = tarfile.TarInfo(name)
@@ -162,21 +162,27 @@ def test_eval_loader_sees_every_sample_once(shard_dir):
         assert sorted(keys) == [f"train_{i:06d}" for i in range(15)]
 
 
-def test_schema_v1_shards_still_train(tmp_path):
-    """Older shards (no w.wav) give the same batches, W decoded from the 4-channel foa.flac."""
-    write_shards(tmp_path / "v1", "train", [5, 7, 3], schema_version=1)
-    write_shards(tmp_path / "v2", "train", [5, 7, 3], schema_version=2)
+def test_schema_v1_and_v2_shards_still_train(tmp_path):
+    """Older shards give the same batches as v3: v1 (no W member) decodes W from the 4-channel
+    foa.flac, v2 and v3 read w.wav; v3's features are int8."""
+    for v in (1, 2, 3):
+        write_shards(tmp_path / f"v{v}", "train", [5, 7, 3], schema_version=v)
     cfg = DataConfig(batch_size=5, num_workers=0, shuffle_buffer=4, seed=2)
-    b1 = take(train_loader(resolve_shards(str(tmp_path / "v1" / "train")), cfg), 3)
-    b2 = take(train_loader(resolve_shards(str(tmp_path / "v2" / "train")), cfg), 3)
-    for x, y in zip(b1, b2):
-        assert x["key"] == y["key"] and torch.equal(x["iv"], y["iv"])
-        # v1 rounds its 24-bit W to 16 bits, v2 the float render: at most one step apart at ties
+    b1, b2, b3 = (take(train_loader(resolve_shards(str(tmp_path / f"v{v}" / "train")), cfg), 3) for v in (1, 2, 3))
+    for x, y, z in zip(b1, b2, b3):
+        assert x["key"] == y["key"] == z["key"] and torch.equal(x["iv"], y["iv"])
+        assert z["iv"].dtype == torch.float16 and (z["iv"].float() - y["iv"].float()).abs().max() <= 0.5 / 127 + 1e-3
+        # v1 rounds its 24-bit W to 16 bits, v2 / v3 the float render: at most one step apart at ties
         assert (x["waveform"].int() - y["waveform"].int()).abs().max() <= 1
+        assert torch.equal(y["waveform"], z["waveform"])
 
 
-def test_v2_reader_drops_the_unused_foa_flac_before_the_shuffle_buffer(shard_dir):
-    """Training reads W from w.wav: the 4-channel FLAC must not be held in memory or decoded."""
+def test_reader_drops_the_unused_foa_flac_before_the_shuffle_buffer(shard_dir):
+    """Training reads W from w.wav: the other channels (v3's yzx.flac, v2's foa.flac) must not be
+    held in memory or decoded."""
     from disse.trainer.data import ErrorLog, _raw_samples
     raw = list(_raw_samples(str(shard_dir / "train-000000.tar"), ErrorLog()))
-    assert len(raw) == 5 and all("w.wav" in s and "foa.flac" not in s for s in raw)
+    assert len(raw) == 5 and all(set(s) == {"__key__", "__url__", "w.wav", "iv.npy", "json"} for s in raw)
+    v2 = write_shards(shard_dir.parent / "v2", "train", [2], schema_version=2)[0]
+    raw = list(_raw_samples(str(v2), ErrorLog()))
+    assert len(raw) == 2 and all("w.wav" in s and "foa.flac" not in s for s in raw)

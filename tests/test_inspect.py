@@ -18,7 +18,7 @@ from scipy.signal import fftconvolve, stft
 
 from disse.pipeline.cli import main as synth_main
 from disse.pipeline.inspect import (collect_metas, dataset_stats, find_sample, find_shards,
-                                    iter_shard, iv_direction)
+                                    iter_samples, iter_shard, iv_direction)
 from disse.pipeline.rirs import FAST, Position, Room, SimParams, rotation_z, simulate_rir
 from disse.schemas import ShardMeta, encode_sample, load_caption_rules, load_feature_params
 
@@ -129,7 +129,7 @@ def test_summary(dataset, how):
     assert res.exit_code == 0, res.output
     expected = {"root": (3, 9), "brace": (2, 6), "file": (1, 3)}[how]
     assert f"{expected[0]} shard(s), {expected[1]} sample(s)" in res.output
-    assert "foa.flac" in res.output and "w.wav" in res.output and "schema_version: 2" in res.output
+    assert "yzx.flac" in res.output and "w.wav" in res.output and "schema_version: 3" in res.output
     if how == "root":
         lines = {line.split()[0]: line.split() for line in res.output.splitlines() if line.strip()}
         assert lines["train"][1:3] == ["2", "6"] and lines["val"][1:3] == ["1", "3"]
@@ -152,7 +152,7 @@ def test_show_prints_metadata_and_captions(dataset):
     assert "noise burst 1, left of you" in res.output
     assert "azimuth 90.0°" in res.output and "direction=left" in res.output
     assert f"4 x {N} at {SR} Hz" in res.output and "source_id: clip1" in res.output
-    assert f"w.wav: 1 x {N} at {SR} Hz, 16-bit; matches W of foa.flac" in res.output
+    assert f"FOA (w.wav + yzx.flac, 16-bit): 4 x {N} at {SR} Hz" in res.output
 
 
 def test_export_writes_the_samples_foa(dataset, tmp_path):
@@ -161,8 +161,9 @@ def test_export_writes_the_samples_foa(dataset, tmp_path):
     assert res.exit_code == 0, res.output
     audio, sr = sf.read(out, always_2d=True, dtype="float32")
     sample = find_sample(find_shards(dataset), "val_0007")
-    flac, _ = sf.read(io.BytesIO(sample.data["foa.flac"]), always_2d=True, dtype="float32")
-    assert sr == SR and audio.shape == (N, 4) and np.array_equal(audio, flac)
+    w, _ = sf.read(io.BytesIO(sample.data["w.wav"]), always_2d=True, dtype="float32")
+    yzx, _ = sf.read(io.BytesIO(sample.data["yzx.flac"]), always_2d=True, dtype="float32")
+    assert sr == SR and audio.shape == (N, 4) and np.array_equal(audio, np.concatenate([w, yzx], axis=1))
 
 
 def test_plot_sample_and_intensity_direction(dataset, tmp_path):
@@ -196,6 +197,12 @@ def test_stats_table_and_plot(dataset, tmp_path):
     assert "azimuth (°)" in res.output and "T30 (ms)" in res.output and "source_id" in res.output
     assert "left 2 (22%)" in res.output
     assert out.stat().st_size > 50_000
+    # bytes per sample, from the tar headers: all members, then each
+    sizes = [sum(x.sizes.values()) for x in iter_samples(find_shards(dataset))]
+    line = next(x for x in res.output.splitlines() if x.startswith("bytes per sample: "))
+    value, unit = line.split()[3:5]
+    assert float(value) * {"kB": 1e3, "MB": 1e6}[unit] == pytest.approx(np.mean(sizes), rel=0.01)
+    assert "yzx.flac" in line and "w.wav" in line and "iv.npy" in line
 
 
 def test_stats_skip_and_count_a_corrupt_sample(dataset, tmp_path):

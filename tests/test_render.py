@@ -20,11 +20,11 @@ import webdataset as wds
 from click.testing import CliRunner
 
 from disse.pipeline.cli import main
-from disse.pipeline.features import direction_from_iv
+from disse.pipeline.features import direction_from_iv, intensity_features
 from disse.pipeline.foa import angular_error_deg, plane_wave_rir
 from disse.pipeline.render import select_shards
 from disse.pipeline.shards import read_tar_samples
-from disse.schemas import decode_sample, load_caption_rules
+from disse.schemas import FeatureParams, decode_sample, load_caption_rules
 
 RIR_HEADER = "rir_path,azimuth_deg,elevation_deg,source_distance_m,area_m2,fullband_T30_ms"
 # front, left, right, behind, above, below-back-left
@@ -110,13 +110,16 @@ def test_shards_hold_48k_foa_and_directions_within_5_degrees(reference):
     for raw in samples:
         foa, iv, meta = decode_sample(raw)
         assert foa.shape == (4, 480000) and foa.dtype == np.float32
-        assert sf.info(__import__("io").BytesIO(raw["foa.flac"])).samplerate == 48000
-        assert sf.info(__import__("io").BytesIO(raw["foa.flac"])).subtype == "PCM_24"
+        assert sf.info(__import__("io").BytesIO(raw["yzx.flac"])).samplerate == 48000
+        assert sf.info(__import__("io").BytesIO(raw["yzx.flac"])).subtype == "PCM_16"  # schema v3
         assert iv.dtype == np.float16 and iv.shape == (6, 1001, 64)
         assert np.abs(foa).max() <= 0.99 + 1e-6
         assert meta.render["gain"] > 0 and meta.features["sample_rate"] == 48000
         est = direction_from_iv(iv)
         assert angular_error_deg(*est, meta.azimuth_deg, meta.elevation_deg) < 5.0, meta.key
+        if meta.key == samples[0]["__key__"]:  # the 16-bit FOA of the shard holds the direction too
+            again = direction_from_iv(intensity_features(foa, FeatureParams.from_dict(meta.features)))
+            assert angular_error_deg(*again, meta.azimuth_deg, meta.elevation_deg) < 5.0
         seen_rirs.add(meta.rir_id)
     assert seen_rirs == {f"pw{i}" for i in range(len(ANECHOIC))}  # every RIR rendered
 
@@ -155,12 +158,12 @@ def test_read_back_with_webdataset_and_tarfile_and_sizes(reference):
         for tar in tars:
             with tarfile.open(tar) as tf:
                 members = tf.getmembers()
-            assert len(members) == 4 * sizes[tar.name]  # foa.flac, iv.npy, json, w.wav
+            assert len(members) == 4 * sizes[tar.name]  # yzx.flac, iv.npy, json, w.wav
             assert all(m.mtime == members[0].mtime and m.uid == 0 and m.uname == "" for m in members)
         ds = wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False)
         n = 0
         for s in ds:
-            assert {"foa.flac", "iv.npy", "json", "w.wav"} <= set(s)
+            assert {"yzx.flac", "iv.npy", "json", "w.wav"} <= set(s)
             n += 1
         assert n == sum(sizes.values()) == manifest["splits"][split]["rendered"]
         total += n

@@ -9,7 +9,7 @@ import soundfile as sf
 from disse.schemas import (SchemaError, ShardMeta, decode_sample, encode_sample, load_caption_rules,
                            load_feature_params, read_clips_csv, read_rirs_csv, stable_id_int)
 from disse.schemas.config import load_config
-from disse.schemas.shard import decode_meta, decode_w, decode_w_wav
+from disse.schemas.shard import decode_foa_sample, decode_iv, decode_meta, decode_w, decode_w_wav, iv_is_bounded
 from disse.schemas.records import wrap_azimuth
 
 RIR_HEADER = "rir_path,azimuth_deg,elevation_deg,source_distance_m,area_m2,fullband_T30_ms\n"
@@ -82,8 +82,13 @@ def test_sample_round_trip():
                      descriptors={}, features=fp.to_dict())
     raw = encode_sample(foa, iv, meta)
     foa2, iv2, meta2 = decode_sample(raw)
-    assert foa2.shape == (4, 4800) and np.abs(foa2 - foa).max() < 1e-5
-    assert np.array_equal(iv2, iv) and meta2 == meta
+    # schema v3: 16-bit FOA (round(x * 2**15)), int8 features (q / 127, clipped to +-1)
+    assert foa2.shape == (4, 4800) and np.abs(foa2 - foa).max() <= 2 ** -16
+    assert iv2.dtype == np.float16 and np.abs(iv2.astype(np.float32) - iv.astype(np.float32).clip(-1, 1)).max() <= 0.004
+    assert meta2 == meta
+    v2 = encode_sample(foa, iv, ShardMeta(**{**meta.__dict__, "schema_version": 2}))  # still written and read
+    foa2, iv2, _ = decode_sample(v2)
+    assert np.abs(foa2 - foa).max() < 1e-5 and np.array_equal(iv2, iv)
     with pytest.raises(SchemaError, match="__key__"):
         encode_sample(foa, iv, ShardMeta(**{**meta.__dict__, "key": "a.b"}))
 
@@ -96,34 +101,65 @@ def _meta(**kw) -> ShardMeta:
                                  t30_ms=150.0, descriptors={}, features=fp.to_dict()), **kw})
 
 
-def test_w_wav_is_the_foa_w_channel_in_16_bits():
-    """v2's w.wav holds W of foa.flac, rounded to 16 bits; v1 (no w.wav) gives W from foa.flac."""
+def test_w_member_is_the_foa_w_channel_in_16_bits():
+    """v3 stores W (w.wav) and Y, Z, X (yzx.flac) once each at 16 bits; v2's w.wav holds W of its
+    24-bit foa.flac rounded to 16 bits; v1 (no W member) gives W from foa.flac."""
     rng = np.random.default_rng(1)
     foa = (rng.standard_normal((4, 4800)) * 0.2).clip(-1, 1).astype(np.float32)
     iv = np.zeros((6, 11, 64), np.float16)
-    v2 = encode_sample(foa, iv, _meta())
+    v3 = encode_sample(foa, iv, _meta())
+    v2 = encode_sample(foa, iv, _meta(schema_version=2))
     v1 = encode_sample(foa, iv, _meta(schema_version=1))
-    assert set(v2) - set(v1) == {"w.wav"} and sf.info(io.BytesIO(v2["w.wav"])).channels == 1
-    w2, sr = decode_w(v2, decode_meta(v2["json"]), where="v2")
+    assert set(v3) == {"__key__", "w.wav", "yzx.flac", "iv.npy", "json"} and set(v2) - set(v1) == {"w.wav"}
+    info = sf.info(io.BytesIO(v3["yzx.flac"]))
+    assert (info.format, info.subtype, info.channels) == ("FLAC", "PCM_16", 3)
+    assert sf.info(io.BytesIO(v2["foa.flac"])).subtype == "PCM_24"
+    w3, sr = decode_w(v3, decode_meta(v3["json"]), where="v3")
+    w2, _ = decode_w(v2, decode_meta(v2["json"]), where="v2")
     w1, _ = decode_w(v1, decode_meta(v1["json"]), where="v1")
-    assert sr == 48000 and w2.dtype == np.float32 and w2.shape == (4800,)
-    assert np.abs(w2 - foa[0]).max() <= 2 ** -16 and np.abs(w1 - foa[0]).max() <= 2 ** -24
-    assert np.array_equal(decode_w_wav(v2["w.wav"], frames=100)[0], w2[:100])
+    assert sr == 48000 and w3.dtype == np.float32 and w3.shape == (4800,)
+    foa3, _ = decode_foa_sample(v3, decode_meta(v3["json"]))
+    assert np.array_equal(w3, foa3[0]) and np.abs(foa3 - foa).max() <= 2 ** -16
+    assert np.array_equal(foa3 * 2 ** 15, np.rint(foa3 * 2 ** 15))  # exact 16-bit values
+    assert np.array_equal(w3, w2) and np.abs(w1 - foa[0]).max() <= 2 ** -24
+    assert np.array_equal(decode_w_wav(v3["w.wav"], frames=100)[0], w3[:100])
+
+
+def test_iv_int8_only_for_bounded_features():
+    """The project's features are stored as int8 (q / 127); another preset's stay float16."""
+    iv = np.linspace(-1.2, 1.2, 6 * 11 * 64).reshape(6, 11, 64).astype(np.float32)
+    raw = encode_sample(np.zeros((4, 480), np.float32), iv, _meta())
+    assert np.load(io.BytesIO(raw["iv.npy"])).dtype == np.int8
+    got = decode_iv(raw["iv.npy"])
+    assert got.dtype == np.float16 and got.max() == 1 and got.min() == -1
+    np.testing.assert_allclose(got.astype(np.float32), iv.clip(-1, 1), atol=0.5 / 127 + 1e-3)
+    assert not iv_is_bounded({"preset": "official"}) and iv_is_bounded({"n_mels": 64})
+    with pytest.raises(SchemaError, match="iv.npy.*int8, float16 or float32"):
+        buf = io.BytesIO()
+        np.save(buf, np.zeros((6, 2, 3), np.int32))
+        decode_iv(buf.getvalue(), where="x")
 
 
 def test_w_member_errors_name_the_member():
     foa = np.zeros((4, 480), np.float32)
-    v2 = encode_sample(foa, np.zeros((6, 2, 64), np.float16), _meta())
-    with pytest.raises(SchemaError, match="w.wav.*missing member 'w.wav'"):
-        decode_sample({k: v for k, v in v2.items() if k != "w.wav"})
+    v3 = encode_sample(foa, np.zeros((6, 2, 64), np.float16), _meta())
+    v2 = encode_sample(foa, np.zeros((6, 2, 64), np.float16), _meta(schema_version=2))
+    for sample, member in ((v3, "w.wav"), (v3, "yzx.flac"), (v2, "w.wav"), (v2, "foa.flac")):
+        with pytest.raises(SchemaError, match=f"{member}.*missing member '{member}'"):
+            decode_sample({k: v for k, v in sample.items() if k != member})
     stereo = io.BytesIO()
     sf.write(stereo, np.zeros((480, 2), np.float32), 48000, format="WAV", subtype="PCM_16")
     with pytest.raises(SchemaError, match="field 'w.wav'.*1 channel"):
         decode_w_wav(stereo.getvalue(), where="x")
     with pytest.raises(SchemaError, match="field 'w.wav'.*cannot decode WAV"):
         decode_w_wav(b"RIFFjunk", where="x")
+    with pytest.raises(SchemaError, match="field 'yzx.flac'.*cannot decode FLAC"):
+        decode_sample({**v3, "yzx.flac": b"fLaCjunk"})
+    short = encode_sample(np.zeros((4, 240), np.float32), np.zeros((6, 2, 64), np.float16), _meta())
+    with pytest.raises(SchemaError, match="field 'yzx.flac'.*does not match w.wav"):
+        decode_sample({**v3, "yzx.flac": short["yzx.flac"]})
     with pytest.raises(SchemaError, match="schema_version.*not supported"):
-        decode_meta(_meta(schema_version=3).to_json_bytes())
+        decode_meta(_meta(schema_version=4).to_json_bytes())
 
 
 def test_stable_id_int_is_stable():

@@ -18,9 +18,10 @@ Design (why it looks like this):
   index; DataLoader workers are rotated so the round-robin order of batches continues where it
   stopped. Batches after a resume are bit-identical to those of an uninterrupted run.
 * **Decode after the shuffle.** The buffer holds raw bytes; only samples that leave it are
-  decoded. Only W is used: schema v2 samples carry it as ``w.wav`` (16-bit PCM, ~0.4 ms to
-  decode) and their ``foa.flac`` is dropped before the buffer; v1 samples decode it from the
-  4-channel ``foa.flac`` (~33 ms).
+  decoded. Only W is used: schema v2 and v3 samples carry it as ``w.wav`` (16-bit PCM, ~0.2 ms to
+  decode) and their other channels (``foa.flac`` / ``yzx.flac``) are dropped before the buffer; v1
+  samples decode it from the 4-channel ``foa.flac`` (~33 ms). v3's int8 ``iv.npy`` is
+  de-quantised to float16 on decoding (q / 127, through float32: ~0.2 ms).
 * **Bad data.** A shard that cannot be opened or read, or a sample that cannot be decoded, is
   skipped and counted; messages are logged at a bounded rate (no sleep). The counters travel
   with each batch to the trainer.
@@ -44,7 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from disse.schemas import SchemaError, load_caption_rules, stable_id_int
 from disse.schemas.features import FeatureParams
-from disse.schemas.shard import decode_iv, decode_meta, decode_w, group_tar_members
+from disse.schemas.shard import IV_INT8_SCALE, W_MEMBER, decode_iv, decode_meta, decode_w, group_tar_members
 from disse.trainer.augment import check_rules, drop_source_clause, rotate_sample
 from disse.trainer.physics import direction_from_angles
 
@@ -191,7 +192,9 @@ def decode_raw(sample: dict, *, with_audio: bool = True) -> dict:
             raise SchemaError(f"missing member {member!r}", file=where, field=member)
     meta = decode_meta(sample["json"], where=where)
     params = FeatureParams.from_dict(meta.features, source=where)
-    iv = decode_iv(sample["iv.npy"], where=where)
+    iv = decode_iv(sample["iv.npy"], where=where, dequantise=False)
+    if iv.dtype == np.int8:  # schema v3: q / 127 -> float16 (torch's float32 path is ~4x numpy's table)
+        iv = torch.from_numpy(iv).float().mul_(1.0 / IV_INT8_SCALE).half().numpy()
     if iv.shape[1:] != (params.n_frames, params.n_mels):
         raise SchemaError(f"iv shape {iv.shape} does not match its feature parameters", file=where,
                           field="iv.npy")
@@ -204,7 +207,7 @@ def decode_raw(sample: dict, *, with_audio: bool = True) -> dict:
         w, sr = decode_w(sample, meta, where=where, frames=params.clip_samples, pcm16=True)
         if sr != params.sample_rate:
             raise SchemaError(f"sample rate {sr} != {params.sample_rate} of its feature parameters",
-                              file=where, field="w.wav" if meta.schema_version >= 2 else "foa.flac")
+                              file=where, field=W_MEMBER.get(meta.schema_version, "foa.flac"))
         out["waveform"] = w if len(w) == params.clip_samples else \
             np.pad(w, (0, params.clip_samples - len(w)))
     return out
@@ -257,16 +260,18 @@ def collate(samples: list[dict]) -> dict[str, Any]:
 def _raw_samples(url: str, errors: ErrorLog) -> Iterator[dict]:
     """Raw samples (member bytes by extension, ``__key__``, ``__url__``) of one local shard.
 
-    Random-access tar reading: only the members a sample needs are read, so a schema v2 sample's
-    4-channel ``foa.flac`` (W has its own ``w.wav``) is neither read nor held in the shuffle buffer.
+    Random-access tar reading: only the members a sample needs are read, so the channels besides W
+    (a v2 sample's ``foa.flac``, a v3 sample's ``yzx.flac``; W has its own ``w.wav``) are neither
+    read nor held in the shuffle buffer.
     (WebDataset's streaming tar reader reads every byte in 10 kB records: ~6x slower here.)
     A shard that cannot be opened or breaks off is counted; the samples before the break are kept.
     """
     try:
         with tarfile.open(url, mode="r:") as tar:
             for key, group in group_tar_members(tar):
-                if "w.wav" in group:
+                if "w.wav" in group:  # W has its own member (schema v2, v3): the other channels stay unread
                     group.pop("foa.flac", None)
+                    group.pop("yzx.flac", None)
                 sample = {"__key__": key, "__url__": url}
                 for ext, info in group.items():
                     sample[ext] = tar.extractfile(info).read()  # regular files only (group_tar_members)
