@@ -7,8 +7,8 @@
 Figures printed:
 * the cost of each step for one sample in ms (tar reading, each member's decoding, collate) and
   each member's size
-* ``plain reference``: one process, tarfile + ``decode_sample`` (every member, W from the 4-channel
-  FLAC, as a reader written from DESIGN.md's version 1 would), no shuffle
+* ``plain reference``: one process, tarfile + ``decode_sample`` (every member, the whole FOA decoded,
+  as a reader written from DESIGN.md's version 1 would), no shuffle
 * ``pipeline``: disse.trainer.data with the training set-up (shuffle buffer, batches of --batch-size)
   in-process, with 1 DataLoader worker and with --workers workers. ``per CPU-s`` divides the
   samples by the CPU time of every process involved (main + workers, from /proc), so it counts the
@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from disse.schemas.shard import decode_foa, decode_iv, decode_meta, decode_sample, decode_w_wav
+from disse.pipeline.shards import read_tar_samples
+from disse.schemas.shard import decode_foa_sample, decode_iv, decode_meta, decode_sample, decode_w_wav
 from disse.trainer.data import (DataConfig, ErrorLog, _raw_samples, collate, decode_raw, resolve_shards,
                                 train_loader)
 
@@ -102,9 +103,7 @@ def pipeline(shards, workers: int, batch_size: int, batches: int) -> tuple[float
 def parts(urls: list[str], n: int = 16) -> dict[str, float]:
     """Milliseconds per sample of each step (one core, best of 3), and MB per sample of each member."""
     samples = [s for s in _raw_samples(urls[0], ErrorLog())][:n]
-    with tarfile.open(urls[0]) as tar:
-        flacs = {m.name.split(".")[0]: tar.extractfile(m).read() for m in tar.getmembers()
-                 if m.name.endswith(".foa.flac")}
+    full = {s["__key__"]: s for s in read_tar_samples(urls[0])}  # every member, the FOA channels too
     out: dict[str, float] = {}
 
     def timed(name, fn, per_sample=True):
@@ -120,17 +119,19 @@ def parts(urls: list[str], n: int = 16) -> dict[str, float]:
         out[name] = 1e3 * best / len(samples)
 
     timed("tar read (needed)", lambda _: list(_raw_samples(urls[0], ErrorLog())), per_sample=False)
-    timed("foa.flac decode (4ch)", lambda s: decode_foa(flacs[s["__key__"]]))
+    timed("FOA decode (4 channels)", lambda s: decode_foa_sample(full[s["__key__"]], decode_meta(s["json"])))
     if "w.wav" in samples[0]:
-        timed("w.wav decode", lambda s: decode_w_wav(s["w.wav"]))
+        timed("w.wav decode", lambda s: decode_w_wav(s["w.wav"], pcm16=True))
     timed("iv.npy decode", lambda s: decode_iv(s["iv.npy"]))
     timed("json decode", lambda s: decode_meta(s["json"]))
     timed("decode_raw (all)", decode_raw)
     decoded = [decode_raw(s) for s in samples]
     timed("collate", lambda _: collate(decoded), per_sample=False)
-    for member in ("foa.flac", "w.wav", "iv.npy"):
-        sizes = [len(flacs[s["__key__"]]) if member == "foa.flac" else len(s.get(member, b"")) for s in samples]
-        out[f"{member} MB/sample"] = float(np.mean(sizes) / 1e6)
+    for member in ("foa.flac", "yzx.flac", "w.wav", "iv.npy", "json"):
+        sizes = [len(full[s["__key__"]].get(member, b"")) for s in samples]
+        if any(sizes):
+            out[f"{member} MB/sample"] = float(np.mean(sizes) / 1e6)
+    out["all members MB/sample"] = sum(v for k, v in out.items() if k.endswith("MB/sample"))
     return out
 
 
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{label:44s} {wall:10.1f} {per_cpu:10.1f}   ({per_cpu / r_naive:.1f}x reference; {verdict} 150/CPU-s)")
     # per CPU-second counts the main process too (it maps the workers' shared-memory batches)
     hand_over = 1e3 / results[1] - 1e3 / results[0]
-    mb = sum(v for k, v in costs.items() if k in ("w.wav MB/sample", "iv.npy MB/sample"))
+    first = decode_raw(next(_raw_samples(shards.urls[0], ErrorLog())))
+    mb = (first["waveform"].nbytes + 2 * first["iv"].size) / 1e6  # int16 W + float16 iv in the batch
     print(f"hand-over from a worker (shared memory, both processes): {hand_over:.2f} ms/sample for "
           f"{mb:.2f} MB; a fresh 4 kB page costs {fresh_page_cost_us():.2f} us here")
     if args.workers + 1 > (os.cpu_count() or 1):

@@ -5,7 +5,8 @@
 Inputs (made in a temporary folder): 10 s dry clips as 44.1 kHz MP3 (like AudioCaps downloads)
 and 0.8 s synthetic 4-channel FOA RIRs as 24-bit FLAC; N samples = clips x RIRs pairs in blocks
 of L clips x K RIRs (the renderer's pairing). Both renderers produce the same thing per sample:
-a 48 kHz FOA FLAC, float16 intensity features, JSON with captions, into a tar.
+a 48 kHz 16-bit FOA FLAC, intensity features, JSON with captions, into a tar (the project also
+writes W alone as ``w.flac`` and its features as int8: schema v3, schemas/shard.py).
 
 * reference: per sample, decode + resample the clip, read the RIR, ``scipy.signal.fftconvolve``
   per channel (float64), ``scipy.signal.stft`` per channel, intensity + mel pooling, soundfile
@@ -43,6 +44,9 @@ import soundfile as sf  # noqa: E402
 
 SR = 48000
 CLIP_SR = 44100
+# The FOA bit depth of the current shard schema (v3: 16-bit), so both renderers write the same FOA.
+# (Until schema v2 both wrote 24-bit FLAC: 4.28x was measured against that reference.)
+REFERENCE_FLAC = "PCM_16"
 
 
 def make_inputs(root: Path, n_clips: int, n_rirs: int) -> tuple[Path, Path]:
@@ -131,7 +135,7 @@ def reference_render(plan, out_tar: Path) -> int:
                 meta = json.dumps({"key": spec.key, "caption": caps.caption, "gain": gain, **values,
                                    "descriptors": desc}).encode()
                 flac = io.BytesIO()
-                sf.write(flac, y.T, SR, format="FLAC", subtype="PCM_24")
+                sf.write(flac, y.T, SR, format="FLAC", subtype=REFERENCE_FLAC)
                 npy = io.BytesIO()
                 np.save(npy, iv)
                 for ext, data in (("foa.flac", flac.getvalue()), ("iv.npy", npy.getvalue()), ("json", meta)):
@@ -215,7 +219,8 @@ def main() -> None:
     k, l_, n = a.rirs_per_clip, a.clips_per_rir, a.samples
     print(f"render benchmark: {n} samples, K={k} RIRs per clip, L={l_} clips per RIR, "
           f"{os.cpu_count()} cores visible")
-    print(f"sanity: max |FOA project - FOA reference| on one sample = {check_same_output(k, l_):.2e}")
+    print(f"sanity: max |FOA project - FOA reference| on one sample = {check_same_output(k, l_):.2e} "
+          f"(the reference's {REFERENCE_FLAC} FLAC rounds to 2**-16 = 1.5e-05)")
     ref = measure("reference", n, k, l_)
     w1 = measure("project-w1", n, k, l_)
     w2 = measure("project-w2", n, k, l_)
