@@ -547,6 +547,9 @@ def write_summary(plan: RenderPlan, out: Path) -> dict:
     for split, table in sizes.items():
         write_json_atomic(out / split / "sizes.json", table)
     skipped = [dict(s, split=r["split"], shard=r["shard"]) for r in records for s in r["skipped"]]
+    # bytes on disk per split (tars are byte-identical however rendered, so this is reproducible too)
+    split_bytes = {s: sum((out / s / r["shard"]).stat().st_size for r in records if r["split"] == s)
+                   for s in SPLITS}
     planned_done = sum(r["planned"] for r in records)
     rendered = sum(r["samples"] for r in records)
     n_rows = plan.inputs.get("rows", 0)
@@ -565,11 +568,13 @@ def write_summary(plan: RenderPlan, out: Path) -> dict:
         "features": plan.params.to_dict(),
         "rules_version": plan.rules.version,
         "splits": {s: dict(plan.counts.get(s, {}),
-                           rendered=sum(r["samples"] for r in records if r["split"] == s),
-                           skipped=sum(len(r["skipped"]) for r in records if r["split"] == s))
+                           rendered=(n := sum(r["samples"] for r in records if r["split"] == s)),
+                           skipped=sum(len(r["skipped"]) for r in records if r["split"] == s),
+                           bytes=split_bytes[s], bytes_per_sample=round(split_bytes[s] / n) if n else None)
                    for s in SPLITS},
         "planned_samples": plan.n_samples,
         "rendered_samples": rendered,
+        "bytes_per_sample": round(sum(split_bytes.values()) / rendered) if rendered else None,
         "skipped_samples": len(skipped),
         "skipped_rows": plan.skipped_rows,
         "skipped": skipped,

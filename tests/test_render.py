@@ -168,6 +168,12 @@ def test_read_back_with_webdataset_and_tarfile_and_sizes(reference):
         assert n == sum(sizes.values()) == manifest["splits"][split]["rendered"]
         total += n
     assert total == manifest["rendered_samples"] == manifest["planned_samples"]
+    on_disk = sum(t.stat().st_size for t in reference.rglob("*.tar"))
+    assert manifest["bytes_per_sample"] == round(on_disk / total)  # schema v3: ~2.1 MB for 10 s clips
+    for split in ("train", "val", "test"):
+        s = manifest["splits"][split]
+        assert s["bytes"] == sum(t.stat().st_size for t in (reference / split).glob("*.tar")) > 0
+        assert s["bytes_per_sample"] == round(s["bytes"] / s["rendered"])
     assert not list(reference.rglob(".*.tmp"))  # nothing half-written left
 
 
