@@ -136,3 +136,56 @@ def test_targets_must_match_predictions():
     batch["targets"] = {k: v[:3] for k, v in batch["targets"].items()}
     with pytest.raises(ValueError, match="targets hold 3"):
         DELSALoss()(audio, text, batch, torch.tensor(2.0), torch.tensor(2.0))
+
+
+def test_shared_descriptor_classifier_pulls_both_modalities_into_the_same_regions():
+    """loss.descriptor_weight: one classifier per descriptor scores the audio AND the text space
+    embedding. Training only that term from random embeddings puts the two modalities' items of a
+    label in the same half-spaces: text prototypes (class means of text) then classify audio."""
+    from disse.trainer.model import DescriptorClassifier
+
+    torch.manual_seed(0)
+    n, dim, labels = 64, 16, torch.arange(64) % 4
+    audio_e = torch.randn(n, dim, requires_grad=True)
+    text_e = torch.randn(n, dim, requires_grad=True)
+    head = DescriptorClassifier(dim, 4)
+    loss_fn = DELSALoss(LossConfig(source_weight=0, space_weight=0, descriptor_weight=1.0))
+    opt = torch.optim.Adam([audio_e, text_e, *head.parameters()], lr=0.05)
+    ids = torch.arange(n)
+    ls = torch.tensor(math.log(10.0))
+
+    def step() -> float:
+        a, t = F.normalize(audio_e, dim=-1), F.normalize(text_e, dim=-1)
+        audio = {"source": a, "space": a, "descriptors": {"direction": head(a)}}
+        text = {"source": t, "space": t, "descriptors": {"direction": head(t)}}
+        batch = {"source_id": ids, "space_id": ids, "descriptor_index": labels[:, None]}
+        total, terms = loss_fn(audio, text, batch, ls, ls)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        return terms["descriptors"].item()
+
+    first = step()
+    for _ in range(150):
+        last = step()
+    assert last < 0.2 * first
+    with torch.no_grad():
+        a, t = F.normalize(audio_e, dim=-1), F.normalize(text_e, dim=-1)
+        protos = torch.stack([t[labels == k].mean(0) for k in range(4)])
+        assert ((a @ protos.T).argmax(1) == labels).float().mean() == 1.0
+    # an unknown label (-1) is ignored, and a batch without any known label adds nothing
+    batch = {"source_id": ids, "space_id": ids, "descriptor_index": torch.full((n, 1), -1)}
+    out = {"source": a, "space": a, "descriptors": {"direction": head(a)}}
+    _, terms = loss_fn(out, out, batch, ls, ls)
+    assert "descriptors" not in terms
+
+
+def test_balanced_cross_entropy_weights_every_present_label_equally():
+    from disse.trainer.losses import balanced_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(7, 3)
+    target = torch.tensor([0, 0, 0, 0, 1, 1, -1])
+    per_item = F.cross_entropy(logits, target.clamp_min(0), reduction="none")
+    want = (per_item[:4].mean() + per_item[4:6].mean()) / 2  # label 2 absent, the -1 item ignored
+    assert balanced_cross_entropy(logits, target).item() == pytest.approx(want.item(), rel=1e-6)

@@ -31,6 +31,11 @@ class LossConfig:
     # elevation, ...), averaged over descriptors: the exact space_id has few positives per batch, and
     # without this the space pair aligns on the easiest descriptor only (measured: direction at chance)
     attribute_weight: float = 0.0
+    # cross-entropy of one classifier per descriptor shared by the audio and the text space embedding
+    # (model.descriptor_classes), mean of both modalities and all descriptors: each descriptor's labels
+    # land in the same regions of both spaces, what zero-shot prototypes need (docs/spatial.md);
+    # class-balanced within the batch (balanced_cross_entropy)
+    descriptor_weight: float = 0.0
     max_logit_scale: float = 100.0   # exp(log scale) clamped to [min, max] (CLIP: 100)
     min_logit_scale: float = 1.0
 
@@ -63,6 +68,16 @@ def multi_positive_contrastive(a: torch.Tensor, t: torch.Tensor, ids: torch.Tens
     a2t = -((F.log_softmax(logits, dim=1) * pos).sum(1) / n_pos).mean()
     t2a = -((F.log_softmax(logits.T, dim=1) * pos).sum(1) / n_pos).mean()
     return 0.5 * (a2t + t2a)
+
+
+def balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits (B, n)`` for ``target (B,)`` (-1 = ignored) with each class present in
+    the batch weighted by 1 / its count: every label counts equally, as in the balanced accuracy
+    zero-shot is scored with (rare labels, e.g. sources above or below, would barely count otherwise)."""
+    valid = target >= 0
+    counts = torch.bincount(target[valid], minlength=logits.shape[1]).to(logits.dtype)
+    weight = torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), torch.zeros_like(counts))
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=-1)
 
 
 class DELSALoss(nn.Module):
@@ -103,6 +118,14 @@ class DELSALoss(nn.Module):
                                                                           ids[:, a], s_spa)
                                                for a in range(ids.shape[1])]).mean()
             total = total + c.attribute_weight * terms["attributes"]
+        if c.descriptor_weight and batch.get("descriptor_index") is not None and "descriptors" in audio_out:
+            idx = batch["descriptor_index"]
+            ce = [balanced_cross_entropy(out["descriptors"][attr].float(), idx[:, a])
+                  for a, attr in enumerate(sorted(audio_out["descriptors"])) if (idx[:, a] >= 0).any()
+                  for out in (audio_out, text_out)]
+            if ce:
+                terms["descriptors"] = torch.stack(ce).mean()
+                total = total + c.descriptor_weight * terms["descriptors"]
         if batch.get("targets") is not None and "phys" in audio_out:
             phys = audio_out["phys"]
             n = phys["direction"].shape[0]

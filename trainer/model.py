@@ -56,6 +56,23 @@ class ModelConfig:
     # embedding cannot carry what is sounding
     space_input: str = "fused"
     init_temperature: float = 0.07  # CLIP's: logit scale starts at ln(1 / 0.07)
+    # {attribute: [labels]} of the caption rule table: one cosine classifier per attribute, shared by
+    # the audio and the text space embeddings (loss.descriptor_weight). The trainer fills it from the
+    # rule table when that weight is > 0; empty = no classifiers.
+    descriptor_classes: dict = field(default_factory=dict)
+
+
+class DescriptorClassifier(nn.Module):
+    """Cosine classifier ``(B, D)`` unit vectors -> ``(B, n)`` logits = scale * cos(x, w_k), scale
+    fixed at 10 (unit-norm inputs: a learnable scale would only trade off against the weights)."""
+
+    def __init__(self, dim: int, n: int, scale: float = 10.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n, dim) / math.sqrt(dim))
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(x.float(), dim=-1) @ F.normalize(self.weight, dim=-1).T
 
 
 def _head(cfg: ModelConfig, out_dim: int, in_dim: int | None = None) -> nn.Sequential:
@@ -94,6 +111,11 @@ class DELSA(nn.Module):
             phys_in += cfg.audio.spatial.out_dim + (ROOM_STATS_DIM if cfg.audio.spatial.room_stats else 0)
         self.phys_heads = nn.ModuleDict({
             name: mlp([phys_in, cfg.phys_hidden, 3 if name == "direction" else 1]) for name in heads})
+        # One linear classifier per descriptor, applied to the audio AND the text space embedding:
+        # both modalities must put each label in the same half-spaces, which is what zero-shot
+        # classification with text prototypes asks of them (docs/spatial.md).
+        self.descriptor_heads = nn.ModuleDict({
+            attr: DescriptorClassifier(cfg.space_dim, len(labels)) for attr, labels in sorted(cfg.descriptor_classes.items())})
         init = math.log(1.0 / cfg.init_temperature)
         self.logit_scale_source = nn.Parameter(torch.tensor(init))
         self.logit_scale_space = nn.Parameter(torch.tensor(init))
@@ -157,6 +179,19 @@ class DELSA(nn.Module):
     def forward(self, waveform: torch.Tensor, iv: torch.Tensor, tokens: dict[str, torch.Tensor]) -> dict:
         """``{"audio": encode_audio(...), "text": encode_text(tokens)}`` in one call (one DDP forward)."""
         return {"audio": self.encode_audio(waveform, iv), "text": self.encode_text(tokens)}
+
+    def descriptor_logits(self, space: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``space (B, space_dim)`` (either modality) -> ``{attribute: (B, n_labels) logits}``."""
+        return {attr: head(space) for attr, head in self.descriptor_heads.items()}
+
+    def descriptor_index(self, descriptors: list[dict]) -> torch.Tensor:
+        """Labels of a batch -> ``(B, n_attributes)`` int64 class indices (attributes sorted), -1 when
+        a label is unknown to the classifiers (ignored by the loss)."""
+        rows = []
+        for d in descriptors:
+            rows.append([self.cfg.descriptor_classes[a].index(d[a]) if d.get(a) in self.cfg.descriptor_classes[a] else -1
+                         for a in sorted(self.cfg.descriptor_classes)])
+        return torch.tensor(rows, dtype=torch.int64).reshape(len(descriptors), len(self.cfg.descriptor_classes))
 
     # ------------------------------------------------------------------ info
     def param_counts(self) -> dict[str, tuple[int, int]]:

@@ -55,12 +55,21 @@ class DualEncoder(nn.Module):
         b = waveform.shape[0]
         if text["source"].shape[0] == 2 * b:
             text = {"source": text["source"][:b], "space": text["space"][b:]}
+        if len(getattr(self.model, "descriptor_heads", ())):
+            audio["descriptors"] = self.model.descriptor_logits(audio["space"])
+            text["descriptors"] = self.model.descriptor_logits(text["space"])
         return {"audio": audio, "text": text,
                 "scales": {"source": self.model.logit_scale_source, "space": self.model.logit_scale_space}}
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
+    """The DELSA model of ``cfg.model``. With ``loss.descriptor_weight > 0`` and no
+    ``model.descriptor_classes`` yet, those are filled in (in ``cfg``, so the resolved config and the
+    checkpoints carry them) from the rule table the captions are (re)built with."""
     from disse.trainer.model import DELSA
+    if cfg.loss.descriptor_weight > 0 and not cfg.model.descriptor_classes:
+        rules = load_caption_rules(cfg.data.caption_rules or None)
+        cfg.model.descriptor_classes = {a: list(attr.labels) for a, attr in rules.attributes.items()}
     return DELSA(cfg.model)
 
 
@@ -169,9 +178,12 @@ def micro_inputs(model: nn.Module, batch: dict, device: torch.device) -> tuple:
             _to(dict(tokens), device))
 
 
-def micro_meta(batch: dict, device: torch.device) -> dict:
-    return {"source_id": batch["source_id"].to(device), "space_id": batch["space_id"].to(device),
+def micro_meta(batch: dict, device: torch.device, model: nn.Module | None = None) -> dict:
+    meta = {"source_id": batch["source_id"].to(device), "space_id": batch["space_id"].to(device),
             "attribute_ids": batch["attribute_ids"].to(device), "targets": _to(batch["targets"], device)}
+    if model is not None and len(getattr(model, "descriptor_heads", ())):
+        meta["descriptor_index"] = model.descriptor_index(batch["descriptors"]).to(device)
+    return meta
 
 
 def _loss(ctx: StepContext, feats: dict, meta: dict) -> tuple[torch.Tensor, dict]:
@@ -184,7 +196,7 @@ def train_step(ctx: StepContext, micro: list[dict]) -> tuple[float, dict[str, fl
     """One optimiser step over the micro-batches -> (loss, {term: value}, grad norm before clipping)."""
     device = ctx.info.device
     inputs = [micro_inputs(ctx.model, b, device) for b in micro]
-    meta = gather_tree(_cat([micro_meta(b, device) for b in micro]), ctx.info, grad=False)
+    meta = gather_tree(_cat([micro_meta(b, device, ctx.model) for b in micro]), ctx.info, grad=False)
     ctx.optimizer.zero_grad(set_to_none=True)
     if len(micro) == 1:
         with autocast_ctx(ctx.precision, device):
