@@ -22,6 +22,10 @@ Design (why it looks like this):
   decode) and their other channels (``foa.flac`` / ``yzx.flac``) are dropped before the buffer; v1
   samples decode it from the 4-channel ``foa.flac`` (~33 ms). v3's int8 ``iv.npy`` is
   de-quantised to float16 on decoding (q / 127, through float32: ~0.2 ms).
+* **Feature presets.** Training and ``eval_loader`` read this project's mel features (a block of another
+  preset is refused, as before). ``eval_loader(..., preset="official")`` reads the release's features
+  (float16 ``(6, 201, 1601)``) for the released model, with ``w_scale`` per sample: the release's
+  ``omni_48k`` is the stored W x ``w_scale`` (1 / ``render.gain`` on the official grid; docs/official.md).
 * **Bad data.** A shard that cannot be opened or read, or a sample that cannot be decoded, is
   skipped and counted; messages are logged at a bounded rate (no sleep). The counters travel
   with each batch to the trainer.
@@ -44,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from disse.schemas import SchemaError, load_caption_rules, stable_id_int
-from disse.schemas.features import FeatureParams
+from disse.schemas.features import FeatureParams, OfficialFeatureParams, feature_params_from_dict
 from disse.schemas.shard import IV_INT8_SCALE, W_MEMBER, decode_iv, decode_meta, decode_w, group_tar_members
 from disse.trainer.augment import check_rules, drop_source_clause, rotate_sample
 from disse.trainer.physics import direction_from_angles
@@ -184,8 +188,19 @@ class ErrorLog:
 
 # --------------------------------------------------------------------------- decoding
 
-def decode_raw(sample: dict, *, with_audio: bool = True) -> dict:
-    """One raw webdataset sample (bytes per member) -> a decoded sample dict (see :func:`collate`)."""
+FEATURE_PRESETS = ("project", "official")
+
+
+def decode_raw(sample: dict, *, with_audio: bool = True, preset: str = "project") -> dict:
+    """One raw webdataset sample (bytes per member) -> a decoded sample dict (see :func:`collate`).
+
+    ``preset`` is the feature preset the model reads: ``"project"`` (the trainer's DELSA; a block of
+    another preset is refused) or ``"official"`` (the release's model, :func:`_decode_official`).
+    """
+    if preset == "official":
+        return _decode_official(sample, with_audio=with_audio)
+    if preset != "project":
+        raise ValueError(f"preset must be one of {FEATURE_PRESETS}, got {preset!r}")
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
     for member in ("json", "iv.npy"):  # the W member is checked by decode_w (it depends on the version)
         if member not in sample:
@@ -198,18 +213,73 @@ def decode_raw(sample: dict, *, with_audio: bool = True) -> dict:
     if iv.shape[1:] != (params.n_frames, params.n_mels):
         raise SchemaError(f"iv shape {iv.shape} does not match its feature parameters", file=where,
                           field="iv.npy")
+    _check_finite(iv, where)
+    out = {"iv": iv, "meta": meta}
+    if with_audio:
+        out["waveform"] = _decode_w(sample, meta, params, where)
+    return out
+
+
+def _check_finite(iv: np.ndarray, where: str) -> None:
     # float16 inf/NaN have all exponent bits set: an integer test is ~10x cheaper than isfinite
     if iv.dtype == np.float16 and ((iv.view(np.uint16) & 0x7C00) == 0x7C00).any() or \
             iv.dtype != np.float16 and not np.isfinite(iv).all():
         raise SchemaError("non-finite intensity features", file=where, field="iv.npy")
+
+
+def _decode_w(sample: dict, meta: Any, params: Any, where: str) -> np.ndarray:
+    w, sr = decode_w(sample, meta, where=where, frames=params.clip_samples, pcm16=True)
+    if sr != params.sample_rate:
+        raise SchemaError(f"sample rate {sr} != {params.sample_rate} of its feature parameters",
+                          file=where, field=W_MEMBER.get(meta.schema_version, "foa.flac"))
+    return w if len(w) == params.clip_samples else np.pad(w, (0, params.clip_samples - len(w)))
+
+
+OMNI_DEGAIN = "W / gain"  # render.omni_48k of an official-grid sample: the release's omni_48k = stored W / gain
+
+
+def omni_scale(meta: Any) -> float:
+    """Factor from the stored W (in +-1) to the release's ``omni_48k`` for an official-preset sample.
+
+    ``disse-synth official-grid`` computes the features from the unscaled FOA and stores the FOA scaled
+    to a 0.99 peak (``render.gain``, ``render.omni_48k = "W / gain"``): the release's omni is W / gain.
+    ``disse-synth render --features official`` computes them from the level-normalised FOA it stores:
+    the stored W is the omni as it is (1.0).
+    """
+    render = meta.render or {}
+    if render.get("omni_48k") != OMNI_DEGAIN:
+        return 1.0
+    gain = render.get("gain")
+    if not isinstance(gain, (int, float)) or not gain > 0 or not np.isfinite(gain):
+        raise SchemaError(f"render.gain must be a positive number, got {gain!r}", file=meta.key, field="render.gain")
+    return 1.0 / float(gain)
+
+
+def _decode_official(sample: dict, *, with_audio: bool = True) -> dict:
+    """An ``official`` feature-preset sample -> ``iv`` float16 ``(6, 201, 1601)`` ([act Y, Z, X, rea Y, Z,
+    X]; :func:`disse.pipeline.official_features.split_official_iv` gives ``i_act``, ``i_rea``), W as int16
+    (480000 samples) and ``w_scale``: ``omni_48k = W / 2**15 * w_scale`` (:func:`omni_scale`)."""
+    where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+    for member in ("json", "iv.npy"):
+        if member not in sample:
+            raise SchemaError(f"missing member {member!r}", file=where, field=member)
+    meta = decode_meta(sample["json"], where=where)
+    params = feature_params_from_dict(meta.features, source=where)
+    if not isinstance(params, OfficialFeatureParams):
+        raise SchemaError("features block is this project's preset (mel intensity vectors); the official model "
+                          "reads shards of the official preset (disse-synth official-grid, or render --features "
+                          "official)", file=where, field="features.preset")
+    iv = decode_iv(sample["iv.npy"], where=where, dequantise=False)
+    if iv.dtype == np.int8:
+        raise SchemaError("official features must be float16, got int8 (clipped to +-1)", file=where, field="iv.npy")
+    if iv.shape != params.iv_shape:
+        raise SchemaError(f"iv shape {iv.shape} != {params.iv_shape} of the official preset", file=where,
+                          field="iv.npy")
+    _check_finite(iv, where)
     out = {"iv": iv, "meta": meta}
     if with_audio:
-        w, sr = decode_w(sample, meta, where=where, frames=params.clip_samples, pcm16=True)
-        if sr != params.sample_rate:
-            raise SchemaError(f"sample rate {sr} != {params.sample_rate} of its feature parameters",
-                              file=where, field=W_MEMBER.get(meta.schema_version, "foa.flac"))
-        out["waveform"] = w if len(w) == params.clip_samples else \
-            np.pad(w, (0, params.clip_samples - len(w)))
+        out["waveform"] = _decode_w(sample, meta, params, where)
+        out["w_scale"] = omni_scale(meta)
     return out
 
 
@@ -222,6 +292,8 @@ def collate(samples: list[dict]) -> dict[str, Any]:
     # stacks straight into shared memory inside a DataLoader worker (no second copy)
     if "waveform" in samples[0]:
         batch["waveform"] = default_collate([torch.from_numpy(s["waveform"]) for s in samples])
+    if "w_scale" in samples[0]:  # official preset: the release's omni_48k = waveform / 2**15 * w_scale
+        batch["w_scale"] = torch.tensor([s["w_scale"] for s in samples], dtype=torch.float64)
     batch["iv"] = default_collate([torch.from_numpy(s["iv"]).to(torch.float16) for s in samples])
     batch["source_text"] = [m.source_caption for m in metas]
     batch["space_text"] = [m.spatial_caption for m in metas]
@@ -395,9 +467,10 @@ class TrainStream(IterableDataset):
 class EvalStream(IterableDataset):
     """Every sample of fixed shards exactly once, in shard order (shards split over workers)."""
 
-    def __init__(self, shards: ShardList, batch_size: int, *, with_audio: bool = True) -> None:
+    def __init__(self, shards: ShardList, batch_size: int, *, with_audio: bool = True,
+                 preset: str = "project") -> None:
         super().__init__()
-        self.shards, self.batch_size, self.with_audio = shards, batch_size, with_audio
+        self.shards, self.batch_size, self.with_audio, self.preset = shards, batch_size, with_audio, preset
         self.errors = ErrorLog()
 
     def __iter__(self) -> Iterator[dict]:
@@ -407,7 +480,7 @@ class EvalStream(IterableDataset):
         for url in self.shards.urls[worker::n]:
             for sample in _raw_samples(url, self.errors):
                 try:
-                    pending.append(decode_raw(sample, with_audio=self.with_audio))
+                    pending.append(decode_raw(sample, with_audio=self.with_audio, preset=self.preset))
                 except SchemaError as exc:
                     self.errors.add("bad_samples", str(exc))
                     continue
@@ -439,12 +512,28 @@ def train_loader(shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: in
 
 
 def eval_loader(spec: str | os.PathLike | list[str] | ShardList, batch_size: int = 16, num_workers: int = 0, *,
-                with_audio: bool = True) -> DataLoader:
-    """A finite loader over fixed (validation / test) shards, for ``evaluate.embed``."""
+                with_audio: bool = True, preset: str = "project") -> DataLoader:
+    """A finite loader over fixed (validation / test) shards, for ``evaluate.embed`` (``preset="project"``)
+    or ``evaluate.embed_official`` (``"official"``: the release's features, :func:`decode_raw`)."""
     shards = spec if isinstance(spec, ShardList) else resolve_shards(spec, what="shards")
     num_workers = min(num_workers, len(shards.urls))
-    ds = EvalStream(shards, batch_size, with_audio=with_audio)
+    ds = EvalStream(shards, batch_size, with_audio=with_audio, preset=preset)
     return DataLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=num_workers)
+
+
+def shard_features(shards: ShardList) -> tuple[dict, str]:
+    """The ``features`` block of the first readable sample of ``shards`` and where it is (a preflight: which
+    preset the shards carry, before a model is run over them)."""
+    errors = ErrorLog()
+    for url in shards.urls:
+        for sample in _raw_samples(url, errors):
+            if "json" in sample:
+                where = f"{url}:{sample['__key__']}"
+                try:
+                    return dict(decode_meta(sample["json"], where=where).features or {}), where
+                except SchemaError:
+                    continue  # an unreadable sample is the loader's to skip and count
+    raise SchemaError("no readable sample in the shards", field="shards")
 
 
 def steps_per_epoch(shards: ShardList, global_batch: int) -> int:
