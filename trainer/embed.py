@@ -114,6 +114,26 @@ def _is_official(state: dict) -> bool:
     return "logit_scale" in state or any(k.startswith(OFFICIAL_MARKERS) for k in state)
 
 
+def checkpoint_kind(path: str | Path) -> str:
+    """``"official"`` (the release's layout, :mod:`disse.trainer.official_model`) or ``"project"`` (a
+    ``disse-train`` checkpoint), from the state dict's key names alone. The file is memory-mapped where
+    torch can (zip format), so telling the two apart does not read the weights."""
+    from disse.trainer.official_model import CONTAINER_KEYS, read_official_state
+
+    path = Path(path)
+    if not path.is_file():
+        raise SchemaError("checkpoint not found", file=str(path))
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # legacy (non-zip) format, or unreadable: the full reader names the problem
+        obj = read_official_state(path)[0]
+    if not isinstance(obj, dict):
+        raise SchemaError(f"expected a dict, got {type(obj).__name__}", file=str(path))
+    state = next((obj[k] for k in CONTAINER_KEYS if isinstance(obj.get(k), dict)), obj)
+    keys = [k[len("module."):] if k.startswith("module.") else k for k in state if isinstance(k, str)]
+    return "official" if _is_official(dict.fromkeys(keys)) else "project"
+
+
 class Embedder:
     """A loaded model plus its front end. Build with :meth:`load`.
 

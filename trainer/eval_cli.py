@@ -2,6 +2,7 @@
 
     disse-eval --checkpoint runs/demo/checkpoints/best.pt --shards 'demo/test/test-{000000..000001}.tar' --out eval/
     disse-eval --embeddings emb.npz --out eval/
+    disse-eval --checkpoint disse_epoch20.pt --roberta-dir roberta-base/ --shards official_grid/test --metrics official
     disse-eval --compare runA/metrics.json runB/metrics.json
 
 Bad input is reported as one ``error: ...`` line naming the file and field, with exit status 2.
@@ -64,20 +65,28 @@ def _device(name: str) -> str:
 @click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK, show_default=True,
               help="Rows per similarity block (memory ~ 4 * chunk^2 bytes).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-@click.option("--zero-shot-prompts", type=click.Choice(["ensemble", "single"]), default="ensemble", show_default=True,
+@click.option("--zero-shot-prompts", type=click.Choice(["ensemble", "single"]), default=None,
               help="Zero-shot class prototypes: mean text embedding of every spatial caption with the label, "
-                   "or one 'A sound {phrase}.' prompt per label.")
+                   "or one 'A sound {phrase}.' prompt per label. Default: ensemble; single for the released model.")
+@click.option("--roberta-dir", type=click.Path(file_okay=False),
+              help="Released checkpoint: a local roberta-base folder (config.json, vocab.json, merges.txt) for the "
+                   "text side. Without it only the audio side is embedded (--metrics official only).")
+@click.option("--official-config", type=click.Path(dir_okay=False),
+              help="Released checkpoint: a configs/official.yaml-style file (model.official.{checkpoint, roberta_dir, "
+                   "modalities, text_max_length, strict}); command-line options win.")
 @click.version_option(package_name="disse")
 def main(checkpoint: str | None, shards: str | None, embeddings: str | None, compare: tuple[str, str] | None,
          out: str, save_embeddings: str | None, rules: str | None, batch_size: int, num_workers: int,
          max_items: int | None, device: str, chunk_size: int, no_plots: bool, zero_shot_prompts: str,
-         metric_set: str = "project", save_official_embeddings: str | None = None) -> None:
+         metric_set: str = "project", save_official_embeddings: str | None = None, roberta_dir: str | None = None,
+         official_config: str | None = None) -> None:
     """Score retrieval (SRC, SPA), leakage (X-SRC, X-SPA, audio-side AX-SRC, AX-SPA), invariance ratios,
     physical errors (direction next to the intensity-vector physics baseline) and zero-shot descriptors,
     each next to its chance level; write metrics.json, report.md and PNG plots."""
     try:
         _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules, batch_size, num_workers,
-             max_items, device, chunk_size, no_plots, zero_shot_prompts, metric_set, save_official_embeddings)
+             max_items, device, chunk_size, no_plots, zero_shot_prompts, metric_set, save_official_embeddings,
+             roberta_dir, official_config)
     except SchemaError as exc:
         _fail(str(exc))
     except MemoryError:
@@ -85,8 +94,8 @@ def main(checkpoint: str | None, shards: str | None, embeddings: str | None, com
 
 
 def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_path, batch_size, num_workers,
-         max_items, device, chunk_size, no_plots, zero_shot_prompts="ensemble", metric_set="project",
-         save_official_embeddings=None) -> None:
+         max_items, device, chunk_size, no_plots, zero_shot_prompts=None, metric_set="project",
+         save_official_embeddings=None, roberta_dir=None, official_config=None) -> None:
     from disse.trainer import report
     from disse.trainer.evaluate import evaluate_embeddings, load_embeddings_any, to_official_arrays
 
@@ -102,9 +111,15 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
         raise SchemaError("--checkpoint needs --shards (the fixed validation or test shards)", field="--shards")
     if embeddings and (shards or max_items):
         raise SchemaError("--shards / --max-items only apply with --checkpoint", field="--shards")
-    rules = load_caption_rules(rules_path)
+    official = _official_options(checkpoint, roberta_dir, official_config, metric_set)
+    if (roberta_dir or official_config) and official is None:
+        raise SchemaError("only apply to the released checkpoint (the official model)",
+                          field="--roberta-dir" if roberta_dir else "--official-config")
+    # the released model's captions and zero-shot prompts are the release's rule set
+    rules = load_caption_rules(rules_path or ("official" if official is not None else None))
     meta: dict = {"disse_version": _version(), "chunk_size": chunk_size,
-                  "caption_rules": rules_path or "packaged v1", "rules_version": rules.version}
+                  "caption_rules": rules_path or ("official" if official is not None else "packaged v1"),
+                  "rules_version": rules.version}
     meta["metric_set"] = metric_set
     t0 = time.perf_counter()
     official_data = None
@@ -114,9 +129,16 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
         if emb is None and metric_set != "official":
             raise SchemaError("holds the release's layout without all four embeddings: only --metrics official "
                               "applies", file=str(embeddings), field="--metrics")
+    elif official is not None:
+        emb, official_data, skipped = _embed_official_checkpoint(checkpoint, official, shards, device, batch_size,
+                                                                 num_workers, max_items, rules_path, zero_shot_prompts)
+        meta.update({"checkpoint": str(checkpoint), "model": "official", "shards": shards, "device": _device(device),
+                     "embed_seconds": round(time.perf_counter() - t0, 2), "skipped_samples": skipped})
+        if skipped:
+            click.echo(f"warning: {skipped} sample(s) of the shards could not be read and were skipped", err=True)
     else:
         emb, skipped = _embed_checkpoint(checkpoint, shards, device, batch_size, num_workers, max_items, rules,
-                                         zero_shot_prompts)
+                                         zero_shot_prompts or "ensemble")
         meta.update({"checkpoint": str(checkpoint), "shards": shards, "device": _device(device),
                      "embed_seconds": round(time.perf_counter() - t0, 2), "skipped_samples": skipped})
         if skipped:  # unreadable samples are skipped by the loader (and logged); say so plainly here
@@ -192,6 +214,66 @@ def _official(data: dict, out: str, chunk_size: int) -> dict:
     return flatten(nested)
 
 
+def _official_options(checkpoint, roberta_dir, official_config, metric_set):
+    """The released model's options (``OfficialConfig``) when ``checkpoint`` has the release's layout, else
+    None. Checked before anything is embedded: the project metrics need the text side (``--roberta-dir``)."""
+    if not checkpoint:
+        return None
+    from disse.trainer.embed import checkpoint_kind
+    from disse.trainer.official_model import OfficialConfig, load_official_config
+
+    if checkpoint_kind(checkpoint) != "official":
+        return None
+    cfg = load_official_config(official_config) if official_config else OfficialConfig()
+    cfg.checkpoint = str(checkpoint)
+    cfg.roberta_dir = roberta_dir or cfg.roberta_dir
+    if not official_config or not cfg.roberta_dir:
+        cfg.modalities = ["audio", "text"] if cfg.roberta_dir else ["audio"]
+    if "text" in cfg.modalities and not cfg.roberta_dir:
+        raise SchemaError("the text side needs a local roberta-base folder", field="--roberta-dir")
+    if "text" not in cfg.modalities and metric_set != "official":
+        raise SchemaError("without the text side (give a local roberta-base folder) only --metrics official applies",
+                          field="--roberta-dir")
+    return cfg
+
+
+def _embed_official_checkpoint(checkpoint: str, cfg, shards: str, device: str, batch_size: int, num_workers: int,
+                               max_items: int | None, rules_path: str | None, zero_shot_prompts: str | None):
+    """The released checkpoint over official-preset shards -> ``(Embeddings | None, release arrays, skipped)``."""
+    import torch
+
+    from disse.trainer.data import eval_loader, resolve_shards
+    from disse.trainer.embed import Embedder
+    from disse.trainer.evaluate import embed_official
+
+    shard_list = resolve_shards(shards, what="--shards")
+    _check_preset(shard_list, "official")  # before building the model
+    dev = _device(device)
+    embedder = Embedder.load(checkpoint, device=dev, roberta_dir=cfg.roberta_dir, modalities=cfg.modalities,
+                             rules=rules_path, zero_shot=zero_shot_prompts, strict=cfg.strict,
+                             text_max_length=cfg.text_max_length)
+    loader = eval_loader(shard_list, batch_size, num_workers, preset="official")
+    torch.manual_seed(0)
+    emb, data = embed_official(embedder, loader, max_items=max_items)
+    expected = shard_list.total if max_items is None else min(max_items, shard_list.total)
+    return emb, data, expected - len(data["source_id"])
+
+
+def _check_preset(shard_list, want: str) -> None:
+    """The shards' feature preset (first sample's ``features`` block) is the one the model reads, else one
+    SchemaError naming ``features.preset``."""
+    from disse.trainer.data import shard_features
+
+    features, where = shard_features(shard_list)
+    have = features.get("preset", "project")
+    if have != want:
+        model = "the released (official) model" if want == "official" else "this project's model (DELSA)"
+        hint = ("official-preset shards: disse-synth official-grid, or render --features official" if want == "official"
+                else "shards rendered with this project's features, or score the released checkpoint here")
+        raise SchemaError(f"the shards carry the {have!r} feature preset, but {model} reads {want!r} ({hint})",
+                          file=where, field="features.preset")
+
+
 def _embed_checkpoint(checkpoint: str, shards: str, device: str, batch_size: int, num_workers: int,
                       max_items: int | None, rules, zero_shot_prompts: str = "ensemble"):
     import torch
@@ -203,6 +285,7 @@ def _embed_checkpoint(checkpoint: str, shards: str, device: str, batch_size: int
     if not Path(checkpoint).is_file():
         raise SchemaError("checkpoint not found", file=checkpoint)
     shard_list = resolve_shards(shards, what="--shards")  # fail fast, before building the model
+    _check_preset(shard_list, "project")
     dev = _device(device)
     model, _cfg = load_model(checkpoint, dev)
     loader = eval_loader(shard_list, batch_size, num_workers)

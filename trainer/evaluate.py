@@ -448,6 +448,84 @@ def embed(model: Any, loader: Iterable[dict], device: torch.device | str, rules:
     return Embeddings.from_arrays(arrays, where="embedded shards")
 
 
+def official_iv_direction(iv: torch.Tensor) -> np.ndarray:
+    """The intensity-vector physics baseline on official-preset features ``(B, 6, 201, 1601)`` ([act Y, Z, X]
+    first): the summed active intensity (every bin a unit vector, so the sum weighs bins equally) as an
+    ``(B, 3)`` unit vector x front, y left, z up (AmbiX), the frame of ``iv_direction``. No learning."""
+    act = iv[:, :3].double().sum(dim=(2, 3))              # (B, 3): Y, Z, X
+    v = act[:, [2, 0, 1]]                                  # -> x, y, z
+    return (v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)).float().numpy()
+
+
+def embed_official(embedder: Any, loader: Iterable[dict], max_items: int | None = None
+                   ) -> tuple["Embeddings | None", dict[str, np.ndarray]]:
+    """Embed official-preset shards (``eval_loader(..., preset="official")``) with the released model.
+
+    ``embedder``: a :class:`disse.trainer.embed.Embedder` of kind ``official``. Per sample, as the release's
+    ``infer``: ``i_act``, ``i_rea`` from ``iv.npy``, ``omni_48k`` = stored W x ``w_scale`` (the grid's
+    de-gain, :func:`disse.trainer.data.omni_scale`); the caption (``text``; with the release's rules the
+    caption and the spatial caption are one sentence) through both text heads; every embedding
+    L2-normalised. Also the targets (``true_*``), the intensity baseline ``iv_direction``, stored
+    descriptors and zero-shot prototypes from the embedder's rules. The released 2-d direction head is not
+    mapped to ``pred_direction`` (only its angle in the (az, el) plane means anything; docs/official.md).
+
+    Returns ``(Embeddings, release-layout arrays)``; without a text side (no RoBERTa folder) the first is
+    None and the arrays hold the audio embeddings only (the release's IIDR and intra-modal tasks apply).
+    """
+    import torch.nn.functional as F
+
+    model, with_text = embedder.model, embedder.has_text
+    cols: dict[str, list] = {k: [] for k in ("audio_source", "audio_space", "text_source", "text_space", "source_id",
+                                             "space_id", "key", "iv_direction") + TRUE_ARRAYS}
+    desc: dict[str, list] = {}
+    model.eval()
+    n = 0
+    with torch.no_grad():
+        for batch in loader:
+            iv = batch["iv"]
+            scale = batch["w_scale"][:, None]
+            omni = (batch["waveform"].to(torch.float64) * (2.0 ** -15) * scale).to(torch.float32)
+            out = model.encode_audio({"i_act": iv[:, :3].float(), "i_rea": iv[:, 3:].float(), "omni_48k": omni})
+            cols["audio_source"].append(_np(F.normalize(out["audio_source_emb"].float(), dim=-1)))
+            cols["audio_space"].append(_np(F.normalize(out["audio_space_emb"].float(), dim=-1)))
+            if with_text:
+                text = embedder._text(list(batch["caption"]))
+                cols["text_source"].append(_np(text["source"]))
+                cols["text_space"].append(_np(text["space"]))
+            cols["iv_direction"].append(official_iv_direction(iv))
+            cols["source_id"].extend(batch["source_id_str"])
+            cols["space_id"].extend(batch["space_id_str"])
+            cols["key"].extend(batch["key"])
+            tg = batch["targets"]
+            for name, k in (("true_azimuth_deg", "azimuth_deg"), ("true_elevation_deg", "elevation_deg"),
+                            ("true_distance_m", "distance_m"), ("true_area_m2", "area_m2"), ("true_t30_ms", "t30_ms")):
+                cols[name].append(np.asarray(tg[k], dtype=np.float32))
+            for d in batch["descriptors"]:
+                for a, v in d.items():
+                    desc.setdefault(a, []).append(str(v))
+            n += len(batch["key"])
+            if max_items is not None and n >= max_items:
+                break
+    if n == 0:
+        raise SchemaError("the loader yielded no samples", field="shards")
+    stop = n if max_items is None else min(n, max_items)
+    arrays = {k: (np.concatenate(v) if isinstance(v[0], np.ndarray) else np.array(v))[:stop]
+              for k, v in cols.items() if v}
+    official = {"audio_source": arrays["audio_source"], "audio_spatial": arrays["audio_space"],
+                "source_id": arrays["source_id"].astype(str), "spatial_id": arrays["space_id"].astype(str)}
+    if not with_text:
+        return None, official
+    official.update(text_source=arrays["text_source"], text_spatial=arrays["text_space"])
+    for attr, (labels, protos) in embedder.prompts().items():
+        truth = desc.get(attr, [])[:stop]
+        # zero-shot is scored only where every item's label has a prompt (the release's rules give "none"
+        # where no rule matches, and "none" has no prompt)
+        if len(truth) == stop and set(truth) <= set(np.asarray(labels).astype(str)):
+            arrays[DESC_PREFIX + attr] = np.array(truth)
+            arrays[PROMPT_LABEL_PREFIX + attr], arrays[PROMPT_EMB_PREFIX + attr] = labels, protos
+    return Embeddings.from_arrays(arrays, where="embedded shards"), official
+
+
 def finite_or_none(value: Any) -> Any:
     """NaN/inf -> None so metrics.json stays strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
