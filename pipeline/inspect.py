@@ -227,7 +227,9 @@ def format_sample(sample: RawSample) -> str:
         f"{np.abs(foa).max():.3f}, RMS W/Y/Z/X " + "/".join(f"{20 * math.log10(max(r, 1e-12)):.1f}" for r in rms)
         + " dBFS",
         *_w_line(sample, foa, sr),
-        f"iv.npy: {iv.shape} {iv.dtype}" + (" (stored as int8 q / 127)" if meta.schema_version >= 3 else ""),
+        f"iv.npy: {iv.shape} {iv.dtype}" + (" (stored as int8 q / 127)" if meta.schema_version >= 3
+                                             and (meta.features or {}).get("preset", "project") == "project" else ""),
+        "mean active intensity points to azimuth {:.1f}°, elevation {:.1f}°".format(*iv_direction(iv, meta.features)),
         "render: " + json.dumps(meta.render, sort_keys=True),
         "features: " + json.dumps(meta.features, sort_keys=True),
     ]
@@ -265,13 +267,15 @@ def export_wav(sample: RawSample, out: str | Path) -> Path:
     return out
 
 
-def iv_direction(iv: np.ndarray) -> tuple[float, float]:
-    """(azimuth, elevation) in degrees of the active intensity summed over time and bands (NaN if zero)."""
+def iv_direction(iv: np.ndarray, features: dict | None = None) -> tuple[float, float]:
+    """(azimuth, elevation) in degrees of the active intensity summed over time and bands (NaN if zero).
+
+    ``features``: the sample's features block; an ``official`` preset ``iv`` holds [act Y, Z, X] first."""
     from disse.pipeline.features import direction_from_iv
 
     if not np.asarray(iv[:3], dtype=np.float64).sum(axis=(1, 2)).any():
         return float("nan"), float("nan")
-    return direction_from_iv(iv)
+    return direction_from_iv(iv, features=features)
 
 
 def plot_sample(sample: RawSample, out: str | Path) -> Path:
@@ -298,8 +302,14 @@ def plot_sample(sample: RawSample, out: str | Path) -> Path:
                    extent=(0, foa.shape[1] / sr, 0, sr / 2000))
     ax.set(title="W (omni) spectrogram", xlabel="time (s)", ylabel="frequency (kHz)")
     fig.colorbar(im, ax=ax, label="level (dB)")
-    duration = iv.shape[1] * hop / sr
-    fmin, fmax = float(feats.get("fmin_hz", 0)), float(feats.get("fmax_hz", sr / 2))
+    official = feats.get("preset", "project") == "official"
+    if official:  # (6, bins, frames) at 16 kHz, rows [act Y, Z, X, rea Y, Z, X] -> this plot's (6, frames, bands)
+        iv = np.ascontiguousarray(iv[[2, 0, 1, 5, 3, 4]].transpose(0, 2, 1))
+        duration = iv.shape[1] * hop / float(feats.get("feature_sample_rate", 16000))
+        band = f"linear STFT bin (0-{float(feats.get('feature_sample_rate', 16000)) / 2:g} Hz)"
+    else:
+        duration = iv.shape[1] * hop / sr
+        band = f"mel band ({float(feats.get('fmin_hz', 0)):g}-{float(feats.get('fmax_hz', sr / 2)):g} Hz)"
     for i, name in enumerate(IV_CHANNELS):
         kind, axis = name.split("_")
         ax = fig.add_subplot(grid[1 + i // 3, i % 3])
@@ -308,10 +318,9 @@ def plot_sample(sample: RawSample, out: str | Path) -> Path:
         im = ax.imshow(iv[i].T, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim,
                        extent=(0, duration, 0, iv.shape[2]))
         label = {"x": "x (front +)", "y": "y (left +)", "z": "z (up +)"}[axis]
-        ax.set(title=f"I_{'active' if kind == 'act' else 'reactive'} {label}", xlabel="time (s)",
-               ylabel=f"mel band ({fmin:g}-{fmax:g} Hz)")
+        ax.set(title=f"I_{'active' if kind == 'act' else 'reactive'} {label}", xlabel="time (s)", ylabel=band)
         fig.colorbar(im, ax=ax, label="normalised intensity")
-    az, el = iv_direction(iv)
+    az, el = iv_direction(iv)  # rows are x, y, z here for either preset
     caption = meta.caption if len(meta.caption) <= 110 else meta.caption[:107] + "..."
     fig.suptitle(f"{meta.key}: \u201c{caption}\u201d\nmetadata: azimuth {meta.azimuth_deg:.1f}°, "
                  f"elevation {meta.elevation_deg:.1f}°, distance {meta.source_distance_m:.2f} m, "
