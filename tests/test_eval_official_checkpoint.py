@@ -155,6 +155,13 @@ def test_mismatched_presets_are_one_line_errors(grid, released, tmp_path):
     # the project metrics need the released model's text side
     res = _run("--checkpoint", d / "disse_epoch20.pt", "--shards", grid, "--out", tmp_path / "e3")
     assert res.exit_code == 2 and "--roberta-dir" in res.output
+    # without it, the audio side alone: the release's IIDR and intra-modal tasks
+    res = _run("--checkpoint", d / "disse_epoch20.pt", "--shards", grid, "--metrics", "official",
+               "--batch-size", "4", "--out", tmp_path / "e4", "--save-official-embeddings", tmp_path / "e4" / "a.npz")
+    assert res.exit_code == 0, res.output
+    data = load_npz(tmp_path / "e4" / "a.npz")
+    assert sorted(k for k in data if k.endswith(("_source", "_spatial"))) == ["audio_source", "audio_spatial"]
+    assert len(data["source_id"]) == 4 and (tmp_path / "e4" / "official_metrics.json").is_file()
 
 
 def test_inspect_reads_the_direction_of_official_shards(grid, tmp_path):
