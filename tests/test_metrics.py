@@ -67,11 +67,12 @@ def random_ids(rng, n, n_distinct, prefix="id"):
 
 @pytest.mark.parametrize("chunk", [7, 64, 10_000])
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_retrieval_matches_brute_force(chunk, exclude_self):
+@pytest.mark.parametrize("n", [90, 4])  # 4: a gallery smaller than K = 10 (the query's own pair must still go)
+def test_retrieval_matches_brute_force(chunk, exclude_self, n):
     rng = np.random.default_rng(0)
-    n, d = 90, 8
+    d = 8
     q, g = rng.normal(size=(n, d)), rng.normal(size=(n, d))
-    ids = random_ids(rng, n, 12)
+    ids = random_ids(rng, n, 12 if n > 12 else 2)
     t2a, a2t = M.topk_both_directions(q, g, 11, chunk_size=chunk)
     for top, qq, gg in ((t2a, q, g), (a2t, g, q)):
         got = M.retrieval_from_topk(top, ids, ids, exclude_self=exclude_self)

@@ -106,8 +106,10 @@ def _drop_self(top: np.ndarray, k: int) -> np.ndarray:
     """Top-(k+1) lists of query i over the paired gallery -> top-k with gallery item i removed."""
     n = top.shape[0]
     keep = top != np.arange(n)[:, None]
-    # rows that do not contain i keep their first k; rows that do, lose i
-    out = np.empty((n, min(k, top.shape[1])), dtype=top.dtype)
+    # rows that do not contain i keep their first k; rows that do, lose i. A list shorter than k + 1
+    # ranks the whole gallery (which holds i), so it keeps all but i: without the -1 a gallery
+    # smaller than k kept i at the end and counted it (mAP@10 above 1 on a 4-item set)
+    out = np.empty((n, min(k, top.shape[1] - 1)), dtype=top.dtype)
     for_rows = np.argsort(~keep, axis=1, kind="stable")[:, : out.shape[1]]
     out[:] = np.take_along_axis(top, for_rows, axis=1)
     return out
