@@ -148,19 +148,26 @@ def load_clip(path: str | Path, sample_rate: int = 48000, n_samples: int = 48000
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def to_ambix(data: np.ndarray, foa_format: str, path: str | Path) -> np.ndarray:
+    """4-channel ``(4, T)`` audio in ``foa_format`` (``ambix``, ``fuma`` or ``aformat``) -> AmbiX / SN3D.
+    ``path`` only names the file in the error for an unknown format."""
+    if foa_format == "fuma":
+        return fuma_to_ambix(data)
+    if foa_format == "aformat":  # tetrahedral capsules: the DISSE release's A -> B matrix, dipoles to SN3D
+        from disse.pipeline.aformat import aformat_to_ambix
+        return aformat_to_ambix(data).astype(np.float32, copy=False)
+    if foa_format != "ambix":
+        raise SchemaError(f"unknown FOA format {foa_format!r}", file=str(path), field="foa_format")
+    return data
+
+
 def load_rir(path: str | Path, foa_format: str = "ambix", sample_rate: int = 48000) -> np.ndarray:
     """A 4-channel FOA RIR as AmbiX float32 ``(4, L)`` at ``sample_rate`` (FuMa and A-format converted on read)."""
     data, sr = read_audio(path)
     if data.shape[0] != 4:
         raise SchemaError(f"FOA RIR must have 4 channels, got {data.shape[0]}", file=str(path),
                           field="channels")
-    if foa_format == "fuma":
-        data = fuma_to_ambix(data)
-    elif foa_format == "aformat":  # tetrahedral capsules: the DISSE release's A -> B matrix, dipoles to SN3D
-        from disse.pipeline.aformat import aformat_to_ambix
-        data = aformat_to_ambix(data).astype(np.float32, copy=False)
-    elif foa_format != "ambix":
-        raise SchemaError(f"unknown FOA format {foa_format!r}", file=str(path), field="foa_format")
+    data = to_ambix(data, foa_format, path)
     if not np.any(data[0]):
         raise SchemaError("RIR has a silent W channel", file=str(path))
     return np.ascontiguousarray(resample(data, sr, sample_rate), dtype=np.float32)

@@ -70,8 +70,7 @@ def read_foa(path: str | Path, foa_format: str = "ambix", sample_rate: int = 480
     ``resampler``: ``"poly"`` (scipy polyphase, as ``disse-synth`` reads audio) or ``"torchaudio"``
     (torchaudio's default sinc kernel, as the release resamples its inputs).
     """
-    from disse.pipeline.audio_io import read_audio, resample
-    from disse.pipeline.foa import fuma_to_ambix
+    from disse.pipeline.audio_io import read_audio, resample, to_ambix
 
     if foa_format not in FOA_FORMATS:
         raise SchemaError(f"must be one of {list(FOA_FORMATS)}, got {foa_format!r}", field="format")
@@ -84,8 +83,7 @@ def read_foa(path: str | Path, foa_format: str = "ambix", sample_rate: int = 480
         foa = resample_torchaudio(torch.from_numpy(np.ascontiguousarray(data)), sr, sample_rate).numpy()
     else:
         foa = resample(data, sr, sample_rate)
-    if foa_format == "fuma":
-        foa = fuma_to_ambix(foa)
+    foa = to_ambix(foa, foa_format, path)
     if mirror_left_right:
         foa = foa.copy()
         foa[1] *= -1.0
