@@ -57,11 +57,17 @@ def check_rules(meta: ShardMeta, rules: CaptionRules, where: str) -> None:
                           file=where, field="data.rotate_azimuth")
 
 
+def sample_rng(purpose: str, key: str, seed: int, pass_: int) -> np.random.Generator:
+    """The RNG of one augmentation of one sample in one pass, fixed by (seed, pass, purpose, key):
+    a resumed run draws exactly what an uninterrupted one would, whatever the batch order."""
+    return np.random.default_rng([int(seed), int(pass_), stable_id_int(f"{purpose}:{key}") & (2 ** 63 - 1)])
+
+
 def rotate_sample(sample: dict, rules: CaptionRules, seed: int, pass_: int) -> dict:
     """A decoded sample (``iv``, ``meta``, optional ``waveform``) turned by an angle drawn uniformly
     in [0, 360) from an RNG fixed by (seed, pass, key)."""
     meta: ShardMeta = sample["meta"]
-    rng = np.random.default_rng([int(seed), int(pass_), stable_id_int(f"rotate:{meta.key}") & (2 ** 63 - 1)])
+    rng = sample_rng("rotate", meta.key, seed, pass_)
     angle = float(rng.uniform(0.0, 360.0))
     return {**sample, "iv": rotate_iv(sample["iv"], angle), "meta": rotate_meta(meta, angle, rules, rng)}
 
@@ -72,5 +78,4 @@ def drop_source_clause(key: str, prob: float, seed: int, pass_: int) -> bool:
     resumed run makes the same choices."""
     if not 0.0 <= prob <= 1.0:
         raise SchemaError(f"must be in [0, 1], got {prob}", field="data.space_caption_drop")
-    rng = np.random.default_rng([int(seed), int(pass_), stable_id_int(f"caption-drop:{key}") & (2 ** 63 - 1)])
-    return bool(rng.random() < prob)
+    return bool(sample_rng("caption-drop", key, seed, pass_).random() < prob)
