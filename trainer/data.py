@@ -201,11 +201,7 @@ def decode_raw(sample: dict, *, with_audio: bool = True, preset: str = "project"
         return _decode_official(sample, with_audio=with_audio)
     if preset != "project":
         raise ValueError(f"preset must be one of {FEATURE_PRESETS}, got {preset!r}")
-    where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-    for member in ("json", "iv.npy"):  # the W member is checked by decode_w (it depends on the version)
-        if member not in sample:
-            raise SchemaError(f"missing member {member!r}", file=where, field=member)
-    meta = decode_meta(sample["json"], where=where)
+    where, meta = _sample_meta(sample)
     params = FeatureParams.from_dict(meta.features, source=where)
     iv = decode_iv(sample["iv.npy"], where=where, dequantise=False)
     if iv.dtype == np.int8:  # schema v3: q / 127 -> float16 (torch's float32 path is ~4x numpy's table)
@@ -218,6 +214,16 @@ def decode_raw(sample: dict, *, with_audio: bool = True, preset: str = "project"
     if with_audio:
         out["waveform"] = _decode_w(sample, meta, params, where)
     return out
+
+
+def _sample_meta(sample: dict) -> tuple[str, Any]:
+    """``(where, meta)`` of a raw sample whose ``json`` and ``iv.npy`` members are present (the W
+    member is checked by decode_w: it depends on the schema version)."""
+    where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+    for member in ("json", "iv.npy"):
+        if member not in sample:
+            raise SchemaError(f"missing member {member!r}", file=where, field=member)
+    return where, decode_meta(sample["json"], where=where)
 
 
 def _check_finite(iv: np.ndarray, where: str) -> None:
@@ -259,11 +265,7 @@ def _decode_official(sample: dict, *, with_audio: bool = True) -> dict:
     """An ``official`` feature-preset sample -> ``iv`` float16 ``(6, 201, 1601)`` ([act Y, Z, X, rea Y, Z,
     X]; :func:`disse.pipeline.official_features.split_official_iv` gives ``i_act``, ``i_rea``), W as int16
     (480000 samples) and ``w_scale``: ``omni_48k = W / 2**15 * w_scale`` (:func:`omni_scale`)."""
-    where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-    for member in ("json", "iv.npy"):
-        if member not in sample:
-            raise SchemaError(f"missing member {member!r}", file=where, field=member)
-    meta = decode_meta(sample["json"], where=where)
+    where, meta = _sample_meta(sample)
     params = feature_params_from_dict(meta.features, source=where)
     if not isinstance(params, OfficialFeatureParams):
         raise SchemaError("features block is this project's preset (mel intensity vectors); the official model "
