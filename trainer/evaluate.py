@@ -386,6 +386,17 @@ def zero_shot_prototypes(model: Any, rules: CaptionRules, device: torch.device |
     return out
 
 
+def _append_ids_and_targets(cols: dict[str, list], batch: dict) -> None:
+    """Ids, keys and real-unit targets (``true_*``) of a Batch onto the embedding columns."""
+    cols["source_id"].extend(batch["source_id_str"])
+    cols["space_id"].extend(batch["space_id_str"])
+    cols["key"].extend(batch["key"])
+    tg = batch["targets"]
+    for name, k in (("true_azimuth_deg", "azimuth_deg"), ("true_elevation_deg", "elevation_deg"),
+                    ("true_distance_m", "distance_m"), ("true_area_m2", "area_m2"), ("true_t30_ms", "t30_ms")):
+        cols[name].append(np.asarray(tg[k].cpu() if torch.is_tensor(tg[k]) else tg[k], dtype=np.float32))
+
+
 def embed(model: Any, loader: Iterable[dict], device: torch.device | str, rules: CaptionRules | None = None,
           max_items: int | None = None, zero_shot: str = "ensemble") -> Embeddings:
     """Run ``model`` over every batch of ``loader`` (the Batch contract of docs/internals.md).
@@ -417,18 +428,12 @@ def embed(model: Any, loader: Iterable[dict], device: torch.device | str, rules:
             cols["audio_space"].append(_np(audio["space"]))
             cols["text_source"].append(_np(text["source"]))
             cols["text_space"].append(_np(text["space"]))
-            cols["source_id"].extend(batch["source_id_str"])
-            cols["space_id"].extend(batch["space_id_str"])
-            cols["key"].extend(batch["key"])
+            _append_ids_and_targets(cols, batch)
             real = physics.to_real_units(audio["phys"])
             cols["pred_direction"].append(_np(real["direction"]))
             for name, k in (("pred_distance_m", "distance_m"), ("pred_area_m2", "area_m2"), ("pred_t30_ms", "t30_ms")):
                 cols[name].append(_np(real[k]))
             cols["iv_direction"].append(_np(physics.intensity_direction(iv, IV_MIN_DIRECTIVITY)))  # no learning
-            tg = batch["targets"]
-            for name, k in (("true_azimuth_deg", "azimuth_deg"), ("true_elevation_deg", "elevation_deg"),
-                            ("true_distance_m", "distance_m"), ("true_area_m2", "area_m2"), ("true_t30_ms", "t30_ms")):
-                cols[name].append(np.asarray(tg[k].cpu() if torch.is_tensor(tg[k]) else tg[k], dtype=np.float32))
             for d in batch["descriptors"]:
                 for a in desc:
                     desc[a].append(str(d.get(a, "")))
@@ -493,13 +498,7 @@ def embed_official(embedder: Any, loader: Iterable[dict], max_items: int | None 
                 cols["text_source"].append(_np(text["source"]))
                 cols["text_space"].append(_np(text["space"]))
             cols["iv_direction"].append(official_iv_direction(iv))
-            cols["source_id"].extend(batch["source_id_str"])
-            cols["space_id"].extend(batch["space_id_str"])
-            cols["key"].extend(batch["key"])
-            tg = batch["targets"]
-            for name, k in (("true_azimuth_deg", "azimuth_deg"), ("true_elevation_deg", "elevation_deg"),
-                            ("true_distance_m", "distance_m"), ("true_area_m2", "area_m2"), ("true_t30_ms", "t30_ms")):
-                cols[name].append(np.asarray(tg[k], dtype=np.float32))
+            _append_ids_and_targets(cols, batch)
             for d in batch["descriptors"]:
                 for a, v in d.items():
                     desc.setdefault(a, []).append(str(v))
