@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from disse.pipeline.shards import read_tar_samples
-from disse.schemas.shard import decode_foa_sample, decode_iv, decode_meta, decode_sample, decode_w_wav
+from disse.schemas.shard import decode_foa_sample, decode_iv, decode_meta, decode_sample, decode_w_wav, iv_member
 from disse.trainer.data import (DataConfig, ErrorLog, _raw_samples, collate, decode_raw, resolve_shards,
                                 train_loader)
 
@@ -122,12 +122,13 @@ def parts(urls: list[str], n: int = 16) -> dict[str, float]:
     timed("FOA decode (4 channels)", lambda s: decode_foa_sample(full[s["__key__"]], decode_meta(s["json"])))
     if "w.wav" in samples[0]:
         timed("w.wav decode", lambda s: decode_w_wav(s["w.wav"], pcm16=True))
-    timed("iv.npy decode", lambda s: decode_iv(s["iv.npy"]))
+    member = iv_member(samples[0], where="benchmark")
+    timed(f"{member} decode (int8 kept)", lambda s: decode_iv(s[member], dequantise=False))
     timed("json decode", lambda s: decode_meta(s["json"]))
     timed("decode_raw (all)", decode_raw)
     decoded = [decode_raw(s) for s in samples]
     timed("collate", lambda _: collate(decoded), per_sample=False)
-    for member in ("foa.flac", "yzx.flac", "w.wav", "iv.npy", "json"):
+    for member in ("foa.flac", "yzx.flac", "w.wav", "iv.npy", "iv.npz", "json"):
         sizes = [len(full[s["__key__"]].get(member, b"")) for s in samples]
         if any(sizes):
             out[f"{member} MB/sample"] = float(np.mean(sizes) / 1e6)
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     # per CPU-second counts the main process too (it maps the workers' shared-memory batches)
     hand_over = 1e3 / results[1] - 1e3 / results[0]
     first = decode_raw(next(_raw_samples(shards.urls[0], ErrorLog())))
-    mb = (first["waveform"].nbytes + 2 * first["iv"].size) / 1e6  # int16 W + float16 iv in the batch
+    mb = (first["waveform"].nbytes + first["iv"].nbytes) / 1e6  # int16 W + int8 (v3, v4) or float16 iv
     print(f"hand-over from a worker (shared memory, both processes): {hand_over:.2f} ms/sample for "
           f"{mb:.2f} MB; a fresh 4 kB page costs {fresh_page_cost_us():.2f} us here")
     if args.workers + 1 > (os.cpu_count() or 1):

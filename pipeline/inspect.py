@@ -22,7 +22,7 @@ import numpy as np
 
 from disse.schemas import SchemaError, ShardMeta
 from disse.schemas.shard import (IV_CHANNELS, decode_foa_sample, decode_iv, decode_meta, decode_w_wav,
-                                 group_tar_members)
+                                 group_tar_members, iv_member)
 
 QUANTITIES = (  # (json field, label with unit)
     ("azimuth_deg", "azimuth (°)"),
@@ -211,7 +211,8 @@ def format_sample(sample: RawSample) -> str:
     """Metadata, captions, descriptors and audio / feature shapes of one sample."""
     meta = sample.meta()
     foa, sr = decode_foa_sample(sample.data, meta, where=sample.where)
-    iv = decode_iv(sample.data["iv.npy"], where=sample.where)
+    member = iv_member(sample.data, where=sample.where)
+    iv = decode_iv(sample.data[member], where=sample.where)
     stored = "foa.flac" if "foa.flac" in sample.data else "w.wav + yzx.flac, 16-bit"
     rms = np.sqrt(np.mean(foa.astype(np.float64) ** 2, axis=1))
     lines = [
@@ -227,8 +228,8 @@ def format_sample(sample: RawSample) -> str:
         f"{np.abs(foa).max():.3f}, RMS W/Y/Z/X " + "/".join(f"{20 * math.log10(max(r, 1e-12)):.1f}" for r in rms)
         + " dBFS",
         *_w_line(sample, foa, sr),
-        f"iv.npy: {iv.shape} {iv.dtype}" + (" (stored as int8 q / 127)" if meta.schema_version >= 3
-                                             and (meta.features or {}).get("preset", "project") == "project" else ""),
+        f"{member}: {iv.shape} {iv.dtype}" + (" (stored as int8 q / 127)" if meta.schema_version >= 3
+                                              and (meta.features or {}).get("preset", "project") == "project" else ""),
         "mean active intensity points to azimuth {:.1f}°, elevation {:.1f}°".format(*iv_direction(iv, meta.features)),
         "render: " + json.dumps(meta.render, sort_keys=True),
         "features: " + json.dumps(meta.features, sort_keys=True),
@@ -287,7 +288,7 @@ def plot_sample(sample: RawSample, out: str | Path) -> Path:
 
     meta = sample.meta()
     foa, sr = decode_foa_sample(sample.data, sample.meta(), where=sample.where)
-    iv = decode_iv(sample.data["iv.npy"], where=sample.where).astype(np.float32)
+    iv = decode_iv(sample.data[iv_member(sample.data, where=sample.where)], where=sample.where).astype(np.float32)
     feats = meta.features or {}
     hop = int(feats.get("hop_length", 480))
     n_fft = int(feats.get("n_fft", 1024))

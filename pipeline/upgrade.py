@@ -1,19 +1,20 @@
-"""``disse-synth upgrade SRC DST``: rewrite schema v1 / v2 shards as v3 without rendering again.
+"""``disse-synth upgrade SRC DST``: rewrite schema v1 / v2 / v3 shards as v4 without rendering again.
 
-Version 3 (schemas/shard.py, docs/synthesis.md "Shard size") stores each FOA channel once at 16 bits:
+Version 4 (schemas/shard.py, docs/synthesis.md "Shard size") stores each FOA channel once at 16 bits:
 W as 16-bit PCM ``w.wav`` (what training reads), Y, Z, X as 3-channel 16-bit ``yzx.flac``, and the
-project's intensity features as int8: about half of a v2 sample's bytes. Upgrading a sample
-decodes its ``foa.flac``, rounds it to 16 bits exactly as the renderer does (round(x * 2**15), no
-dither), writes ``w.wav`` and ``yzx.flac`` from those samples (``foa.flac`` and a v2 ``w.wav`` are
-replaced), quantises ``iv.npy`` to int8 (project features only; another preset's features are
-copied byte for byte) and sets ``schema_version`` to 3 in its ``json`` (every other JSON field,
-known to this reader or not, is kept). The 24 -> 16-bit step is lossy by design (error <= 2**-16 of
-full scale); keep the source if you need the 24-bit FOA. Samples that are already v3 are copied
-unchanged. A sample that cannot be upgraded (unreadable JSON, FLAC or npy, a missing member) is
-left out and reported, and the destination's ``sizes.json`` counts what was written. Output is
-deterministic: the same input gives byte-identical shards, whatever ``--workers``. Only shards and
-``sizes.json`` are written: the render ``manifest.json`` stays with the source as the record of
-how the samples were made.
+project's intensity features as int8 in a deflated ``iv.npz``: about half of a v2 sample's bytes.
+Upgrading a v1 / v2 sample decodes its ``foa.flac``, rounds it to 16 bits exactly as the renderer
+does (round(x * 2**15), no dither), writes ``w.wav`` and ``yzx.flac`` from those samples
+(``foa.flac`` and a v2 ``w.wav`` are replaced). Every older sample's ``iv.npy`` becomes ``iv.npz``:
+quantised to int8 (project features only; another preset's features keep their float16 values), and
+``schema_version`` becomes 4 in its ``json`` (every other JSON field, known to this reader or not, is
+kept). A v3 sample keeps its audio members byte for byte. The 24 -> 16-bit step is lossy by design
+(error <= 2**-16 of full scale); keep the source if you need the 24-bit FOA. Samples that are already
+v4 are copied unchanged. A sample that cannot be upgraded (unreadable JSON, FLAC or npy, a missing
+member) is left out and reported, and the destination's ``sizes.json`` counts what was written.
+Output is deterministic: the same input gives byte-identical shards, whatever ``--workers``. Only
+shards and ``sizes.json`` are written: the render ``manifest.json`` stays with the source as the
+record of how the samples were made.
 """
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ from disse.pipeline.inspect import find_shards
 from disse.pipeline.shards import read_tar_samples, write_json_atomic, write_tar_atomic
 from disse.schemas import SchemaError
 from disse.schemas.shard import (SCHEMA_VERSION, check_members, decode_foa, decode_iv, decode_meta, encode_flac,
-                                 encode_iv, encode_pcm16_wav, foa_to_pcm16, iv_is_bounded)
+                                 encode_iv_npz, encode_pcm16_wav, foa_to_pcm16, iv_is_bounded)
 
 
 def upgrade_sample(sample: dict, *, where: str = "sample") -> dict:
-    """A raw sample dict (``__key__`` + ``ext -> bytes``) of schema v1 or v2 -> the same sample in v3.
+    """A raw sample dict (``__key__`` + ``ext -> bytes``) of schema v1, v2 or v3 -> the same sample in v4.
 
-    v3 samples are returned unchanged. Raises :class:`SchemaError` naming the member at fault.
+    v4 samples are returned unchanged. Raises :class:`SchemaError` naming the member at fault.
     """
     if "json" not in sample:
         raise SchemaError("missing member 'json'", file=where, field="json")
@@ -41,17 +42,21 @@ def upgrade_sample(sample: dict, *, where: str = "sample") -> dict:
     check_members(sample, meta.schema_version, where=where)
     if meta.schema_version >= SCHEMA_VERSION:
         return sample
-    foa, sr = decode_foa(sample["foa.flac"], where=where)
-    pcm = foa_to_pcm16(foa)
     # edit the JSON as a dict, not through ShardMeta, so that fields this reader does not know survive
     d = json.loads(sample["json"].decode("utf-8"))
     d["schema_version"] = SCHEMA_VERSION
-    out = {k: v for k, v in sample.items() if k not in ("w.wav", "foa.flac")}
+    out = {k: v for k, v in sample.items() if k not in ("w.wav", "foa.flac", "iv.npy")}
     out["json"] = json.dumps(d, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    out["w.wav"] = encode_pcm16_wav(pcm[0], sr)
-    out["yzx.flac"] = encode_flac(pcm[1:].T, sr)
-    if iv_is_bounded(meta.features):
-        out["iv.npy"] = encode_iv(decode_iv(sample["iv.npy"], where=where), quantise=True)
+    if meta.schema_version >= 3:   # the 16-bit audio members are already v4's
+        out["w.wav"] = sample["w.wav"]
+    else:
+        foa, sr = decode_foa(sample["foa.flac"], where=where)
+        pcm = foa_to_pcm16(foa)
+        out["w.wav"] = encode_pcm16_wav(pcm[0], sr)
+        out["yzx.flac"] = encode_flac(pcm[1:].T, sr)
+    bounded = iv_is_bounded(meta.features)
+    iv = decode_iv(sample["iv.npy"], where=where, dequantise=not bounded)
+    out["iv.npz"] = encode_iv_npz(iv, quantise=bounded)
     return out
 
 

@@ -1,34 +1,39 @@
-"""Shard sample, schema version 3 (DESIGN.md's version 1, made affordable; docs/synthesis.md).
+"""Shard sample, schema version 4 (DESIGN.md's version 1, made affordable; docs/synthesis.md).
 
 A sample is four tar members sharing a dot-free ``__key__``; the FOA is split in two members that
 together hold every channel once, losslessly at 16 bits:
 
 * ``w.wav``    -- W (ACN 0), mono 16-bit PCM WAV, 48 kHz: what the trainer reads (~0.2 ms to decode)
-* ``yzx.flac`` -- (version 3) Y, Z, X (ACN 1-3), 3-channel 16-bit FLAC, 48 kHz. AmbiX FOA (ACN
+* ``yzx.flac`` -- (versions 3, 4) Y, Z, X (ACN 1-3), 3-channel 16-bit FLAC, 48 kHz. AmbiX FOA (ACN
   W, Y, Z, X; SN3D) = [w.wav, yzx.flac] stacked; :func:`decode_foa_sample` does it for any version
-* ``iv.npy``   -- ``(6, n_frames, n_mels)``: I_act (x, y, z) then I_rea (x, y, z); **int8**,
-  value = q / 127 (:data:`IV_INT8_SCALE`), for the project's features (|I| <= 1 by construction);
-  float16 for a features preset that is not bounded (the official release's)
+* ``iv.npz``   -- (version 4) ``(6, n_frames, n_mels)``: I_act (x, y, z) then I_rea (x, y, z) as a
+  deflated NumPy ``.npz`` holding one array ``iv``; **int8**, value = q / 127
+  (:data:`IV_INT8_SCALE`), for the project's features (|I| <= 1 by construction); float16 for a
+  features preset that is not bounded (the official release's). ``np.load(f)["iv"]`` reads it.
+  Version 3 stored the same array uncompressed as ``iv.npy``.
 * ``json``     -- :class:`ShardMeta` as UTF-8 JSON (sorted keys, so bytes are reproducible)
 
 Why (measured, docs/synthesis.md "Shard size"): version 2 held the FOA as 24-bit 4-channel FLAC,
-W a second time as 16-bit PCM (``w.wav``) and float16 features: ~4.0 MB a demo sample, ~4.8 MB a
-real-recording sample. Version 3 stores no channel twice, the FOA at 16 bits and the features at
-8 bits: ~2.1-2.3 MB.
+W a second time as 16-bit PCM (``w.wav``) and float16 features: ~4.2 MB a demo sample, ~4.8 MB a
+real-recording sample. Version 4 stores no channel twice, the FOA at 16 bits and the features at
+8 bits, deflated: ~2.1 MB.
 
 * **16-bit FOA.** The renderer normalises W to -26 dBFS RMS with peaks <= 0.99, so rounding to
   16 bits (round(x * 2**15), no dither) leaves the error <= 2**-16 of full scale, ~75 dB below the
   signal: far under what the intensity features (computed before rounding, from float32) or
   HTSAT's log-mel resolve. Dither would decorrelate an error nobody hears, at the price of more
-  FLAC bytes and a noise floor in every silent tail; it is not used. FLAC at compression level
-  :data:`FLAC_COMPRESSION` (libFLAC ~4): level 8 saves ~1 % more at twice the encoding time.
+  FLAC bytes and a noise floor in every silent tail; it is not used. ``yzx.flac`` at compression
+  level :data:`FLAC_COMPRESSION`.
 * **W as PCM, not FLAC.** W as mono FLAC would be ~0.3 MB instead of 0.96 MB, but decoding it costs
   ~7 ms of CPU a sample here (PCM: ~0.2 ms), which would take the training loader from ~200 to
   ~100 samples per CPU-second (benchmarks/data.py); W is the one member read every step.
-* **int8 features**: step 1/127, error <= 0.004 on components bounded by 1; half of float16.
+* **int8 features, deflated**: step 1/127, error <= 0.004 on components bounded by 1; half of
+  float16, and deflate takes another ~38 % off (~1.5 ms to inflate). The loader hands the int8
+  array on as it is and the model divides by 127 (:func:`disse.trainer.physics.iv_to_float`), which halves the
+  features' bytes through the DataLoader's shared memory and to the GPU and pays for the inflate.
 
-Versions 1 (``foa.flac`` only, 24-bit, float16 iv) and 2 (plus ``w.wav``) are still read and
-written; ``disse-synth upgrade`` rewrites them as version 3.
+Versions 1 (``foa.flac`` only, 24-bit, float16 iv), 2 (plus ``w.wav``) and 3 (``iv.npy``) are still
+read and written; ``disse-synth upgrade`` rewrites them as version 4.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ import json
 import math
 import re
 import tarfile
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from typing import Iterator
 
@@ -46,18 +52,21 @@ import soundfile as sf
 
 from disse.schemas.errors import SchemaError
 
-SCHEMA_VERSION = 3
-SUPPORTED_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 MEMBERS = {1: ("foa.flac", "iv.npy", "json"), 2: ("foa.flac", "iv.npy", "json", "w.wav"),
-           3: ("yzx.flac", "iv.npy", "json", "w.wav")}
-W_MEMBER = {1: "foa.flac", 2: "w.wav", 3: "w.wav"}   # where each version keeps W
+           3: ("yzx.flac", "iv.npy", "json", "w.wav"), 4: ("yzx.flac", "iv.npz", "json", "w.wav")}
+W_MEMBER = {1: "foa.flac", 2: "w.wav", 3: "w.wav", 4: "w.wav"}   # where each version keeps W
+IV_MEMBERS = ("iv.npz", "iv.npy")   # version 4; versions 1-3
 FOA_CHANNELS = ("W", "Y", "Z", "X")  # AmbiX / ACN order
 IV_CHANNELS = ("act_x", "act_y", "act_z", "rea_x", "rea_y", "rea_z")
 FLAC_SUBTYPE = "PCM_16"                    # yzx.flac, version 3
 FLAC_SUBTYPES = {1: "PCM_24", 2: "PCM_24"}  # foa.flac of versions 1 and 2
 FLAC_COMPRESSION = 0.5  # soundfile's 0..1 scale of libFLAC's levels 0..8
 W_SUBTYPE = "PCM_16"
-IV_INT8_SCALE = 127.0   # version 3, project features: iv.npy int8 q, value = q / 127
+IV_INT8_SCALE = 127.0   # versions 3, 4, project features: int8 q, value = q / 127
+IV_DEFLATE_LEVEL = 6    # iv.npz: zlib level (1 is ~25 % faster to write and ~3 % larger)
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member time: the same sample gives the same bytes
 
 
 @dataclass
@@ -78,7 +87,7 @@ class ShardMeta:
     area_m2: float
     t30_ms: float
     descriptors: dict       # attribute -> label, e.g. {"direction": "left", ...}
-    features: dict          # FeatureParams.to_dict() used to compute iv.npy
+    features: dict          # FeatureParams.to_dict() used to compute the intensity features
     render: dict = field(default_factory=dict)  # seed, gain, rule-table version, ...
     schema_version: int = SCHEMA_VERSION
 
@@ -129,9 +138,11 @@ def encode_sample(foa: np.ndarray, iv: np.ndarray, meta: ShardMeta, sample_rate:
     version = meta.schema_version
     if version >= 3:
         pcm = foa_to_pcm16(foa)
+        quantise = iv_is_bounded(meta.features)
+        iv_member = {"iv.npz": encode_iv_npz(iv, quantise=quantise)} if version >= 4 else \
+            {"iv.npy": encode_iv(iv, quantise=quantise)}
         return {"__key__": meta.key, "w.wav": encode_pcm16_wav(pcm[0], sample_rate),
-                "yzx.flac": encode_flac(pcm[1:].T, sample_rate),
-                "iv.npy": encode_iv(iv, quantise=iv_is_bounded(meta.features)), "json": meta.to_json_bytes()}
+                "yzx.flac": encode_flac(pcm[1:].T, sample_rate), **iv_member, "json": meta.to_json_bytes()}
     flac = io.BytesIO()
     sf.write(flac, np.ascontiguousarray(foa.T), sample_rate, format="FLAC", subtype=FLAC_SUBTYPES[version])
     out = {"__key__": meta.key, "foa.flac": flac.getvalue(), "iv.npy": encode_iv(iv, quantise=False),
@@ -164,14 +175,33 @@ def iv_is_bounded(features: dict) -> bool:
     return features.get("preset", "project") == "project"
 
 
+def quantise_iv(iv: np.ndarray) -> np.ndarray:
+    """``(6, F, M)`` float features bounded by 1 -> int8 q = round(iv * 127), clipped to +-127."""
+    return np.rint(np.clip(np.asarray(iv, np.float32), -1.0, 1.0) * np.float32(IV_INT8_SCALE)).astype(np.int8)
+
+
 def encode_iv(iv: np.ndarray, *, quantise: bool) -> bytes:
-    """``iv.npy`` bytes: int8 round(iv * 127) (values clipped to +-1) or float16. Never pickled."""
+    """``iv.npy`` bytes (versions 1-3): int8 :func:`quantise_iv` or float16. Never pickled."""
     buf = io.BytesIO()
-    if quantise:
-        q = np.rint(np.clip(np.asarray(iv, np.float32), -1.0, 1.0) * np.float32(IV_INT8_SCALE)).astype(np.int8)
-        np.save(buf, q, allow_pickle=False)
+    np.save(buf, quantise_iv(iv) if quantise else np.asarray(iv).astype(np.float16), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_iv_npz(iv: np.ndarray, *, quantise: bool) -> bytes:
+    """``iv.npz`` bytes (version 4): one deflated member ``iv.npy`` (int8 :func:`quantise_iv` or
+    float16; an int8 array is taken as q already), as ``np.savez_compressed`` writes it but with a
+    fixed member time, so that the same features always give the same bytes (savez stamps the
+    current time)."""
+    if iv.dtype == np.int8:
+        arr = iv
     else:
-        np.save(buf, np.asarray(iv).astype(np.float16), allow_pickle=False)
+        arr = quantise_iv(iv) if quantise else np.asarray(iv).astype(np.float16)
+    npy = io.BytesIO()
+    np.lib.format.write_array(npy, np.ascontiguousarray(arr), allow_pickle=False)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(zipfile.ZipInfo("iv.npy", date_time=_ZIP_EPOCH), npy.getvalue(),
+                   compress_type=zipfile.ZIP_DEFLATED, compresslevel=IV_DEFLATE_LEVEL)
     return buf.getvalue()
 
 
@@ -250,7 +280,7 @@ def check_members(sample: dict, version: int, *, where: str) -> None:
 
 def decode_w(sample: dict, meta: ShardMeta, *, where: str, frames: int = -1,
              pcm16: bool = False) -> tuple[np.ndarray, int]:
-    """The W channel of a raw sample: ``w.wav`` (versions 2, 3) or ``foa.flac`` (1).
+    """The W channel of a raw sample: ``w.wav`` (versions 2-4) or ``foa.flac`` (1).
 
     ``(T,)`` float32 in +-1, or with ``pcm16=True`` int16 (a v1 sample's 24-bit W is rounded).
     """
@@ -264,19 +294,35 @@ def decode_w(sample: dict, meta: ShardMeta, *, where: str, frames: int = -1,
     return (w_to_pcm16(w) if pcm16 else w), sr
 
 
-def decode_iv(data: bytes, *, where: str = "iv.npy", dequantise: bool = True) -> np.ndarray:
-    """Decode ``iv.npy`` bytes to ``(6, F, M)`` float16 (never unpickles). Version 3's int8 is
-    de-quantised (q / 127) unless ``dequantise=False`` (then int8 is returned as stored)."""
+def iv_member(sample: dict, *, where: str) -> str:
+    """The name of a raw sample's features member: ``iv.npz`` (version 4) or ``iv.npy`` (1-3)."""
+    for member in IV_MEMBERS:
+        if member in sample:
+            return member
+    raise SchemaError("missing member 'iv.npz' (schema_version 4) or 'iv.npy' (1-3)", file=where,
+                      field="iv.npz")
+
+
+def decode_iv(data: bytes, *, where: str = "iv.npz", dequantise: bool = True) -> np.ndarray:
+    """Decode ``iv.npz`` / ``iv.npy`` bytes (told apart by their magic) to ``(6, F, M)`` float16;
+    never unpickles. int8 (versions 3, 4) is de-quantised (q / 127) unless ``dequantise=False``
+    (then int8 is returned as stored)."""
+    member = "iv.npz" if data[:4] == b"PK\x03\x04" else "iv.npy"
     try:
-        iv = np.load(io.BytesIO(data), allow_pickle=False)
+        if member == "iv.npz":
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                if z.namelist() != ["iv.npy"]:
+                    raise ValueError(f"expected one array 'iv', got {z.namelist()}")
+                data = z.read("iv.npy")
+        iv = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:
-        raise SchemaError(f"cannot decode npy ({exc})", file=where, field="iv.npy") from None
+        raise SchemaError(f"cannot decode {member[3:]} ({exc})", file=where, field=member) from None
     if iv.ndim != 3 or iv.shape[0] != 6:
-        raise SchemaError(f"expected (6, frames, mels), got {iv.shape}", file=where, field="iv.npy")
-    if iv.dtype == np.int8:  # version 3: q / 127 through a 256-entry table (one gather, exact rounding)
+        raise SchemaError(f"expected (6, frames, mels), got {iv.shape}", file=where, field=member)
+    if iv.dtype == np.int8:  # q / 127 through a 256-entry table (one gather, exact rounding)
         return np.take(_IV_TABLE, iv.view(np.uint8)) if dequantise else iv
     if iv.dtype not in (np.float16, np.float32):
-        raise SchemaError(f"expected int8, float16 or float32, got {iv.dtype}", file=where, field="iv.npy")
+        raise SchemaError(f"expected int8, float16 or float32, got {iv.dtype}", file=where, field=member)
     return iv
 
 
@@ -298,14 +344,15 @@ def decode_sample(sample: dict, *, audio: bool = True) -> tuple[np.ndarray | Non
         raise SchemaError("missing member 'json'", file=where, field="json")
     meta = decode_meta(sample["json"], where=where)
     check_members(sample, meta.schema_version, where=where)
-    iv = decode_iv(sample["iv.npy"], where=where)
+    member = iv_member(sample, where=where)
+    iv = decode_iv(sample[member], where=where)
     foa = decode_foa_sample(sample, meta, where=where)[0] if audio else None
     return foa, iv, meta
 
 
 def decode_foa_sample(sample: dict, meta: ShardMeta, *, where: str = "sample") -> tuple[np.ndarray, int]:
     """The 4-channel AmbiX FOA ``(4, T)`` float32 of a raw sample of any version, and the rate:
-    ``foa.flac`` (versions 1, 2) or ``w.wav`` + ``yzx.flac`` stacked (version 3, exact 16-bit samples)."""
+    ``foa.flac`` (versions 1, 2) or ``w.wav`` + ``yzx.flac`` stacked (versions 3, 4, exact 16-bit samples)."""
     if meta.schema_version < 3:
         check_members(sample, meta.schema_version, where=where)
         return decode_foa(sample["foa.flac"], where=where)

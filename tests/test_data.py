@@ -55,9 +55,9 @@ def test_missing_shard_and_sizes_are_clear_errors(shard_dir, tmp_path):
 
 def test_batch_contract(shard_dir):
     batch = take(train_loader(resolve_shards(str(shard_dir)), DataConfig(batch_size=4, num_workers=0)), 1)[0]
-    # compact on the wire: int16 PCM W and float16 features (the model converts to float32)
+    # compact on the wire: int16 PCM W and int8 features q / 127 (the model converts to float32)
     assert batch["waveform"].shape == (4, 12000) and batch["waveform"].dtype == torch.int16
-    assert batch["iv"].shape == (4, 6, 26, 64) and batch["iv"].dtype == torch.float16
+    assert batch["iv"].shape == (4, 6, 26, 64) and batch["iv"].dtype == torch.int8
     assert batch["source_id"].dtype == torch.int64
     assert batch["source_id"].tolist() == [stable_id_int(s) for s in batch["source_id_str"]]
     for k in ("source_text", "space_text", "caption", "key", "descriptors", "space_id_str"):
@@ -133,10 +133,10 @@ def test_corrupt_shard_and_sample_skipped_and_counted(tmp_path):
         for m in tar.getmembers():
             members[m.name] = tar.extractfile(m).read()
     nan_iv = io.BytesIO()
-    np.save(nan_iv, np.full((6, 26, 64), np.nan, dtype=np.float16))
-    bad = {"bad_a.json": b"{not json", "bad_a.iv.npy": members["train_000000.iv.npy"],
+    np.savez_compressed(nan_iv, iv=np.full((6, 26, 64), np.nan, dtype=np.float16))
+    bad = {"bad_a.json": b"{not json", "bad_a.iv.npz": members["train_000000.iv.npz"],
            "bad_a.w.wav": members["train_000000.w.wav"],
-           "bad_b.json": members["train_000000.json"], "bad_b.iv.npy": nan_iv.getvalue(),
+           "bad_b.json": members["train_000000.json"], "bad_b.iv.npz": nan_iv.getvalue(),
            "bad_b.w.wav": members["train_000000.w.wav"]}
     with tarfile.open(d / "train-000004.tar", "w") as tar:
         for name, data in bad.items():
@@ -162,27 +162,41 @@ def test_eval_loader_sees_every_sample_once(shard_dir):
         assert sorted(keys) == [f"train_{i:06d}" for i in range(15)]
 
 
-def test_schema_v1_and_v2_shards_still_train(tmp_path):
-    """Older shards give the same batches as v3: v1 (no W member) decodes W from the 4-channel
-    foa.flac, v2 and v3 read w.wav; v3's features are int8."""
-    for v in (1, 2, 3):
+def test_older_schema_versions_still_train(tmp_path):
+    """Older shards give the same batches as v4: v1 (no W member) decodes W from the 4-channel
+    foa.flac, v2-v4 read w.wav; v3's iv.npy and v4's iv.npz hold the same int8 features, which
+    batches carry as int8 (the model divides by 127); v1 / v2 batches stay float16."""
+    from disse.trainer.physics import iv_to_float
+    for v in (1, 2, 3, 4):
         write_shards(tmp_path / f"v{v}", "train", [5, 7, 3], schema_version=v)
     cfg = DataConfig(batch_size=5, num_workers=0, shuffle_buffer=4, seed=2)
-    b1, b2, b3 = (take(train_loader(resolve_shards(str(tmp_path / f"v{v}" / "train")), cfg), 3) for v in (1, 2, 3))
-    for x, y, z in zip(b1, b2, b3):
-        assert x["key"] == y["key"] == z["key"] and torch.equal(x["iv"], y["iv"])
-        assert z["iv"].dtype == torch.float16 and (z["iv"].float() - y["iv"].float()).abs().max() <= 0.5 / 127 + 1e-3
-        # v1 rounds its 24-bit W to 16 bits, v2 / v3 the float render: at most one step apart at ties
+    b1, b2, b3, b4 = (take(train_loader(resolve_shards(str(tmp_path / f"v{v}" / "train")), cfg), 3) for v in (1, 2, 3, 4))
+    for x, y, z, w in zip(b1, b2, b3, b4):
+        assert x["key"] == y["key"] == z["key"] == w["key"] and torch.equal(x["iv"], y["iv"])
+        assert y["iv"].dtype == torch.float16 and z["iv"].dtype == w["iv"].dtype == torch.int8
+        assert torch.equal(z["iv"], w["iv"])
+        assert (iv_to_float(w["iv"]) - y["iv"].float()).abs().max() <= 0.5 / 127 + 1e-3
+        # v1 rounds its 24-bit W to 16 bits, v2-v4 the float render: at most one step apart at ties
         assert (x["waveform"].int() - y["waveform"].int()).abs().max() <= 1
-        assert torch.equal(y["waveform"], z["waveform"])
+        assert torch.equal(y["waveform"], z["waveform"]) and torch.equal(z["waveform"], w["waveform"])
+
+
+def test_a_batch_mixing_int8_and_float16_features_is_float16():
+    """Shards of several schema versions in one data set: int8 samples are de-quantised in the batch."""
+    from disse.trainer.data import collate_iv
+    q = np.array([[[-127, 0, 64]]] * 6, np.int8)
+    f = (q.astype(np.float32) / 127).astype(np.float16)
+    assert collate_iv([q, q]).dtype == torch.int8
+    mixed = collate_iv([q, f])
+    assert mixed.dtype == torch.float16 and torch.equal(mixed[0], mixed[1]) and mixed[0, 0, 0, 0] == -1
 
 
 def test_reader_drops_the_unused_foa_flac_before_the_shuffle_buffer(shard_dir):
-    """Training reads W from w.wav: the other channels (v3's yzx.flac, v2's foa.flac) must not be
+    """Training reads W from w.wav: the other channels (v3 / v4's yzx.flac, v2's foa.flac) must not be
     held in memory or decoded."""
     from disse.trainer.data import ErrorLog, _raw_samples
     raw = list(_raw_samples(str(shard_dir / "train-000000.tar"), ErrorLog()))
-    assert len(raw) == 5 and all(set(s) == {"__key__", "__url__", "w.wav", "iv.npy", "json"} for s in raw)
+    assert len(raw) == 5 and all(set(s) == {"__key__", "__url__", "w.wav", "iv.npz", "json"} for s in raw)
     v2 = write_shards(shard_dir.parent / "v2", "train", [2], schema_version=2)[0]
     raw = list(_raw_samples(str(v2), ErrorLog()))
     assert len(raw) == 2 and all("w.wav" in s and "foa.flac" not in s for s in raw)

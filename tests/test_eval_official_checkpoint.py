@@ -172,7 +172,7 @@ def test_inspect_reads_the_direction_of_official_shards(grid, tmp_path):
 
     sample = find_sample(find_shards(grid), "104274__auto_000000")
     meta = sample.meta()
-    iv = decode_iv(sample.data["iv.npy"]).astype(np.float32)
+    iv = decode_iv(sample.data["iv.npz"]).astype(np.float32)
     # [act Y, Z, X] rows read as such: the same direction as the release-frame sum (+azimuth = +Y)
     assert iv_direction(iv, meta.features) == pytest.approx(official_direction(iv[:3]), abs=1e-6)
     az, _ = iv_direction(iv[:, :40], meta.features)  # < 1.6 kHz: the 5 cm capsules do not alias

@@ -129,7 +129,7 @@ def test_summary(dataset, how):
     assert res.exit_code == 0, res.output
     expected = {"root": (3, 9), "brace": (2, 6), "file": (1, 3)}[how]
     assert f"{expected[0]} shard(s), {expected[1]} sample(s)" in res.output
-    assert "yzx.flac" in res.output and "w.wav" in res.output and "schema_version: 3" in res.output
+    assert "yzx.flac" in res.output and "w.wav" in res.output and "schema_version: 4" in res.output
     if how == "root":
         lines = {line.split()[0]: line.split() for line in res.output.splitlines() if line.strip()}
         assert lines["train"][1:3] == ["2", "6"] and lines["val"][1:3] == ["1", "3"]
@@ -175,7 +175,7 @@ def test_plot_sample_and_intensity_direction(dataset, tmp_path):
     for key in ("train_0000", "train_0001", "train_0002", "train_0003"):
         sample = find_sample(find_shards(dataset), key)
         meta = sample.meta()
-        iv = np.load(io.BytesIO(sample.data["iv.npy"]))
+        iv = np.load(io.BytesIO(sample.data["iv.npz"]))["iv"]
         az, _ = iv_direction(iv)
         assert abs((az - meta.azimuth_deg + 180) % 360 - 180) < 15
 
@@ -202,7 +202,7 @@ def test_stats_table_and_plot(dataset, tmp_path):
     line = next(x for x in res.output.splitlines() if x.startswith("bytes per sample: "))
     value, unit = line.split()[3:5]
     assert float(value) * {"kB": 1e3, "MB": 1e6}[unit] == pytest.approx(np.mean(sizes), rel=0.01)
-    assert "yzx.flac" in line and "w.wav" in line and "iv.npy" in line
+    assert "yzx.flac" in line and "w.wav" in line and "iv.npz" in line
 
 
 def test_stats_skip_and_count_a_corrupt_sample(dataset, tmp_path):

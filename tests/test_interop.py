@@ -1,5 +1,5 @@
 """Reading the shards elsewhere: the plain-webdataset recipe of docs/synthesis.md ("Reading the shards
-without disse"), on real tar shards of schema v3 and v2, and Hugging Face ``datasets`` where installed.
+without disse"), on real tar shards of schema v4, v3 and v2, and Hugging Face ``datasets`` where installed.
 
 The recipe functions below are copied verbatim into the docs: keep them in step."""
 from __future__ import annotations
@@ -26,18 +26,18 @@ def audio_handler(key: str, data: bytes):
 
 def to_foa(sample: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     """-> (FOA (4, T) float32 AmbiX W, Y, Z, X; iv (6, frames, mels) float32; metadata dict)."""
-    if "yzx.flac" in sample:                     # schema 3: W and Y, Z, X in two members
+    if "yzx.flac" in sample:                     # schema 3, 4: W and Y, Z, X in two members
         (w, sr), (yzx, _) = sample["w.wav"], sample["yzx.flac"]
         foa = np.concatenate([w, yzx])
-    else:                                        # schema 1 and 2: one 4-channel FLAC
+    else:                                        # schema 1, 2: one 4-channel FLAC
         foa, sr = sample["foa.flac"]
-    iv = sample["iv.npy"]                        # schema 3: int8, value = q / 127
-    iv = iv / np.float32(127) if iv.dtype == np.int8 else iv.astype(np.float32)
+    iv = sample["iv.npz"]["iv"] if "iv.npz" in sample else sample["iv.npy"]  # schema 4: deflated .npz
+    iv = iv / np.float32(127) if iv.dtype == np.int8 else iv.astype(np.float32)  # int8 (3, 4): q / 127
     return foa, iv, sample["json"]
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=[3, 2])
+@pytest.fixture(scope="module", params=[4, 3, 2])
 def shards(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"v{request.param}")
     write_shards(root, "train", [3, 2], schema_version=request.param)
@@ -66,17 +66,18 @@ def raw_rows(urls):
     """One row per sample: the member bytes as they are in the tar (nothing decoded)."""
     for s in wds.WebDataset(urls, shardshuffle=False):
         yield {"key": s["__key__"], "json": s["json"].decode("utf-8"),
-               "w_wav": s["w.wav"], "yzx_flac": s["yzx.flac"], "iv_npy": s["iv.npy"]}
+               "w_wav": s["w.wav"], "yzx_flac": s["yzx.flac"], "iv": s.get("iv.npz") or s["iv.npy"]}
 
 
 def decode_rows(batch):
     """Lazy decoding (with_transform): FOA (4, T) float32 AmbiX W, Y, Z, X; iv float32."""
     out = {"key": batch["key"], "json": batch["json"], "foa": [], "iv": []}
-    for w, yzx, iv in zip(batch["w_wav"], batch["yzx_flac"], batch["iv_npy"]):
+    for w, yzx, iv in zip(batch["w_wav"], batch["yzx_flac"], batch["iv"]):
         w = sf.read(io.BytesIO(w), dtype="float32", always_2d=True)[0].T
         yzx = sf.read(io.BytesIO(yzx), dtype="float32", always_2d=True)[0].T
         out["foa"].append(np.concatenate([w, yzx]))
-        q = np.load(io.BytesIO(iv), allow_pickle=False)
+        q = np.load(io.BytesIO(iv), allow_pickle=False)   # .npz (schema 4) or .npy (3)
+        q = q["iv"] if isinstance(q, np.lib.npyio.NpzFile) else q
         out["iv"].append(q / np.float32(127) if q.dtype == np.int8 else q.astype(np.float32))
     return out
 # ------------------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def test_hugging_face_datasets_recipe(shards):
     numpy 2.4.6)."""
     datasets = pytest.importorskip("datasets")
     if "yzx.flac" not in next(iter(wds.WebDataset(shards, shardshuffle=False))):
-        pytest.skip("the recipe is for schema version 3")
+        pytest.skip("the recipe is for schema versions 3 and 4")
     ds = datasets.Dataset.from_generator(raw_rows, gen_kwargs={"urls": shards}).with_transform(decode_rows)
     assert len(ds) == 5
     ours = {s["__key__"]: decode_sample(s) for s in wds.WebDataset(shards, shardshuffle=False)}

@@ -111,7 +111,7 @@ def test_shards_hold_48k_foa_and_directions_within_5_degrees(reference):
         foa, iv, meta = decode_sample(raw)
         assert foa.shape == (4, 480000) and foa.dtype == np.float32
         assert sf.info(__import__("io").BytesIO(raw["yzx.flac"])).samplerate == 48000
-        assert sf.info(__import__("io").BytesIO(raw["yzx.flac"])).subtype == "PCM_16"  # schema v3
+        assert sf.info(__import__("io").BytesIO(raw["yzx.flac"])).subtype == "PCM_16"  # schema v3, v4
         assert iv.dtype == np.float16 and iv.shape == (6, 1001, 64)
         assert np.abs(foa).max() <= 0.99 + 1e-6
         assert meta.render["gain"] > 0 and meta.features["sample_rate"] == 48000
@@ -158,18 +158,18 @@ def test_read_back_with_webdataset_and_tarfile_and_sizes(reference):
         for tar in tars:
             with tarfile.open(tar) as tf:
                 members = tf.getmembers()
-            assert len(members) == 4 * sizes[tar.name]  # yzx.flac, iv.npy, json, w.wav
+            assert len(members) == 4 * sizes[tar.name]  # yzx.flac, iv.npz, json, w.wav
             assert all(m.mtime == members[0].mtime and m.uid == 0 and m.uname == "" for m in members)
         ds = wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False)
         n = 0
         for s in ds:
-            assert {"yzx.flac", "iv.npy", "json", "w.wav"} <= set(s)
+            assert {"yzx.flac", "iv.npz", "json", "w.wav"} <= set(s)
             n += 1
         assert n == sum(sizes.values()) == manifest["splits"][split]["rendered"]
         total += n
     assert total == manifest["rendered_samples"] == manifest["planned_samples"]
     on_disk = sum(t.stat().st_size for t in reference.rglob("*.tar"))
-    assert manifest["bytes_per_sample"] == round(on_disk / total)  # schema v3: ~2.1 MB for 10 s clips
+    assert manifest["bytes_per_sample"] == round(on_disk / total)  # schema v4: ~2.1 MB for 10 s clips
     for split in ("train", "val", "test"):
         s = manifest["splits"][split]
         assert s["bytes"] == sum(t.stat().st_size for t in (reference / split).glob("*.tar")) > 0

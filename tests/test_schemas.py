@@ -9,7 +9,8 @@ import soundfile as sf
 from disse.schemas import (SchemaError, ShardMeta, decode_sample, encode_sample, load_caption_rules,
                            load_feature_params, read_clips_csv, read_rirs_csv, stable_id_int)
 from disse.schemas.config import load_config
-from disse.schemas.shard import decode_foa_sample, decode_iv, decode_meta, decode_w, decode_w_wav, iv_is_bounded
+from disse.schemas.shard import (decode_foa_sample, decode_iv, decode_meta, decode_w, decode_w_wav, encode_iv_npz,
+                                 iv_is_bounded)
 from disse.schemas.records import wrap_azimuth
 
 RIR_HEADER = "rir_path,azimuth_deg,elevation_deg,source_distance_m,area_m2,fullband_T30_ms\n"
@@ -82,13 +83,17 @@ def test_sample_round_trip():
                      descriptors={}, features=fp.to_dict())
     raw = encode_sample(foa, iv, meta)
     foa2, iv2, meta2 = decode_sample(raw)
-    # schema v3: 16-bit FOA (round(x * 2**15)), int8 features (q / 127, clipped to +-1)
+    # schema v4: 16-bit FOA (round(x * 2**15)), int8 features (q / 127, clipped to +-1), deflated
     assert foa2.shape == (4, 4800) and np.abs(foa2 - foa).max() <= 2 ** -16
     assert iv2.dtype == np.float16 and np.abs(iv2.astype(np.float32) - iv.astype(np.float32).clip(-1, 1)).max() <= 0.004
     assert meta2 == meta
     v2 = encode_sample(foa, iv, ShardMeta(**{**meta.__dict__, "schema_version": 2}))  # still written and read
     foa2, iv2, _ = decode_sample(v2)
     assert np.abs(foa2 - foa).max() < 1e-5 and np.array_equal(iv2, iv)
+    v3 = encode_sample(foa, iv, ShardMeta(**{**meta.__dict__, "schema_version": 3}))  # iv.npy, not deflated
+    foa3, iv3, _ = decode_sample(v3)
+    assert "iv.npy" in v3 and "iv.npz" not in v3
+    assert np.array_equal(foa3, decode_sample(raw)[0]) and np.array_equal(iv3, decode_sample(raw)[1])
     with pytest.raises(SchemaError, match="__key__"):
         encode_sample(foa, iv, ShardMeta(**{**meta.__dict__, "key": "a.b"}))
 
@@ -102,15 +107,15 @@ def _meta(**kw) -> ShardMeta:
 
 
 def test_w_member_is_the_foa_w_channel_in_16_bits():
-    """v3 stores W (w.wav) and Y, Z, X (yzx.flac) once each at 16 bits; v2's w.wav holds W of its
-    24-bit foa.flac rounded to 16 bits; v1 (no W member) gives W from foa.flac."""
+    """v4 (as v3) stores W (w.wav) and Y, Z, X (yzx.flac) once each at 16 bits; v2's w.wav holds W of
+    its 24-bit foa.flac rounded to 16 bits; v1 (no W member) gives W from foa.flac."""
     rng = np.random.default_rng(1)
     foa = (rng.standard_normal((4, 4800)) * 0.2).clip(-1, 1).astype(np.float32)
     iv = np.zeros((6, 11, 64), np.float16)
     v3 = encode_sample(foa, iv, _meta())
     v2 = encode_sample(foa, iv, _meta(schema_version=2))
     v1 = encode_sample(foa, iv, _meta(schema_version=1))
-    assert set(v3) == {"__key__", "w.wav", "yzx.flac", "iv.npy", "json"} and set(v2) - set(v1) == {"w.wav"}
+    assert set(v3) == {"__key__", "w.wav", "yzx.flac", "iv.npz", "json"} and set(v2) - set(v1) == {"w.wav"}
     info = sf.info(io.BytesIO(v3["yzx.flac"]))
     assert (info.format, info.subtype, info.channels) == ("FLAC", "PCM_16", 3)
     assert sf.info(io.BytesIO(v2["foa.flac"])).subtype == "PCM_24"
@@ -126,18 +131,40 @@ def test_w_member_is_the_foa_w_channel_in_16_bits():
 
 
 def test_iv_int8_only_for_bounded_features():
-    """The project's features are stored as int8 (q / 127); another preset's stay float16."""
+    """The project's features are stored as int8 (q / 127); another preset's stay float16. Both are
+    a standard deflated .npz (np.load reads it) whose bytes depend on the values only."""
     iv = np.linspace(-1.2, 1.2, 6 * 11 * 64).reshape(6, 11, 64).astype(np.float32)
     raw = encode_sample(np.zeros((4, 480), np.float32), iv, _meta())
-    assert np.load(io.BytesIO(raw["iv.npy"])).dtype == np.int8
-    got = decode_iv(raw["iv.npy"])
+    with np.load(io.BytesIO(raw["iv.npz"])) as z:
+        assert z.files == ["iv"] and z["iv"].dtype == np.int8
+        assert np.array_equal(z["iv"], decode_iv(raw["iv.npz"], dequantise=False))
+    got = decode_iv(raw["iv.npz"])
     assert got.dtype == np.float16 and got.max() == 1 and got.min() == -1
     np.testing.assert_allclose(got.astype(np.float32), iv.clip(-1, 1), atol=0.5 / 127 + 1e-3)
     assert not iv_is_bounded({"preset": "official"}) and iv_is_bounded({"n_mels": 64})
-    with pytest.raises(SchemaError, match="iv.npy.*int8, float16 or float32"):
-        buf = io.BytesIO()
-        np.save(buf, np.zeros((6, 2, 3), np.int32))
-        decode_iv(buf.getvalue(), where="x")
+    # no time stamp in the zip: the same features give the same bytes later on
+    assert encode_iv_npz(iv, quantise=True) == raw["iv.npz"] and encode_iv_npz(iv[:, :5], quantise=True) != raw["iv.npz"]
+    unbounded = encode_iv_npz(iv * 100, quantise=False)
+    assert decode_iv(unbounded).dtype == np.float16 and decode_iv(unbounded).max() == np.float16(120)
+    for data, member in ((_npy(np.zeros((6, 2, 3), np.int32)), "iv.npy"), (_npz(np.zeros((6, 2, 3), np.int32)), "iv.npz")):
+        with pytest.raises(SchemaError, match=f"{member}.*int8, float16 or float32"):
+            decode_iv(data, where="x")
+    with pytest.raises(SchemaError, match="field 'iv.npz'.*cannot decode npz"):
+        decode_iv(raw["iv.npz"][:40], where="x")
+    with pytest.raises(SchemaError, match="field 'iv.npz'.*one array 'iv'"):
+        decode_iv(_npz(np.zeros((6, 2, 3), np.int8), other=np.zeros(2)), where="x")
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _npz(a: np.ndarray, **more: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, iv=a, **more)
+    return buf.getvalue()
 
 
 def test_w_member_errors_name_the_member():
@@ -158,8 +185,10 @@ def test_w_member_errors_name_the_member():
     short = encode_sample(np.zeros((4, 240), np.float32), np.zeros((6, 2, 64), np.float16), _meta())
     with pytest.raises(SchemaError, match="field 'yzx.flac'.*does not match w.wav"):
         decode_sample({**v3, "yzx.flac": short["yzx.flac"]})
+    with pytest.raises(SchemaError, match="field 'iv.npz'.*missing member 'iv.npz'"):
+        decode_sample({k: v for k, v in v3.items() if k != "iv.npz"})
     with pytest.raises(SchemaError, match="schema_version.*not supported"):
-        decode_meta(_meta(schema_version=4).to_json_bytes())
+        decode_meta(_meta(schema_version=5).to_json_bytes())
 
 
 def test_stable_id_int_is_stable():

@@ -17,6 +17,7 @@ from torch import nn
 from disse.trainer.htsat import (FFTSpectrogram, HTSATBranch, HTSATConfig, htsat_arch,  # noqa: F401  (re-exported)
                                  htsat_audio_cfg)
 from disse.trainer.spatial import SpatialBranch, SpatialConfig, mlp  # noqa: F401  (re-exported)
+from disse.trainer.physics import iv_to_float
 
 
 @dataclass
@@ -31,16 +32,17 @@ PCM16_SCALE = 2.0 ** -15  # int16 sample -> float in [-1, 1), the inverse of sch
 
 
 def audio_inputs_as_float(waveform: torch.Tensor, iv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batches carry W as int16 PCM and the features as float16 (half the bytes through the loader's
-    shared memory and to the GPU); the model computes in float32. Float inputs pass unchanged.
+    """Batches carry W as int16 PCM and the features as int8 q / 127 or float16 (a half or a quarter
+    of float32's bytes through the loader's shared memory and to the GPU); the model computes in
+    float32. Float inputs pass unchanged.
 
-    ``waveform (B, T)`` int16 or float, ``iv (B, 6, F, M)`` any float -> both float32 (same device).
+    ``waveform (B, T)`` int16 or float, ``iv (B, 6, F, M)`` int8 or any float -> both float32 (same device).
     """
     if waveform.dtype == torch.int16:
         waveform = waveform.float() * PCM16_SCALE
     elif not waveform.is_floating_point():
         raise TypeError(f"waveform must be int16 PCM or floating point, got {waveform.dtype}")
-    return waveform.float(), iv.float()
+    return waveform.float(), iv_to_float(iv)
 
 
 class AudioEncoder(nn.Module):

@@ -26,13 +26,19 @@ from disse.schemas.shard import ShardMeta, stable_id_int
 
 
 def rotate_iv(iv: np.ndarray, angle_deg: float) -> np.ndarray:
-    """``iv (6, F, M)`` (I_act xyz, I_rea xyz) turned by ``angle_deg`` about z (counter-clockwise)."""
+    """``iv (6, F, M)`` (I_act xyz, I_rea xyz) turned by ``angle_deg`` about z (counter-clockwise).
+
+    Same dtype out. int8 q (value q / 127) is turned as values (the rotation is linear) and rounded
+    back, which adds at most 0.5 / 127 per x, y component to the storage's own rounding."""
     c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
     x = iv.astype(np.float32, copy=True)
     for base in (0, 3):
         ix, iy = x[base].copy(), x[base + 1]
         x[base] = c * ix - s * iy
         x[base + 1] = s * ix + c * iy
+    if iv.dtype == np.int8:  # |(x, y)| <= 127 stays so after the turn, up to rounding
+        np.rint(x, out=x)
+        np.clip(x, -127, 127, out=x)
     return x.astype(iv.dtype, copy=False)
 
 

@@ -18,10 +18,13 @@ Design (why it looks like this):
   index; DataLoader workers are rotated so the round-robin order of batches continues where it
   stopped. Batches after a resume are bit-identical to those of an uninterrupted run.
 * **Decode after the shuffle.** The buffer holds raw bytes; only samples that leave it are
-  decoded. Only W is used: schema v2 and v3 samples carry it as ``w.wav`` (16-bit PCM, ~0.2 ms to
+  decoded. Only W is used: schema v2-v4 samples carry it as ``w.wav`` (16-bit PCM, ~0.2 ms to
   decode) and their other channels (``foa.flac`` / ``yzx.flac``) are dropped before the buffer; v1
-  samples decode it from the 4-channel ``foa.flac`` (~33 ms). v3's int8 ``iv.npy`` is
-  de-quantised to float16 on decoding (q / 127, through float32: ~0.2 ms).
+  samples decode it from the 4-channel ``foa.flac`` (~33 ms).
+* **int8 features stay int8.** v4's ``iv.npz`` and v3's ``iv.npy`` hold q = round(127 x); batches
+  carry q as int8 and the model divides by 127 (``physics.iv_to_float``), so the features
+  cross the workers' shared memory and the host-to-GPU copy at one byte a value. A batch that
+  mixes them with float16 features (v1, v2 shards) is float16, de-quantised exactly as before.
 * **Feature presets.** Training and ``eval_loader`` read this project's mel features (a block of another
   preset is refused, as before). ``eval_loader(..., preset="official")`` reads the release's features
   (float16 ``(6, 201, 1601)``) for the released model, with ``w_scale`` per sample: the release's
@@ -49,7 +52,8 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from disse.schemas import SchemaError, load_caption_rules, stable_id_int
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, feature_params_from_dict
-from disse.schemas.shard import IV_INT8_SCALE, W_MEMBER, decode_iv, decode_meta, decode_w, group_tar_members
+from disse.schemas.shard import (IV_INT8_SCALE, W_MEMBER, decode_iv, decode_meta, decode_w, group_tar_members,
+                                 iv_member)
 from disse.trainer.augment import check_rules, drop_source_clause, rotate_sample
 from disse.trainer.physics import direction_from_angles
 
@@ -201,36 +205,36 @@ def decode_raw(sample: dict, *, with_audio: bool = True, preset: str = "project"
         return _decode_official(sample, with_audio=with_audio)
     if preset != "project":
         raise ValueError(f"preset must be one of {FEATURE_PRESETS}, got {preset!r}")
-    where, meta = _sample_meta(sample)
+    where, meta, member = _sample_meta(sample)
     params = FeatureParams.from_dict(meta.features, source=where)
-    iv = decode_iv(sample["iv.npy"], where=where, dequantise=False)
-    if iv.dtype == np.int8:  # schema v3: q / 127 -> float16 (torch's float32 path is ~4x numpy's table)
-        iv = torch.from_numpy(iv).float().mul_(1.0 / IV_INT8_SCALE).half().numpy()
+    iv = decode_iv(sample[member], where=where, dequantise=False)  # int8 stays int8 (module docstring)
     if iv.shape[1:] != (params.n_frames, params.n_mels):
         raise SchemaError(f"iv shape {iv.shape} does not match its feature parameters", file=where,
-                          field="iv.npy")
-    _check_finite(iv, where)
+                          field=member)
+    _check_finite(iv, where, member)
     out = {"iv": iv, "meta": meta}
     if with_audio:
         out["waveform"] = _decode_w(sample, meta, params, where)
     return out
 
 
-def _sample_meta(sample: dict) -> tuple[str, Any]:
-    """``(where, meta)`` of a raw sample whose ``json`` and ``iv.npy`` members are present (the W
-    member is checked by decode_w: it depends on the schema version)."""
+def _sample_meta(sample: dict) -> tuple[str, Any, str]:
+    """``(where, meta, features member)`` of a raw sample whose ``json`` and features members are
+    present (the W member is checked by decode_w: it depends on the schema version)."""
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-    for member in ("json", "iv.npy"):
-        if member not in sample:
-            raise SchemaError(f"missing member {member!r}", file=where, field=member)
-    return where, decode_meta(sample["json"], where=where)
+    if "json" not in sample:
+        raise SchemaError("missing member 'json'", file=where, field="json")
+    member = iv_member(sample, where=where)
+    return where, decode_meta(sample["json"], where=where), member
 
 
-def _check_finite(iv: np.ndarray, where: str) -> None:
+def _check_finite(iv: np.ndarray, where: str, member: str) -> None:
+    if iv.dtype == np.int8:
+        return
     # float16 inf/NaN have all exponent bits set: an integer test is ~10x cheaper than isfinite
     if iv.dtype == np.float16 and ((iv.view(np.uint16) & 0x7C00) == 0x7C00).any() or \
             iv.dtype != np.float16 and not np.isfinite(iv).all():
-        raise SchemaError("non-finite intensity features", file=where, field="iv.npy")
+        raise SchemaError("non-finite intensity features", file=where, field=member)
 
 
 def _decode_w(sample: dict, meta: Any, params: Any, where: str) -> np.ndarray:
@@ -265,19 +269,19 @@ def _decode_official(sample: dict, *, with_audio: bool = True) -> dict:
     """An ``official`` feature-preset sample -> ``iv`` float16 ``(6, 201, 1601)`` ([act Y, Z, X, rea Y, Z,
     X]; :func:`disse.pipeline.official_features.split_official_iv` gives ``i_act``, ``i_rea``), W as int16
     (480000 samples) and ``w_scale``: ``omni_48k = W / 2**15 * w_scale`` (:func:`omni_scale`)."""
-    where, meta = _sample_meta(sample)
+    where, meta, member = _sample_meta(sample)
     params = feature_params_from_dict(meta.features, source=where)
     if not isinstance(params, OfficialFeatureParams):
         raise SchemaError("features block is this project's preset (mel intensity vectors); the official model "
                           "reads shards of the official preset (disse-synth official-grid, or render --features "
                           "official)", file=where, field="features.preset")
-    iv = decode_iv(sample["iv.npy"], where=where, dequantise=False)
+    iv = decode_iv(sample[member], where=where, dequantise=False)
     if iv.dtype == np.int8:
-        raise SchemaError("official features must be float16, got int8 (clipped to +-1)", file=where, field="iv.npy")
+        raise SchemaError("official features must be float16, got int8 (clipped to +-1)", file=where, field=member)
     if iv.shape != params.iv_shape:
         raise SchemaError(f"iv shape {iv.shape} != {params.iv_shape} of the official preset", file=where,
-                          field="iv.npy")
-    _check_finite(iv, where)
+                          field=member)
+    _check_finite(iv, where, member)
     out = {"iv": iv, "meta": meta}
     if with_audio:
         out["waveform"] = _decode_w(sample, meta, params, where)
@@ -285,18 +289,27 @@ def _decode_official(sample: dict, *, with_audio: bool = True) -> dict:
     return out
 
 
+def collate_iv(ivs: list[np.ndarray]) -> torch.Tensor:
+    """``(6, F, M)`` features -> ``(B, 6, F, M)``: int8 q (value q / 127) when every sample is int8,
+    else float16 (int8 ones de-quantised: a batch mixing schema versions)."""
+    if all(iv.dtype == np.int8 for iv in ivs):
+        return default_collate([torch.from_numpy(iv) for iv in ivs])
+    return default_collate([torch.from_numpy(iv).float().mul_(1.0 / IV_INT8_SCALE).half() if iv.dtype == np.int8
+                            else torch.from_numpy(iv).to(torch.float16) for iv in ivs])
+
+
 def collate(samples: list[dict]) -> dict[str, Any]:
     """Decoded samples -> a batch dict of the Batch contract (docs/internals.md)."""
     metas = [s["meta"] for s in samples]
     batch: dict[str, Any] = {}
-    # int16 W and float16 features: half the bytes of float32 through the workers' shared memory
-    # and to the GPU (the model converts, audio_encoder.audio_inputs_as_float); default_collate
+    # int16 W and int8 (or float16) features: a half or a quarter of float32's bytes through the workers'
+    # shared memory and to the GPU (the model converts, audio_encoder.audio_inputs_as_float); default_collate
     # stacks straight into shared memory inside a DataLoader worker (no second copy)
     if "waveform" in samples[0]:
         batch["waveform"] = default_collate([torch.from_numpy(s["waveform"]) for s in samples])
     if "w_scale" in samples[0]:  # official preset: the release's omni_48k = waveform / 2**15 * w_scale
         batch["w_scale"] = torch.tensor([s["w_scale"] for s in samples], dtype=torch.float64)
-    batch["iv"] = default_collate([torch.from_numpy(s["iv"]).to(torch.float16) for s in samples])
+    batch["iv"] = collate_iv([s["iv"] for s in samples])
     batch["source_text"] = [m.source_caption for m in metas]
     batch["space_text"] = [m.spatial_caption for m in metas]
     batch["caption"] = [m.caption for m in metas]

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from disse.schemas.shard import IV_INT8_SCALE
+
 SCALARS = ("area", "distance", "t30")
 #: real-unit target keys of the Batch contract, per scalar
 REAL_KEYS = {"area": "area_m2", "distance": "distance_m", "t30": "t30_ms"}
@@ -107,11 +109,21 @@ def to_real_units(phys: dict, stats: PhysicsStats = DEFAULT_STATS) -> dict[str, 
     return out
 
 
+def iv_to_float(iv: torch.Tensor) -> torch.Tensor:
+    """``iv (B, 6, F, M)`` as batches carry it -> float32: int8 q is q / 127 (schema v3, v4: the
+    project's features, bounded by 1), float16 / float32 pass as values."""
+    if iv.dtype == torch.int8:
+        return iv.float().mul_(1.0 / IV_INT8_SCALE)
+    if not iv.is_floating_point():
+        raise TypeError(f"iv must be int8 (q / 127) or floating point, got {iv.dtype}")
+    return iv.float()
+
+
 def intensity_direction(iv: torch.Tensor, min_directivity: float = 0.95) -> torch.Tensor:
     """Physics baseline: source direction from intensity features, no learning.
 
-    ``iv (B, 6, F, M)`` (channels act_x, act_y, act_z, rea_x, rea_y, rea_z; float16 as stored is fine,
-    the sums run in float32) -> ``(B, 3)`` unit vectors (x front, y left, z up). Per item, the active
+    ``iv (B, 6, F, M)`` (channels act_x, act_y, act_z, rea_x, rea_y, rea_z; int8 q / 127 or float16 as
+    batches carry them is fine, the sums run in float32) -> ``(B, 3)`` unit vectors (x front, y left, z up). Per item, the active
     intensity vectors ``iv[:, :3]`` are summed over the time-frequency cells whose directivity
     ``|I_act|`` is at least ``min_directivity`` (1 = a single plane wave, 0 = diffuse), which keeps
     the cells dominated by the direct sound. This is the torch twin of the synthesis reference
@@ -122,7 +134,7 @@ def intensity_direction(iv: torch.Tensor, min_directivity: float = 0.95) -> torc
     vector as well (silence), the result is front ``(1, 0, 0)``, a fixed guess that scores like
     chance (90 degrees on average) rather than a zero vector that would score 0 degrees.
     """
-    act = torch.as_tensor(iv)[:, :3].float().flatten(2)          # (B, 3, F*M)
+    act = iv_to_float(torch.as_tensor(iv)[:, :3]).flatten(2)     # (B, 3, F*M)
     directivity = torch.linalg.vector_norm(act, dim=1)            # (B, F*M)
     keep = directivity >= min_directivity
     selected = (act * keep[:, None].to(act.dtype)).sum(-1)        # (B, 3)
