@@ -139,10 +139,10 @@ def encode_sample(foa: np.ndarray, iv: np.ndarray, meta: ShardMeta, sample_rate:
     if version >= 3:
         pcm = foa_to_pcm16(foa)
         quantise = iv_is_bounded(meta.features)
-        iv_member = {"iv.npz": encode_iv_npz(iv, quantise=quantise)} if version >= 4 else \
+        features = {"iv.npz": encode_iv_npz(iv, quantise=quantise)} if version >= 4 else \
             {"iv.npy": encode_iv(iv, quantise=quantise)}
         return {"__key__": meta.key, "w.wav": encode_pcm16_wav(pcm[0], sample_rate),
-                "yzx.flac": encode_flac(pcm[1:].T, sample_rate), **iv_member, "json": meta.to_json_bytes()}
+                "yzx.flac": encode_flac(pcm[1:].T, sample_rate), **features, "json": meta.to_json_bytes()}
     flac = io.BytesIO()
     sf.write(flac, np.ascontiguousarray(foa.T), sample_rate, format="FLAC", subtype=FLAC_SUBTYPES[version])
     out = {"__key__": meta.key, "foa.flac": flac.getvalue(), "iv.npy": encode_iv(iv, quantise=False),
@@ -180,10 +180,17 @@ def quantise_iv(iv: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(np.asarray(iv, np.float32), -1.0, 1.0) * np.float32(IV_INT8_SCALE)).astype(np.int8)
 
 
+def _stored_iv(iv: np.ndarray, quantise: bool) -> np.ndarray:
+    """The array a features member holds: int8 as given (already q), else :func:`quantise_iv` or float16."""
+    if iv.dtype == np.int8:
+        return iv
+    return quantise_iv(iv) if quantise else np.asarray(iv).astype(np.float16)
+
+
 def encode_iv(iv: np.ndarray, *, quantise: bool) -> bytes:
     """``iv.npy`` bytes (versions 1-3): int8 :func:`quantise_iv` or float16. Never pickled."""
     buf = io.BytesIO()
-    np.save(buf, quantise_iv(iv) if quantise else np.asarray(iv).astype(np.float16), allow_pickle=False)
+    np.save(buf, _stored_iv(iv, quantise), allow_pickle=False)
     return buf.getvalue()
 
 
@@ -192,12 +199,8 @@ def encode_iv_npz(iv: np.ndarray, *, quantise: bool) -> bytes:
     float16; an int8 array is taken as q already), as ``np.savez_compressed`` writes it but with a
     fixed member time, so that the same features always give the same bytes (savez stamps the
     current time)."""
-    if iv.dtype == np.int8:
-        arr = iv
-    else:
-        arr = quantise_iv(iv) if quantise else np.asarray(iv).astype(np.float16)
     npy = io.BytesIO()
-    np.lib.format.write_array(npy, np.ascontiguousarray(arr), allow_pickle=False)
+    np.lib.format.write_array(npy, np.ascontiguousarray(_stored_iv(iv, quantise)), allow_pickle=False)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr(zipfile.ZipInfo("iv.npy", date_time=_ZIP_EPOCH), npy.getvalue(),
