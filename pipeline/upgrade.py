@@ -28,7 +28,7 @@ from disse.pipeline.inspect import find_shards
 from disse.pipeline.shards import read_tar_samples, write_json_atomic, write_tar_atomic
 from disse.schemas import SchemaError
 from disse.schemas.shard import (SCHEMA_VERSION, check_members, decode_foa, decode_iv, decode_meta, encode_flac,
-                                 encode_iv_npz, encode_pcm16_wav, foa_to_pcm16, iv_is_bounded)
+                                 encode_iv_npz, encode_pcm16_wav, foa_to_pcm16, interleave, iv_is_bounded)
 
 
 def upgrade_sample(sample: dict, *, where: str = "sample") -> dict:
@@ -53,7 +53,7 @@ def upgrade_sample(sample: dict, *, where: str = "sample") -> dict:
         foa, sr = decode_foa(sample["foa.flac"], where=where)
         pcm = foa_to_pcm16(foa)
         out["w.wav"] = encode_pcm16_wav(pcm[0], sr)
-        out["yzx.flac"] = encode_flac(pcm[1:].T, sr)
+        out["yzx.flac"] = encode_flac(interleave(pcm[1:]), sr)
     bounded = iv_is_bounded(meta.features)
     iv = decode_iv(sample["iv.npy"], where=where, dequantise=not bounded)
     out["iv.npz"] = encode_iv_npz(iv, quantise=bounded)

@@ -65,7 +65,7 @@ FLAC_SUBTYPES = {1: "PCM_24", 2: "PCM_24"}  # foa.flac of versions 1 and 2
 FLAC_COMPRESSION = 0.5  # soundfile's 0..1 scale of libFLAC's levels 0..8
 W_SUBTYPE = "PCM_16"
 IV_INT8_SCALE = 127.0   # versions 3, 4, project features: int8 q, value = q / 127
-IV_DEFLATE_LEVEL = 6    # iv.npz: zlib level (1 is ~25 % faster to write and ~3 % larger)
+IV_DEFLATE_LEVEL = 6    # iv.npz: zlib level (1 is ~25 % faster to write and ~2 % larger)
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member time: the same sample gives the same bytes
 
 
@@ -142,7 +142,7 @@ def encode_sample(foa: np.ndarray, iv: np.ndarray, meta: ShardMeta, sample_rate:
         features = {"iv.npz": encode_iv_npz(iv, quantise=quantise)} if version >= 4 else \
             {"iv.npy": encode_iv(iv, quantise=quantise)}
         return {"__key__": meta.key, "w.wav": encode_pcm16_wav(pcm[0], sample_rate),
-                "yzx.flac": encode_flac(pcm[1:].T, sample_rate), **features, "json": meta.to_json_bytes()}
+                "yzx.flac": encode_flac(interleave(pcm[1:]), sample_rate), **features, "json": meta.to_json_bytes()}
     flac = io.BytesIO()
     sf.write(flac, np.ascontiguousarray(foa.T), sample_rate, format="FLAC", subtype=FLAC_SUBTYPES[version])
     out = {"__key__": meta.key, "foa.flac": flac.getvalue(), "iv.npy": encode_iv(iv, quantise=False),
@@ -156,9 +156,17 @@ def foa_to_pcm16(foa: np.ndarray) -> np.ndarray:
     """``(C, T)`` float in +-1 -> int16 by round(x * 2**15) (no dither; module docstring)."""
     q = np.asarray(foa, np.float32) * np.float32(32768.0)
     np.rint(q, out=q)
-    np.minimum(q, 32767.0, out=q)  # +1.0 is the only in-range value past int16 (encode_sample checks |x| <= 1)
-    np.maximum(q, -32768.0, out=q)
+    np.clip(q, -32768.0, 32767.0, out=q)  # +1.0 is the only in-range value past int16 (encode_sample checks |x| <= 1)
     return q.astype(np.int16)
+
+
+def interleave(channels: np.ndarray) -> np.ndarray:
+    """``(C, T)`` -> C-contiguous ``(T, C)``, the frame order libsndfile writes. One column at a
+    time: each pass reads a channel contiguously, ~4x faster than copying the transposed view."""
+    out = np.empty(channels.shape[::-1], channels.dtype)
+    for c, channel in enumerate(channels):
+        out[:, c] = channel
+    return out
 
 
 def encode_flac(pcm: np.ndarray, sample_rate: int) -> bytes:
@@ -198,9 +206,11 @@ def encode_iv_npz(iv: np.ndarray, *, quantise: bool) -> bytes:
     """``iv.npz`` bytes (version 4): one deflated member ``iv.npy`` (int8 :func:`quantise_iv` or
     float16; an int8 array is taken as q already), as ``np.savez_compressed`` writes it but with a
     fixed member time, so that the same features always give the same bytes (savez stamps the
-    current time)."""
+    current time). The array is written in Fortran order (component fastest, then frame), so the
+    six components of one cell sit side by side: 2-3 % fewer bytes after deflate than C order, and
+    ``np.load`` returns the same ``(6, F, M)`` array either way."""
     npy = io.BytesIO()
-    np.lib.format.write_array(npy, np.ascontiguousarray(_stored_iv(iv, quantise)), allow_pickle=False)
+    np.lib.format.write_array(npy, np.asfortranarray(_stored_iv(iv, quantise)), allow_pickle=False)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr(zipfile.ZipInfo("iv.npy", date_time=_ZIP_EPOCH), npy.getvalue(),
