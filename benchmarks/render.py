@@ -6,7 +6,8 @@ Inputs (made in a temporary folder): 10 s dry clips as 44.1 kHz MP3 (like AudioC
 and 0.8 s synthetic 4-channel FOA RIRs as 24-bit FLAC; N samples = clips x RIRs pairs in blocks
 of L clips x K RIRs (the renderer's pairing). Both renderers produce the same thing per sample:
 a 48 kHz 16-bit FOA FLAC, intensity features, JSON with captions, into a tar (the project also
-writes W alone as ``w.flac`` and its features as int8: schema v3, schemas/shard.py).
+writes W as ``w.wav`` and Y, Z, X as ``yzx.flac`` instead of one FLAC, and its features as int8
+deflated in ``iv.npz``: schema v4, schemas/shard.py).
 
 * reference: per sample, decode + resample the clip, read the RIR, ``scipy.signal.fftconvolve``
   per channel (float64), ``scipy.signal.stft`` per channel, intensity + mel pooling, soundfile
@@ -44,7 +45,7 @@ import soundfile as sf  # noqa: E402
 
 SR = 48000
 CLIP_SR = 44100
-# The FOA bit depth of the current shard schema (v3: 16-bit), so both renderers write the same FOA.
+# The FOA bit depth of the current shard schema (v3, v4: 16-bit), so both renderers write the same FOA.
 # (Until schema v2 both wrote 24-bit FLAC: 4.28x was measured against that reference.)
 REFERENCE_FLAC = "PCM_16"
 
