@@ -12,6 +12,9 @@ targets, fitted on the train split's rooms, scored on the test split's rooms, wh
 * ``blind (rendered FOA)``: the same lag bins of the relative transfer functions X/W, Y/W, Z/W
   estimated from each **rendered sample** (Welch cross-spectra, 8192-point frames): what one can
   compute from the sound field without knowing the source.
+* ``blind (shard features)``: per mel band, the mean and spread over time of the active and reactive
+  intensity magnitudes and the frame-to-frame turn of the active direction, from the shard's
+  ``iv``: statistics of exactly what the model reads.
 
 Each row prints the test MAE divided by the MAE of the constant train-median guess (1.0 = no
 information; issue 11 asks <= 0.7 of the learned model), for area, distance and T30. The learned
@@ -32,7 +35,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from disse.pipeline.shards import read_tar_samples
-from disse.schemas.shard import decode_foa_sample, decode_meta
+from disse.schemas.shard import decode_foa_sample, decode_iv, decode_meta, iv_member
 
 LAG_EDGES_MS = np.concatenate([[0.0, 0.4], np.geomspace(0.8, 80.0, 25)])
 TARGETS = ("area", "distance", "t30")
@@ -62,6 +65,21 @@ def blind_features(foa: np.ndarray, sample_rate: int, n_fft: int = 8192) -> np.n
     return lag_profile_db((impulse ** 2).sum(0), sample_rate)
 
 
+def iv_statistics(iv: np.ndarray) -> np.ndarray:
+    """Features ``(6, F, M)`` -> per band: mean and std over live frames of |I_act| and |I_rea|, and the
+    mean cosine between consecutive frames' active directions ``(5 M,)``."""
+    act, rea = np.linalg.norm(iv[:3], axis=0), np.linalg.norm(iv[3:], axis=0)
+    live = (act + rea) > 1e-3  # frames of silence hold zeros, not a field
+    out = []
+    for x in (act, rea):
+        masked = np.ma.masked_array(x, ~live)
+        out += [masked.mean(0).filled(0.0), masked.std(0).filled(0.0)]
+    unit = iv[:3] / (act[None] + 1e-6)
+    turn = np.ma.masked_array((unit[:, 1:] * unit[:, :-1]).sum(0), ~(live[1:] & live[:-1]))
+    out.append(turn.mean(0).filled(0.0))
+    return np.concatenate(out).astype(np.float32)
+
+
 def read_oracle(demo: Path) -> dict[str, np.ndarray]:
     rirs_csv = demo / "inputs" / "rirs" / "rirs.csv"
     with open(rirs_csv, newline="") as f:
@@ -77,19 +95,22 @@ def read_oracle(demo: Path) -> dict[str, np.ndarray]:
     return {"X": np.array(feats), **{k: np.array(v) for k, v in meta.items()}}
 
 
-def read_blind(demo: Path, max_per_split: int) -> dict[str, np.ndarray]:
-    feats, meta = [], {k: [] for k in (*TARGETS, "split")}
+def read_blind(demo: Path, max_per_split: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(transfer-function rows, shard-feature rows) of the train and test samples."""
+    feats, stats, meta = [], [], {k: [] for k in (*TARGETS, "split")}
     for split in ("train", "test"):
         samples = [s for tar in sorted(glob.glob(str(demo / split / "*.tar"))) for s in read_tar_samples(tar)]
         for s in tqdm(samples[:max_per_split], desc=f"{split} samples", unit="sample"):
             m = decode_meta(s["json"])
             foa, sr = decode_foa_sample(s, m)
             feats.append(blind_features(foa, sr))
+            stats.append(iv_statistics(decode_iv(s[iv_member(s, where=split)]).astype(np.float32)))
             meta["area"].append(m.area_m2)
             meta["distance"].append(m.source_distance_m)
             meta["t30"].append(m.t30_ms)
             meta["split"].append(split)
-    return {"X": np.array(feats), **{k: np.array(v) for k, v in meta.items()}}
+    targets = {k: np.array(v) for k, v in meta.items()}
+    return {"X": np.array(feats), **targets}, {"X": np.array(stats), **targets}
 
 
 def held_out_ratios(data: dict[str, np.ndarray], seed: int = 0) -> dict[str, float]:
@@ -116,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     demo = Path(args.demo)
     if not (demo / "inputs" / "rirs" / "rirs.csv").is_file():
         sys.exit(f"error: {demo} has no inputs/rirs/rirs.csv (give a `disse-synth demo` folder)")
-    rows = [("oracle (RIR)", read_oracle(demo)), ("blind (rendered FOA)", read_blind(demo, args.max_samples))]
+    transfer, shard_features = read_blind(demo, args.max_samples)
+    rows = [("oracle (RIR)", read_oracle(demo)), ("blind (rendered FOA)", transfer),
+            ("blind (shard features)", shard_features)]
     print(f"{'features':24s} {'train':>6s} {'test':>6s}  " + "  ".join(f"{t + ' / guess':>16s}" for t in TARGETS))
     for label, data in rows:
         r = held_out_ratios(data)
