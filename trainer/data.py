@@ -52,10 +52,10 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from disse.schemas import SchemaError, load_caption_rules, stable_id_int
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, feature_params_from_dict
-from disse.schemas.shard import (IV_INT8_SCALE, W_MEMBER, decode_iv, decode_meta, decode_w, group_tar_members,
+from disse.schemas.shard import (W_MEMBER, decode_iv, decode_meta, decode_w, group_tar_members,
                                  iv_member)
 from disse.trainer.augment import check_rules, drop_source_clause, rotate_sample
-from disse.trainer.physics import direction_from_angles
+from disse.trainer.physics import direction_from_angles, iv_to_float
 
 log = logging.getLogger("disse.data")
 
@@ -294,8 +294,7 @@ def collate_iv(ivs: list[np.ndarray]) -> torch.Tensor:
     else float16 (int8 ones de-quantised: a batch mixing schema versions)."""
     if all(iv.dtype == np.int8 for iv in ivs):
         return default_collate([torch.from_numpy(iv) for iv in ivs])
-    return default_collate([torch.from_numpy(iv).float().mul_(1.0 / IV_INT8_SCALE).half() if iv.dtype == np.int8
-                            else torch.from_numpy(iv).to(torch.float16) for iv in ivs])
+    return default_collate([iv_to_float(torch.from_numpy(iv)).half() for iv in ivs])
 
 
 def collate(samples: list[dict]) -> dict[str, Any]:
