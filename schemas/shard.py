@@ -14,9 +14,9 @@ together hold every channel once, losslessly at 16 bits:
 * ``json``     -- :class:`ShardMeta` as UTF-8 JSON (sorted keys, so bytes are reproducible)
 
 Why (measured, docs/synthesis.md "Shard size"): version 2 held the FOA as 24-bit 4-channel FLAC,
-W a second time as 16-bit PCM (``w.wav``) and float16 features: ~4.2 MB a demo sample, ~4.8 MB a
+W a second time as 16-bit PCM (``w.wav``) and float16 features: ~4.0 MB a demo sample, ~4.8 MB a
 real-recording sample. Version 4 stores no channel twice, the FOA at 16 bits and the features at
-8 bits, deflated: ~2.1 MB.
+8 bits, deflated: ~2.0 MB (demo) and ~2.2 MB (real speech), under half of version 2.
 
 * **16-bit FOA.** The renderer normalises W to -26 dBFS RMS with peaks <= 0.99, so rounding to
   16 bits (round(x * 2**15), no dither) leaves the error <= 2**-16 of full scale, ~75 dB below the
@@ -28,9 +28,10 @@ real-recording sample. Version 4 stores no channel twice, the FOA at 16 bits and
   ~7 ms of CPU a sample here (PCM: ~0.2 ms), which would take the training loader from ~200 to
   ~100 samples per CPU-second (benchmarks/data.py); W is the one member read every step.
 * **int8 features, deflated**: step 1/127, error <= 0.004 on components bounded by 1; half of
-  float16, and deflate takes another ~38 % off (~1.5 ms to inflate). The loader hands the int8
-  array on as it is and the model divides by 127 (:func:`disse.trainer.physics.iv_to_float`), which halves the
-  features' bytes through the DataLoader's shared memory and to the GPU and pays for the inflate.
+  float16, and deflate takes another 13-43 % off (speech-demo; ~1.5 ms to inflate, which makes the
+  loader slower than version 3's: docs/training.md). The loader hands the int8 array on as it is
+  and the model divides by 127 (:func:`disse.trainer.physics.iv_to_float`), which halves the
+  features' bytes through the DataLoader's shared memory and to the GPU.
 
 Versions 1 (``foa.flac`` only, 24-bit, float16 iv), 2 (plus ``w.wav``) and 3 (``iv.npy``) are still
 read and written; ``disse-synth upgrade`` rewrites them as version 4.
@@ -60,12 +61,12 @@ W_MEMBER = {1: "foa.flac", 2: "w.wav", 3: "w.wav", 4: "w.wav"}   # where each ve
 IV_MEMBERS = ("iv.npz", "iv.npy")   # version 4; versions 1-3
 FOA_CHANNELS = ("W", "Y", "Z", "X")  # AmbiX / ACN order
 IV_CHANNELS = ("act_x", "act_y", "act_z", "rea_x", "rea_y", "rea_z")
-FLAC_SUBTYPE = "PCM_16"                    # yzx.flac, version 3
+FLAC_SUBTYPE = "PCM_16"                    # yzx.flac, versions 3 and 4
 FLAC_SUBTYPES = {1: "PCM_24", 2: "PCM_24"}  # foa.flac of versions 1 and 2
 FLAC_COMPRESSION = 0.5  # soundfile's 0..1 scale of libFLAC's levels 0..8
 W_SUBTYPE = "PCM_16"
 IV_INT8_SCALE = 127.0   # versions 3, 4, project features: int8 q, value = q / 127
-IV_DEFLATE_LEVEL = 6    # iv.npz: zlib level (1 is ~25 % faster to write and ~2 % larger)
+IV_DEFLATE_LEVEL = 6    # iv.npz: zlib level (1 is ~15 % faster to write and ~2 % larger)
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member time: the same sample gives the same bytes
 
 
