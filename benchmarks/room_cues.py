@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import itertools
 import sys
 from pathlib import Path
 
@@ -99,8 +100,9 @@ def read_blind(demo: Path, max_per_split: int) -> tuple[dict[str, np.ndarray], d
     """(transfer-function rows, shard-feature rows) of the train and test samples."""
     feats, stats, meta = [], [], {k: [] for k in (*TARGETS, "split")}
     for split in ("train", "test"):
-        samples = [s for tar in sorted(glob.glob(str(demo / split / "*.tar"))) for s in read_tar_samples(tar)]
-        for s in tqdm(samples[:max_per_split], desc=f"{split} samples", unit="sample"):
+        # one shard in memory at a time (a sample holds ~2 MB of audio)
+        samples = (s for tar in sorted(glob.glob(str(demo / split / "*.tar"))) for s in read_tar_samples(tar))
+        for s in tqdm(itertools.islice(samples, max_per_split), desc=f"{split} samples", unit="sample"):
             m = decode_meta(s["json"])
             foa, sr = decode_foa_sample(s, m)
             feats.append(blind_features(foa, sr))
