@@ -11,8 +11,8 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from disse.pipeline.cli import main as synth_main
-from disse.pipeline.rirs import (FAST, Position, Room, SimParams, measure_t30, room_rng, rotation_z,
-                                 sample_position, sample_room, simulate_bank, simulate_rir)
+from disse.pipeline.rirs import (FAST, Position, Room, SimParams, direct_to_reverberant_db, measure_t30,
+                                 room_rng, rotation_z, sample_position, sample_room, simulate_bank, simulate_rir)
 from disse.schemas import read_rirs_csv
 
 SR = 48000
@@ -66,6 +66,19 @@ def test_measure_t30_rejects_short_decay_and_silence():
         measure_t30(np.zeros(100), SR)
 
 
+
+def test_direct_to_reverberant_ratio_of_a_known_split():
+    rng = np.random.default_rng(0)
+    rir = np.zeros(SR)
+    rir[480] = 1.0                                    # direct sound at 10 ms, energy 1
+    tail = rng.standard_normal(SR - 1000) * np.exp(-np.arange(SR - 1000) / 4800)
+    rir[1000:] = tail / np.sqrt(np.sum(tail ** 2)) * np.sqrt(0.25)  # 0.25 of it after the window
+    assert direct_to_reverberant_db(rir, SR) == pytest.approx(10 * math.log10(4.0), abs=1e-9)
+    with pytest.raises(ValueError, match="silent"):
+        direct_to_reverberant_db(np.zeros(100), SR)
+    with pytest.raises(ValueError, match="no energy after"):
+        direct_to_reverberant_db(np.eye(1, 100, 10)[0], SR)
+
 # -- physics of single RIRs ----------------------------------------------------------------------
 
 def _place(room: Room, receiver, yaw_deg, az_deg, el_deg, dist) -> Position:
@@ -108,6 +121,20 @@ def test_t30_grows_as_absorption_falls_and_tail_is_diffuse_foa():
         assert late.shape[1] > 5000 and np.all(np.abs(shares - 1 / 3) < 0.02)
     assert measured[0] < measured[1] < measured[2]
 
+
+
+def test_direct_to_reverberant_ratio_falls_6_db_per_doubling_of_distance():
+    """In one room the reverberant energy barely depends on the position while the direct sound
+    falls as 1 / r²: about -6 dB per doubling of the source distance (the cue distance rests on)."""
+    room = Room(dims=(8.0, 6.0, 3.0), absorption=(0.3,) * 6, t60_target_s=0.0)
+    for az in (40, -100):
+        drr = []
+        for dist in (0.7, 1.4, 2.8):
+            rir, _ = simulate_rir(room, _place(room, (4.0, 3.0, 1.5), 0, az, 0, dist),
+                                  np.random.default_rng(1), FAST_PARAMS)
+            drr.append(direct_to_reverberant_db(rir, SR))
+        steps = -np.diff(drr)
+        assert np.all((steps > 3.0) & (steps < 9.0)), drr
 
 def test_sampled_rooms_span_the_requested_ranges():
     p = SimParams()
