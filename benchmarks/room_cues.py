@@ -1,25 +1,35 @@
 """How well can room area, source distance and T30 be told on held-out rooms, and from what?
 
     python benchmarks/room_cues.py --demo demo/          # a `disse-synth demo` output folder
+    python benchmarks/room_cues.py --demo demo/ --oracle-only   # the RIR rows only (seconds)
 
-Two sets of features, each fed to the same non-linear regressor (gradient-boosted trees on log
-targets, fitted on the train split's rooms, scored on the test split's rooms, which it never saw):
+Sets of features, each fed to the same two fits on log targets, fitted on the train split's rooms
+and scored on the test split's rooms, which they never saw: gradient-boosted trees and a linear fit
+(ridge on standardised features). Both are printed, ``trees / linear``: the question is whether the
+information is there, so neither regressor's bias should decide it.
 
-* ``oracle (RIR)``: the W channel of each **RIR itself**, its energy in 26 log-spaced lag bins from
-  0 to 80 ms after the direct sound, in dB relative to the direct sound's bin (so the absolute level,
-  which the renderer normalises away, is not used; it would give distance as 1 / r). This is the
-  early-decay profile an ideal blind deconvolution would recover.
-* ``blind (rendered FOA)``: the same lag bins of the relative transfer functions X/W, Y/W, Z/W
+* ``oracle: RIR early decay``: the W channel of each **RIR itself**, its energy in 26 log-spaced lag
+  bins from 0 to 80 ms after the direct sound, in dB relative to the direct sound's bin (so the
+  absolute level, which the renderer normalises away, is not used; it would give distance as 1 / r).
+  This is the early-decay profile an ideal blind deconvolution would recover.
+* ``oracle: DRR + T30``: each RIR's true direct-to-reverberant ratio
+  (:func:`disse.pipeline.rirs.direct_to_reverberant_db`) and true T30, the two scalars classical
+  acoustics tells distance and room size from. In a diffuse field DRR ~ V / (T60 r²): with T30
+  known it fixes r² / V, not r or V alone. ``+ area`` adds the true floor area (distance only),
+  to show what is missing.
+* ``blind: rendered FOA``: the same lag bins of the relative transfer functions X/W, Y/W, Z/W
   estimated from each **rendered sample** (Welch cross-spectra, 8192-point frames): what one can
   compute from the sound field without knowing the source.
-* ``blind (shard features)``: per mel band, the mean and spread over time of the active and reactive
+* ``blind: shard features``: per mel band, the mean and spread over time of the active and reactive
   intensity magnitudes and the frame-to-frame turn of the active direction, from the shard's
   ``iv``: statistics of exactly what the model reads.
 
 Each row prints the test MAE divided by the MAE of the constant train-median guess (1.0 = no
-information; issue 11 asks <= 0.7 of the learned model), for area, distance and T30. The learned
-model's figures are in ``metrics.json`` of ``disse-eval`` (docs/spatial.md). The regressor needs
-scikit-learn (the ``dev`` extra).
+information; issue 11 asks <= 0.7 of the learned model) for area, distance and T30, and the
+held-out balanced accuracy of the rule table's room-size and distance classes (small / medium /
+large, near / mid / far; chance 0.33, issue 11 asks the zero-shot classifier for >= 0.48) from
+class-balanced trees / logistic regression. The learned model's figures are in ``metrics.json``
+of ``disse-eval`` (docs/spatial.md). The fits need scikit-learn (the ``dev`` extra).
 """
 from __future__ import annotations
 
@@ -35,7 +45,9 @@ import scipy.signal
 import soundfile as sf
 from tqdm import tqdm
 
+from disse.pipeline.rirs import direct_to_reverberant_db
 from disse.pipeline.shards import read_tar_samples
+from disse.schemas.captions import load_caption_rules
 from disse.schemas.shard import decode_foa_sample, decode_iv, decode_meta, iv_member
 
 LAG_EDGES_MS = np.concatenate([[0.0, 0.4], np.geomspace(0.8, 80.0, 25)])
@@ -81,19 +93,23 @@ def iv_statistics(iv: np.ndarray) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
-def read_oracle(demo: Path) -> dict[str, np.ndarray]:
+def read_oracle(demo: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(early-decay profile rows, [DRR dB, log T30, log area] rows) of every RIR of the demo bank."""
     rirs_csv = demo / "inputs" / "rirs" / "rirs.csv"
     with open(rirs_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    feats, meta = [], {k: [] for k in (*TARGETS, "split")}
+    profiles, scalars, meta = [], [], {k: [] for k in (*TARGETS, "split")}
     for row in tqdm(rows, desc="RIRs", unit="rir"):
         rir, sr = sf.read(rirs_csv.parent / row["rir_path"], dtype="float64", always_2d=True)
-        feats.append(oracle_features(rir[:, 0], sr))  # AmbiX: W is channel 0
+        profiles.append(oracle_features(rir[:, 0], sr))  # AmbiX: W is channel 0
+        scalars.append([direct_to_reverberant_db(rir[:, 0], sr), np.log(float(row["fullband_T30_ms"])),
+                        np.log(float(row["area_m2"]))])
         meta["area"].append(float(row["area_m2"]))
         meta["distance"].append(float(row["source_distance_m"]))
         meta["t30"].append(float(row["fullband_T30_ms"]))
         meta["split"].append(row["split"])
-    return {"X": np.array(feats), **{k: np.array(v) for k, v in meta.items()}}
+    targets = {k: np.array(v) for k, v in meta.items()}
+    return {"X": np.array(profiles), **targets}, {"X": np.array(scalars), **targets}
 
 
 def read_blind(demo: Path, max_per_split: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -115,39 +131,98 @@ def read_blind(demo: Path, max_per_split: int) -> tuple[dict[str, np.ndarray], d
     return {"X": np.array(feats), **targets}, {"X": np.array(stats), **targets}
 
 
-def held_out_ratios(data: dict[str, np.ndarray], seed: int = 0) -> dict[str, float]:
-    """Test MAE / MAE of the train-median guess, per target, for trees fitted on the train rooms."""
+def _regressors(seed: int) -> dict:
     from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
+    return {"trees": HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, random_state=seed),
+            "linear": make_pipeline(StandardScaler(), Ridge(alpha=1.0))}
+
+
+def _classifiers(seed: int) -> dict:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return {"trees": HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=seed,
+                                                    class_weight="balanced"),
+            "linear": make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))}
+
+
+def held_out_ratios(data: dict[str, np.ndarray], seed: int = 0,
+                    targets: tuple[str, ...] = TARGETS) -> dict[str, dict[str, float]]:
+    """``{target: {fit: test MAE / MAE of the train-median guess}}`` for fits on the train rooms."""
     train, test = data["split"] == "train", data["split"] == "test"
-    out = {}
-    for name in TARGETS:
+    out: dict[str, dict[str, float]] = {}
+    for name in targets:
         y = data[name]
-        model = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, random_state=seed)
-        model.fit(data["X"][train], np.log(y[train]))
-        pred = np.exp(model.predict(data["X"][test]))
         guess = np.abs(np.median(y[train]) - y[test]).mean()
-        out[name] = float(np.abs(pred - y[test]).mean() / guess)
+        out[name] = {}
+        for fit, model in _regressors(seed).items():
+            model.fit(data["X"][train], np.log(y[train]))
+            # clipped to the training range: a linear fit must not extrapolate to a 1000 m² room
+            pred = np.clip(np.exp(model.predict(data["X"][test])), y[train].min(), y[train].max())
+            out[name][fit] = float(np.abs(pred - y[test]).mean() / guess)
     return out
+
+
+CLASSES = {"size": ("room_size", "area"), "dist": ("distance", "distance")}
+
+
+def held_out_class_accuracy(data: dict[str, np.ndarray], seed: int = 0,
+                            classes: tuple[str, ...] = tuple(CLASSES)) -> dict[str, dict[str, float]]:
+    """``{class set: {fit: balanced accuracy on the test rooms}}`` for the rule table's bins."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    rules = load_caption_rules()
+    train, test = data["split"] == "train", data["split"] == "test"
+    out: dict[str, dict[str, float]] = {}
+    for name in classes:
+        attribute, quantity = CLASSES[name]
+        labels = np.array([rules.attributes[attribute].label_of(float(v)) for v in data[quantity]])
+        out[name] = {}
+        for fit, model in _classifiers(seed).items():
+            model.fit(data["X"][train], labels[train])
+            out[name][fit] = float(balanced_accuracy_score(labels[test], model.predict(data["X"][test])))
+    return out
+
+
+def _row(label: str, data: dict[str, np.ndarray], skip: tuple[str, ...] = ()) -> str:
+    ratios = held_out_ratios(data, targets=tuple(t for t in TARGETS if t not in skip))
+    accuracy = held_out_class_accuracy(data, classes=tuple(c for c in CLASSES if CLASSES[c][1] not in skip))
+    n_train, n_test = int((data["split"] == "train").sum()), int((data["split"] == "test").sum())
+
+    def pair(d: dict[str, dict[str, float]], key: str) -> str:
+        return f"{d[key]['trees']:.2f} / {d[key]['linear']:.2f}" if key in d else "-"
+    cells = [pair(ratios, t) for t in TARGETS] + [pair(accuracy, c) for c in CLASSES]
+    return f"{label:30s} {n_train:5d} {n_test:5d}  " + "  ".join(f"{c:>12s}" for c in cells)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", required=True, help="a `disse-synth demo` output folder")
     ap.add_argument("--max-samples", type=int, default=2000, help="rendered samples read per split")
+    ap.add_argument("--oracle-only", action="store_true", help="only the rows computed from the RIRs")
     args = ap.parse_args(argv)
     demo = Path(args.demo)
     if not (demo / "inputs" / "rirs" / "rirs.csv").is_file():
         sys.exit(f"error: {demo} has no inputs/rirs/rirs.csv (give a `disse-synth demo` folder)")
-    transfer, shard_features = read_blind(demo, args.max_samples)
-    rows = [("oracle (RIR)", read_oracle(demo)), ("blind (rendered FOA)", transfer),
-            ("blind (shard features)", shard_features)]
-    print(f"{'features':24s} {'train':>6s} {'test':>6s}  " + "  ".join(f"{t + ' / guess':>16s}" for t in TARGETS))
-    for label, data in rows:
-        r = held_out_ratios(data)
-        n_train, n_test = int((data["split"] == "train").sum()), int((data["split"] == "test").sum())
-        print(f"{label:24s} {n_train:6d} {n_test:6d}  " + "  ".join(f"{r[t]:16.2f}" for t in TARGETS))
-    print("1.00 = the constant median guess; issue 11's goal for the learned model is <= 0.70")
+    profile, scalars = read_oracle(demo)
+    rows = [("oracle: RIR early decay", profile, ()),
+            ("oracle: DRR + T30", {**scalars, "X": scalars["X"][:, :2]}, ("t30",)),
+            ("oracle: DRR + T30 + area", scalars, ("t30", "area"))]
+    if not args.oracle_only:
+        transfer, shard_features = read_blind(demo, args.max_samples)
+        rows += [("blind: rendered FOA", transfer, ()), ("blind: shard features", shard_features, ())]
+    print("held-out rooms; MAE / MAE of the median guess (1.00 = no information, goal <= 0.70) and balanced")
+    print("accuracy of the rule table's classes (chance 0.33, zero-shot goal >= 0.48); each cell: trees / linear")
+    print(f"{'features':30s} {'train':>5s} {'test':>5s}  "
+          + "  ".join(f"{h:>12s}" for h in ("area", "distance", "T30", "size class", "dist class")))
+    for label, data, skip in rows:
+        print(_row(label, data, skip))
 
 
 if __name__ == "__main__":
