@@ -6,21 +6,23 @@ differ in pitch, rate and random details; the caption says what is really there 
 pitch class where the type has one). Variant ``n-1`` of every type goes to test, ``n-2`` to
 validation, the rest to training, so every split holds every type but no clip twice.
 
-Spaces: a small bank simulated with ``disse.pipeline.rirs.simulate_bank``, one call per room, each
-room drawn from one cell of a room-size x reverberation grid so the bank spans the rule table's
-small / medium / large and dampened ... highly reverberant bins; source directions are uniform
-on the sphere (left, right, behind, above and below all occur). Whole rooms are held out: a
-quarter of the rooms are test rooms and an eighth validation rooms (:func:`room_splits`), each
-split walking the grid from its first cell, so test rooms are unseen in training yet span every
-size and reverberation.
+Spaces: a bank simulated with ``disse.pipeline.rirs.simulate_bank``, one call per room, each room
+drawn from one cell of a room-size x reverberation x source-distance grid (:data:`ROOM_GRID`, 36
+cells), so the bank spans the rule table's small / medium / large, dampened ... highly reverberant
+and near / mid / far bins, with the three drawn independently (none tells another); source
+directions are uniform on the sphere (left, right, behind, above and below all occur). Whole rooms
+are held out: a quarter of the rooms are test rooms and an eighth validation rooms
+(:func:`room_splits`), each split walking the grid from its first cell, so test rooms are unseen in
+training yet span every size, reverberation and distance.
 
 Pairing: K RIRs per clip and L clips per RIR (blocks, :func:`disse.pipeline.splits.pair_blocks`),
 so each source is heard in several spaces and each space holds several sources.
 
 Default size (``disse-synth demo --out demo``): 32 types x 8 variants = 256 clips (192 train, 32
-val, 32 test); 96 rooms x 3 positions = 288 RIRs (60 / 12 / 24 rooms: many rooms, few positions,
-because a room's size and reverberation are learned across rooms); K = L = 4 gives 768 train, 144
-val and 288 test samples (about 4.7 GB of shards; about 2 minutes on 2 idle cores).
+val, 32 test); 288 rooms x 1 position = 288 RIRs (180 / 36 / 72 rooms: every position its own room,
+because a room's size and reverberation are learned across rooms, and 72 test rooms make a
+held-out room figure more than a few rooms' worth); K = L = 4 gives 768 train, 144 val and 288
+test samples (about 2.4 GB of shards; about 2 minutes on 2 idle cores).
 """
 from __future__ import annotations
 
@@ -476,24 +478,32 @@ def write_dry_corpus(out_dir: Path, n_types: int, clips_per_type: int, seed: int
 # RIR bank: one simulate_bank call per room, rooms drawn from a size x reverberation grid
 # ---------------------------------------------------------------------------------------------
 
-NEAR, FAR = (0.5, 6.0), (2.1, 7.0)  # source distance ranges, m (rirs.py draws log-uniform)
-# (area range m², T30 range s, distance range m) per room, ordered so that any prefix spreads over
-# size and reverberation. Sources in a low room are mostly near (vertical directions hit the
-# ceiling or floor early), so some medium / large rooms draw far sources only.
-ROOM_GRID: tuple[tuple[tuple[float, float], tuple[float, float], tuple[float, float]], ...] = (
-    ((12, 40), (0.10, 0.16), NEAR),    # small, dampened
-    ((130, 280), (1.3, 1.6), FAR),     # large, highly reverberant
-    ((60, 90), (0.3, 0.5), NEAR),      # medium, slightly reverberant
-    ((12, 40), (0.7, 0.9), NEAR),      # small, reverberant
-    ((130, 280), (0.10, 0.16), NEAR),  # large, dampened
-    ((60, 90), (1.3, 1.6), FAR),       # medium, highly reverberant
-    ((12, 40), (0.3, 0.5), NEAR),      # small, slightly reverberant
-    ((130, 280), (0.7, 0.9), FAR),     # large, reverberant
-    ((60, 90), (0.10, 0.16), FAR),     # medium, dampened
-    ((12, 40), (1.3, 1.6), NEAR),      # small, highly reverberant
-    ((130, 280), (0.3, 0.5), FAR),     # large, slightly reverberant
-    ((60, 90), (0.7, 0.9), NEAR),      # medium, reverberant
+# Source distance classes, m (rirs.py draws log-uniform within each): the rule table's near / mid /
+# far bins, one octave each for near and mid, so every distance class is as common as the others.
+DISTANCE_CLASSES: tuple[tuple[float, float], ...] = ((0.5, 1.0), (1.0, 2.0), (2.0, 6.0))
+# (area range m², T30 range s) per cell, ordered so that any prefix spreads over size and
+# reverberation.
+SIZE_REVERB_GRID: tuple[tuple[tuple[float, float], tuple[float, float]], ...] = (
+    ((12, 40), (0.10, 0.16)),    # small, dampened
+    ((130, 280), (1.3, 1.6)),    # large, highly reverberant
+    ((60, 90), (0.3, 0.5)),      # medium, slightly reverberant
+    ((12, 40), (0.7, 0.9)),      # small, reverberant
+    ((130, 280), (0.10, 0.16)),  # large, dampened
+    ((60, 90), (1.3, 1.6)),      # medium, highly reverberant
+    ((12, 40), (0.3, 0.5)),      # small, slightly reverberant
+    ((130, 280), (0.7, 0.9)),    # large, reverberant
+    ((60, 90), (0.10, 0.16)),    # medium, dampened
+    ((12, 40), (1.3, 1.6)),      # small, highly reverberant
+    ((130, 280), (0.3, 0.5)),    # large, slightly reverberant
+    ((60, 90), (0.7, 0.9)),      # medium, reverberant
 )
+# (area range, T30 range, distance range) per room cell: size x reverberation x distance class, all
+# 36 combinations, drawn independently so that none of the three tells another (the first 12 cells
+# are the size x reverberation grid in order, so a prefix still spans every size and reverberation).
+# A distance class that does not fit a small, low room is drawn near the horizontal plane
+# (rirs.sample_position draws the distance first), as in real rooms.
+ROOM_GRID: tuple[tuple[tuple[float, float], tuple[float, float], tuple[float, float]], ...] = tuple(
+    (*SIZE_REVERB_GRID[i % 12], DISTANCE_CLASSES[(i + i // 12) % 3]) for i in range(36))
 
 
 def room_splits(n_rooms: int) -> list[str]:
@@ -524,15 +534,15 @@ def _simulate_room(args: tuple[str, int, int, int]) -> list[dict]:
 
     out_dir, room, cell, split, positions, seed = args
     area, t30, distance = ROOM_GRID[cell]
-    sub = Path(out_dir) / f"room{room:02d}"
+    sub = Path(out_dir) / f"room{room:03d}"
     csv_path = simulate_bank(sub, 1, positions, seed=seed * 1000 + room, workers=1, area_range=area,
                              t30_range=t30, distance_range=distance, early_ms=30.0, max_order=16,
                              max_rir_s=max(0.5, 1.35 * t30[1]))
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     for k, row in enumerate(rows):
-        row["rir_id"] = f"room{room:02d}_p{k}"
-        row["rir_path"] = f"room{room:02d}/{row['rir_path']}"
+        row["rir_id"] = f"room{room:03d}_p{k}"
+        row["rir_path"] = f"room{room:03d}/{row['rir_path']}"
         row["room_index"] = room  # simulate_bank numbered it 0 within its own one-room bank
         row["split"] = split
     return rows
@@ -567,8 +577,8 @@ def write_rir_bank(out_dir: Path, n_rooms: int, positions_per_room: int, seed: i
 class DemoConfig:
     types: int = 32
     clips_per_type: int = 8
-    rooms: int = 96
-    positions_per_room: int = 3
+    rooms: int = 288
+    positions_per_room: int = 1
     rirs_per_clip: int = 4
     clips_per_rir: int = 4
     shard_size: int = 32
@@ -576,7 +586,7 @@ class DemoConfig:
 
 
 def _inputs_fingerprint(cfg: DemoConfig) -> str:
-    return f"demo-inputs v4 types={cfg.types} clips={cfg.clips_per_type} rooms={cfg.rooms} positions={cfg.positions_per_room} seed={cfg.seed}\n"
+    return f"demo-inputs v5 types={cfg.types} clips={cfg.clips_per_type} rooms={cfg.rooms} positions={cfg.positions_per_room} seed={cfg.seed}\n"
 
 
 def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, workers: int = 1,

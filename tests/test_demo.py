@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from disse.pipeline.demo import SOUND_TYPES, DemoConfig, make_clip, run_demo
+from disse.pipeline.demo import ROOM_GRID, SOUND_TYPES, DemoConfig, make_clip, room_cell, room_splits, run_demo
 from disse.pipeline.features import mel_filterbank, stft
 from disse.pipeline.shards import read_tar_samples
-from disse.schemas import decode_sample, load_feature_params
+from disse.schemas import decode_sample, load_caption_rules, load_feature_params
 
 
 def _metas(root):
@@ -35,6 +35,26 @@ def test_demo_rir_bank_holds_out_whole_rooms(demo_shards):
     assert rirs.groupby("room_index")["split"].nunique().max() == 1
     assert set(rirs.split) == {"train", "val", "test"}
 
+
+
+def test_default_demo_rooms_cross_size_reverberation_and_distance_evenly_in_every_split():
+    """The default bank's rooms walk all 36 size x reverberation x distance cells the same number of
+    times in each split: every distance class is as common as the others, and none of the three
+    descriptors tells another (on the rule table's labels of each cell's ranges)."""
+    rules = load_caption_rules()
+
+    def labels(cell):
+        (a_lo, a_hi), (t_lo, t_hi), (d_lo, d_hi) = ROOM_GRID[cell]
+        return tuple(rules.attributes[name].label_of(v) for name, v in (
+            ("room_size", (a_lo + a_hi) / 2), ("reverberation", 1000 * (t_lo + t_hi) / 2),
+            ("distance", float(np.sqrt(d_lo * d_hi)))))
+    assert len({labels(c) for c in range(len(ROOM_GRID))}) == len(ROOM_GRID) == 3 * 4 * 3
+    for lo, hi in {g[2] for g in ROOM_GRID}:  # each distance range lies inside one rule bin
+        assert rules.attributes["distance"].label_of(lo * 1.001) == rules.attributes["distance"].label_of(hi * 0.999)
+    splits = room_splits(DemoConfig().rooms)
+    for split, times in (("train", 5), ("val", 1), ("test", 2)):
+        cells = [room_cell(r, splits) for r in range(len(splits)) if splits[r] == split]
+        assert np.bincount(cells, minlength=len(ROOM_GRID)).tolist() == [times] * len(ROOM_GRID), split
 
 def test_demo_splits_pairs_and_spaces(demo_shards):
     metas = _metas(demo_shards)
