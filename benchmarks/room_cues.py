@@ -45,7 +45,7 @@ import scipy.signal
 import soundfile as sf
 from tqdm import tqdm
 
-from disse.pipeline.rirs import direct_to_reverberant_db
+from disse.pipeline.rirs import direct_onset, direct_to_reverberant_db
 from disse.pipeline.shards import read_tar_samples
 from disse.schemas.captions import load_caption_rules
 from disse.schemas.shard import decode_foa_sample, decode_iv, decode_meta, iv_member
@@ -63,7 +63,7 @@ def lag_profile_db(energy: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def oracle_features(rir_w: np.ndarray, sample_rate: int) -> np.ndarray:
     """W of a RIR ``(T,)`` -> its early-decay profile relative to the direct sound (dB)."""
-    onset = int(np.argmax(np.abs(rir_w) > 0.1 * np.abs(rir_w).max()))
+    onset = direct_onset(rir_w)
     profile = lag_profile_db(rir_w[onset:] ** 2, sample_rate)
     return profile - profile[0]
 
@@ -98,18 +98,18 @@ def read_oracle(demo: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray
     rirs_csv = demo / "inputs" / "rirs" / "rirs.csv"
     with open(rirs_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    profiles, scalars, meta = [], [], {k: [] for k in (*TARGETS, "split")}
+    profiles, drr, meta = [], [], {k: [] for k in (*TARGETS, "split")}
     for row in tqdm(rows, desc="RIRs", unit="rir"):
         rir, sr = sf.read(rirs_csv.parent / row["rir_path"], dtype="float64", always_2d=True)
         profiles.append(oracle_features(rir[:, 0], sr))  # AmbiX: W is channel 0
-        scalars.append([direct_to_reverberant_db(rir[:, 0], sr), np.log(float(row["fullband_T30_ms"])),
-                        np.log(float(row["area_m2"]))])
+        drr.append(direct_to_reverberant_db(rir[:, 0], sr))
         meta["area"].append(float(row["area_m2"]))
         meta["distance"].append(float(row["source_distance_m"]))
         meta["t30"].append(float(row["fullband_T30_ms"]))
         meta["split"].append(row["split"])
     targets = {k: np.array(v) for k, v in meta.items()}
-    return {"X": np.array(profiles), **targets}, {"X": np.array(scalars), **targets}
+    scalars = np.column_stack([drr, np.log(targets["t30"]), np.log(targets["area"])])
+    return {"X": np.array(profiles), **targets}, {"X": scalars, **targets}
 
 
 def read_blind(demo: Path, max_per_split: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

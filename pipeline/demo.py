@@ -475,7 +475,7 @@ def write_dry_corpus(out_dir: Path, n_types: int, clips_per_type: int, seed: int
 
 
 # ---------------------------------------------------------------------------------------------
-# RIR bank: one simulate_bank call per room, rooms drawn from a size x reverberation grid
+# RIR bank: one simulate_bank call per room, rooms drawn from a size x reverberation x distance grid
 # ---------------------------------------------------------------------------------------------
 
 # Source distance classes, m (rirs.py draws log-uniform within each): the rule table's near / mid /
@@ -502,8 +502,9 @@ SIZE_REVERB_GRID: tuple[tuple[tuple[float, float], tuple[float, float]], ...] = 
 # are the size x reverberation grid in order, so a prefix still spans every size and reverberation).
 # A distance class that does not fit a small, low room is drawn near the horizontal plane
 # (rirs.sample_position draws the distance first), as in real rooms.
+_N_SR, _N_D = len(SIZE_REVERB_GRID), len(DISTANCE_CLASSES)
 ROOM_GRID: tuple[tuple[tuple[float, float], tuple[float, float], tuple[float, float]], ...] = tuple(
-    (*SIZE_REVERB_GRID[i % 12], DISTANCE_CLASSES[(i + i // 12) % 3]) for i in range(36))
+    (*SIZE_REVERB_GRID[i % _N_SR], DISTANCE_CLASSES[(i + i // _N_SR) % _N_D]) for i in range(_N_SR * _N_D))
 
 
 def room_splits(n_rooms: int) -> list[str]:

@@ -146,9 +146,16 @@ def measure_t30(rir: np.ndarray, sr: int) -> float:
     return float(-60.0 / slope * 1000.0)
 
 
+def direct_onset(rir_w: np.ndarray) -> int:
+    """Sample index of the direct sound's onset in a mono response ``(T,)``: the first sample whose
+    magnitude reaches 10 % of the peak magnitude."""
+    magnitude = np.abs(rir_w)
+    return int(np.argmax(magnitude > 0.1 * magnitude.max()))
+
+
 def direct_to_reverberant_db(rir: np.ndarray, sr: int, half_window_ms: float = 2.5) -> float:
     """Direct-to-reverberant ratio in dB: the energy within ``half_window_ms`` of the direct sound's
-    onset (first sample at 10 % of the peak magnitude) over all the energy after it. ``rir``: ``(T,)``
+    onset (:func:`direct_onset`) over all the energy after it. ``rir``: ``(T,)``
     or ``(C, T)`` (channel 0, W, is used). The +-2.5 ms window is the usual convention (it holds the
     direct path's interpolation taps and no reflection of a source off a nearby wall).
 
@@ -159,7 +166,7 @@ def direct_to_reverberant_db(rir: np.ndarray, sr: int, half_window_ms: float = 2
         x = x[0]
     if x.ndim != 1 or not np.any(x):
         raise ValueError(f"expected a non-silent 1-D impulse response, got shape {np.shape(rir)}")
-    onset = int(np.argmax(np.abs(x) > 0.1 * np.abs(x).max()))
+    onset = direct_onset(x)
     half = int(round(half_window_ms * 1e-3 * sr))
     direct = float(np.sum(x[max(0, onset - half):onset + half] ** 2))
     reverberant = float(np.sum(x[onset + half:] ** 2))

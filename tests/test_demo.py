@@ -36,7 +36,6 @@ def test_demo_rir_bank_holds_out_whole_rooms(demo_shards):
     assert set(rirs.split) == {"train", "val", "test"}
 
 
-
 def test_default_demo_rooms_cross_size_reverberation_and_distance_evenly_in_every_split():
     """The default bank's rooms walk all 36 size x reverberation x distance cells the same number of
     times in each split: every distance class is as common as the others, and none of the three
@@ -55,6 +54,7 @@ def test_default_demo_rooms_cross_size_reverberation_and_distance_evenly_in_ever
     for split, times in (("train", 5), ("val", 1), ("test", 2)):
         cells = [room_cell(r, splits) for r in range(len(splits)) if splits[r] == split]
         assert np.bincount(cells, minlength=len(ROOM_GRID)).tolist() == [times] * len(ROOM_GRID), split
+
 
 def test_demo_splits_pairs_and_spaces(demo_shards):
     metas = _metas(demo_shards)
