@@ -9,7 +9,7 @@ Figures printed:
   each member's size
 * ``plain reference``: one process, tarfile + ``decode_sample`` (every member, the whole FOA decoded,
   as a reader written from DESIGN.md's version 1 would), no shuffle
-* ``pipeline``: disse.trainer.data with the training set-up (shuffle buffer, batches of --batch-size)
+* ``pipeline``: disse.trainer.data.loader with the training set-up (shuffle buffer, batches of --batch-size)
   in-process, with 1 DataLoader worker and with --workers workers. ``per CPU-s`` divides the
   samples by the CPU time of every process involved (main + workers, from /proc), so it counts the
   hand-over through shared memory too; on a machine with fewer cores than workers + 1 the wall-clock
@@ -31,7 +31,7 @@ import torch
 
 from disse.pipeline.shards import read_tar_samples
 from disse.schemas.shard import decode_foa_sample, decode_iv, decode_meta, decode_sample, decode_w_wav, iv_member
-from disse.trainer.data import (DataConfig, ErrorLog, _raw_samples, collate, decode_raw, resolve_shards,
+from disse.trainer.data.loader import (DataConfig, ErrorLog, _raw_samples, collate, decode_raw, resolve_shards,
                                 train_loader)
 
 

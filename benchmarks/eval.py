@@ -27,8 +27,8 @@ D_SOURCE, D_SPACE, RENDERS_PER_CLIP, N_SPACES = 512, 256, 5, 400
 
 def make_embeddings(n: int, seed: int = 0):
     from disse.schemas import load_caption_rules
-    from disse.trainer.evaluate import Embeddings
-    from disse.trainer.metrics import direction_from_angles
+    from disse.trainer.evaluation.evaluate import Embeddings
+    from disse.trainer.evaluation.metrics import direction_from_angles
 
     rng = np.random.default_rng(seed)
     src = np.arange(n) // RENDERS_PER_CLIP
@@ -88,7 +88,7 @@ def reference_retrieval(emb, ks=(1, 5, 10), map_k=10) -> dict[str, float]:
 def run_one(n: int, mode: str, chunk: int) -> dict:
     import torch
 
-    from disse.trainer.evaluate import evaluate_embeddings
+    from disse.trainer.evaluation.evaluate import evaluate_embeddings
 
     rss_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     emb, rules = make_embeddings(n)

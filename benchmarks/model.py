@@ -24,8 +24,8 @@ import yaml
 
 from disse.configs import config_path
 from disse.schemas.config import _build
-from disse.trainer.losses import DELSALoss, LossConfig
-from disse.trainer.model import DELSA, ModelConfig
+from disse.trainer.training.losses import DELSALoss, LossConfig
+from disse.trainer.model.delsa import DELSA, ModelConfig
 
 
 def load_sections(name: str) -> tuple[ModelConfig, LossConfig]:

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from disse.trainer.data import eval_loader
-from disse.trainer.physics import angular_error_deg, intensity_direction
-from disse.trainer.spatial import IntensityAttentionDirection, SpatialBranch, SpatialConfig, mlp
+from disse.trainer.data.loader import eval_loader
+from disse.trainer.model.physics import angular_error_deg, intensity_direction
+from disse.trainer.model.spatial import IntensityAttentionDirection, SpatialBranch, SpatialConfig, mlp
 
 DEMO_CNN = SpatialConfig(channels=[8, 16, 16, 32, 32, 32], pools=[[2, 2]] * 4 + [[1, 1]] * 2, input_pool=[4, 1],
                          mlp_hidden=128, direction="head", room_stats=False)

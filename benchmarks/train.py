@@ -29,12 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*", help="section.field=value config overrides")
     args = ap.parse_args(argv)
 
-    from disse.trainer.config import load_train_config
-    from disse.trainer.data import eval_loader, resolve_shards
-    from disse.trainer.distributed import DistInfo, pick_device
-    from disse.trainer.train import (DualEncoder, StepContext, build_loss, build_model, make_optimizer,
+    from disse.trainer.training.config import load_train_config
+    from disse.trainer.data.loader import eval_loader, resolve_shards
+    from disse.trainer.training.distributed import DistInfo, pick_device
+    from disse.trainer.training.loop import (DualEncoder, StepContext, build_loss, build_model, make_optimizer,
                                      resolve_precision, train, train_step)
-    from disse.trainer.train_cli import resolve_config_path
+    from disse.trainer.cli.train import resolve_config_path
 
     tmp = tempfile.TemporaryDirectory()
     spec = args.shards

@@ -30,7 +30,7 @@ real-recording sample. Version 4 stores no channel twice, the FOA at 16 bits and
 * **int8 features, deflated**: step 1/127, error <= 0.004 on components bounded by 1; half of
   float16, and deflate takes another 13-43 % off (speech-demo; ~1.5 ms to inflate, which makes the
   loader slower than version 3's: docs/training.md). The loader hands the int8 array on as it is
-  and the model divides by 127 (:func:`disse.trainer.physics.iv_to_float`), which halves the
+  and the model divides by 127 (:func:`disse.trainer.model.physics.iv_to_float`), which halves the
   features' bytes through the DataLoader's shared memory and to the GPU.
 
 Versions 1 (``foa.flac`` only, 24-bit, float16 iv), 2 (plus ``w.wav``) and 3 (``iv.npy``) are still

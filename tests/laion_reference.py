@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from disse.trainer.htsat import PATCH, HTSATConfig, htsat_arch, htsat_audio_cfg
+from disse.trainer.model.htsat import PATCH, HTSATConfig, htsat_arch, htsat_audio_cfg
 
 HAVE_LAION_CLAP = importlib.util.find_spec("laion_clap") is not None
 needs_laion_clap = pytest.mark.skipif(not HAVE_LAION_CLAP, reason="laion-clap (the reference) is not installed")

@@ -7,7 +7,7 @@ import pytest
 from disse.pipeline.features import direction_from_iv, intensity_features
 from disse.pipeline.foa import encode_plane_wave
 from disse.schemas import load_caption_rules, load_feature_params
-from disse.trainer.augment import rotate_iv, rotate_meta
+from disse.trainer.data.augment import rotate_iv, rotate_meta
 
 SR = 48000
 
@@ -70,8 +70,8 @@ def test_rotated_meta_rebuilds_descriptors_captions_and_space_id(demo_shards):
 def test_train_stream_rotation_is_deterministic_and_consistent(demo_shards):
     import torch
 
-    from disse.trainer.data import DataConfig, resolve_shards, train_loader
-    from disse.trainer.physics import direction_from_angles
+    from disse.trainer.data.loader import DataConfig, resolve_shards, train_loader
+    from disse.trainer.model.physics import direction_from_angles
 
     shards = resolve_shards(str(demo_shards / "train"))
     rules = load_caption_rules()
@@ -94,9 +94,9 @@ def test_train_stream_rotation_is_deterministic_and_consistent(demo_shards):
 
 def test_space_caption_drop_feeds_the_space_head_spatial_captions_only(demo_shards):
     from disse.schemas import SchemaError
-    from disse.trainer.augment import drop_source_clause
-    from disse.trainer.data import DataConfig, resolve_shards, train_loader
-    from disse.trainer.model import DELSA, ModelConfig
+    from disse.trainer.data.augment import drop_source_clause
+    from disse.trainer.data.loader import DataConfig, resolve_shards, train_loader
+    from disse.trainer.model.delsa import DELSA, ModelConfig
 
     shards = resolve_shards(str(demo_shards / "train"))
 

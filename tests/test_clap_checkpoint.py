@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from disse.schemas import SchemaError
-from disse.trainer.audio_encoder import HTSATBranch, HTSATConfig
-from disse.trainer.clap_checkpoint import read_state_dict
-from disse.trainer.text_encoder import TextConfig, TextEncoder, Tokenizer
+from disse.trainer.model.audio_encoder import HTSATBranch, HTSATConfig
+from disse.trainer.model.clap_checkpoint import read_state_dict
+from disse.trainer.model.text_encoder import TextConfig, TextEncoder, Tokenizer
 from laion_reference import laion_htsat, needs_laion_clap
 
 
@@ -170,8 +170,8 @@ def test_laion_htsat_maps_onto_transformers_clap_audio_model(laion_htsat_ckpt, w
     by laion_htsat_to_clap_audio) give the same pooled embedding from the same log-mel."""
     from transformers import ClapAudioModel
 
-    from disse.trainer.clap_checkpoint import laion_htsat_to_clap_audio, sub_state_dict
-    from disse.trainer.official_model import clap_audio_config
+    from disse.trainer.model.clap_checkpoint import laion_htsat_to_clap_audio, sub_state_dict
+    from disse.trainer.model.official import clap_audio_config
 
     ref, path = laion_htsat_ckpt
     mapped, dropped = laion_htsat_to_clap_audio(sub_state_dict(read_state_dict(path), "audio_branch."))
@@ -191,8 +191,8 @@ def test_laion_htsat_maps_onto_transformers_clap_audio_model(laion_htsat_ckpt, w
 def test_laion_fused_htsat_equals_the_official_preset_htsat(waveform):
     """laion-clap's fused HTSAT (aff_2d, as laion/clap-htsat-fused) maps strictly onto the official
     preset's ClapAudioModel, and with no clip marked longer both give the same embedding."""
-    from disse.trainer.clap_checkpoint import laion_htsat_to_clap_audio
-    from disse.trainer.official_model import ClapHTSAT
+    from disse.trainer.model.clap_checkpoint import laion_htsat_to_clap_audio
+    from disse.trainer.model.official import ClapHTSAT
 
     torch.manual_seed(99)
     ref = laion_htsat(HTSATConfig(preset="tiny"), enable_fusion=True, fusion_type="aff_2d").eval()

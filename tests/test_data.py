@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from disse.schemas import SchemaError, stable_id_int
-from disse.trainer.data import (DataConfig, StreamPosition, eval_loader, resolve_shards, slot_plan,
+from disse.trainer.data.loader import (DataConfig, StreamPosition, eval_loader, resolve_shards, slot_plan,
                                 slot_pass_size, steps_per_epoch, train_loader)
 from shardgen import write_shards
 
@@ -166,7 +166,7 @@ def test_older_schema_versions_still_train(tmp_path):
     """Older shards give the same batches as v4: v1 (no W member) decodes W from the 4-channel
     foa.flac, v2-v4 read w.wav; v3's iv.npy and v4's iv.npz hold the same int8 features, which
     batches carry as int8 (the model divides by 127); v1 / v2 batches stay float16."""
-    from disse.trainer.physics import iv_to_float
+    from disse.trainer.model.physics import iv_to_float
     for v in (1, 2, 3, 4):
         write_shards(tmp_path / f"v{v}", "train", [5, 7, 3], schema_version=v)
     cfg = DataConfig(batch_size=5, num_workers=0, shuffle_buffer=4, seed=2)
@@ -183,7 +183,7 @@ def test_older_schema_versions_still_train(tmp_path):
 
 def test_a_batch_mixing_int8_and_float16_features_is_float16():
     """Shards of several schema versions in one data set: int8 samples are de-quantised in the batch."""
-    from disse.trainer.data import collate_iv
+    from disse.trainer.data.loader import collate_iv
     q = np.array([[[-127, 0, 64]]] * 6, np.int8)
     f = (q.astype(np.float32) / 127).astype(np.float16)
     assert collate_iv([q, q]).dtype == torch.int8
@@ -194,7 +194,7 @@ def test_a_batch_mixing_int8_and_float16_features_is_float16():
 def test_reader_drops_the_unused_foa_flac_before_the_shuffle_buffer(shard_dir):
     """Training reads W from w.wav: the other channels (v3 / v4's yzx.flac, v2's foa.flac) must not be
     held in memory or decoded."""
-    from disse.trainer.data import ErrorLog, _raw_samples
+    from disse.trainer.data.loader import ErrorLog, _raw_samples
     raw = list(_raw_samples(str(shard_dir / "train-000000.tar"), ErrorLog()))
     assert len(raw) == 5 and all(set(s) == {"__key__", "__url__", "w.wav", "iv.npz", "json"} for s in raw)
     v2 = write_shards(shard_dir.parent / "v2", "train", [2], schema_version=2)[0]

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from disse.trainer.distributed import DistInfo, gather_no_grad, gather_with_grad
+from disse.trainer.training.distributed import DistInfo, gather_no_grad, gather_with_grad
 
 B, D_IN, D = 4, 6, 5
 
@@ -83,7 +83,7 @@ def test_torchrun_two_ranks_on_cpu(demo_shards, tmp_path):
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "disse.trainer.train_cli", "--config", "demo", *SMALL, "train.threads=1",
+           "-m", "disse.trainer.cli.train", "--config", "demo", *SMALL, "train.threads=1",
            f"data.train={demo_shards / 'train'}", "data.val=", f"train.out_dir={out}", "train.max_steps=2",
            "data.batch_size=2", "data.num_workers=1", "eval.at_start=false", "eval.each_epoch=false"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

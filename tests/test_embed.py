@@ -1,4 +1,4 @@
-"""`disse-embed` / :class:`disse.trainer.embed.Embedder`: real FOA files (AmbiX / FuMa, 48 / 44.1 kHz,
+"""`disse-embed` / :class:`disse.trainer.evaluation.embedder.Embedder`: real FOA files (AmbiX / FuMa, 48 / 44.1 kHz,
 WAV / FLAC, any length) and captions -> the .npz layout disse-eval reads. Random small models."""
 import math
 
@@ -11,10 +11,11 @@ from click.testing import CliRunner
 from disse.pipeline.foa import ambix_to_fuma, encode_plane_wave
 from disse.schemas import SchemaError
 from disse.schemas.config import config_to_dict
-from disse.trainer.config import TrainConfig
-from disse.trainer.embed import Embedder, _cli, read_foa, windows
-from disse.trainer.evaluate import Embeddings, evaluate_embeddings
-from disse.trainer.model import DELSA
+from disse.trainer.training.config import TrainConfig
+from disse.trainer.cli.embed import _cli
+from disse.trainer.evaluation.embedder import Embedder, read_foa, windows
+from disse.trainer.evaluation.evaluate import Embeddings, evaluate_embeddings
+from disse.trainer.model.delsa import DELSA
 
 from test_model import small_config
 
@@ -143,7 +144,7 @@ def test_cli_writes_the_npz(project_ckpt, files, tmp_path):
 
 
 def test_official_checkpoint_is_recognised_and_embeds(files, tmp_path):
-    from disse.trainer.official_model import DISSEOfficial, OfficialConfig
+    from disse.trainer.model.official import DISSEOfficial, OfficialConfig
 
     from test_official_model import _roberta_dir
 

@@ -12,8 +12,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from disse.trainer.eval_cli import main as eval_main
-from disse.trainer.train_cli import cli as train_main
+from disse.trainer.cli.eval import main as eval_main
+from disse.trainer.cli.train import cli as train_main
 
 
 @pytest.mark.slow

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from disse.schemas import load_caption_rules
-from disse.trainer import metrics as M
-from disse.trainer.eval_cli import main
-from disse.trainer.evaluate import Embeddings, evaluate_embeddings
+from disse.trainer.evaluation import metrics as M
+from disse.trainer.cli.eval import main
+from disse.trainer.evaluation.evaluate import Embeddings, evaluate_embeddings
 
 
 def make_npz(path, n=240, seed=0, quality=1.0):
@@ -202,7 +202,7 @@ def test_wrong_files_and_arguments(tmp_path):
 def test_console_script_reports_bad_file_without_traceback(tmp_path):
     """The installed entry point itself: one line on stderr, exit status 2."""
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
-    exe = [sys.executable, "-c", "from disse.trainer.eval_cli import main; main()"]
+    exe = [sys.executable, "-c", "from disse.trainer.cli.eval import main; main()"]
     p = subprocess.run(exe + ["--embeddings", str(tmp_path / "bad.npz")], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.startswith("error: ") and "Traceback" not in p.stderr and "bad.npz" in p.stderr
@@ -217,9 +217,9 @@ def random_checkpoint(tmp_path_factory):
 
     from disse.configs import config_path
     from disse.schemas.config import config_to_dict
-    from disse.trainer.checkpoint import save_atomic
-    from disse.trainer.config import load_train_config
-    from disse.trainer.model import DELSA
+    from disse.trainer.training.checkpoint import save_atomic
+    from disse.trainer.training.config import load_train_config
+    from disse.trainer.model.delsa import DELSA
 
     cfg = load_train_config(config_path("demo.yaml"), ["data.train=unused"])
     torch.manual_seed(0)
@@ -232,8 +232,8 @@ def random_checkpoint(tmp_path_factory):
 def test_checkpoint_on_demo_shards(random_checkpoint, demo_shards, tmp_path):
     import torch
 
-    from disse.trainer import physics
-    from disse.trainer.data import eval_loader, resolve_shards
+    from disse.trainer.model import physics
+    from disse.trainer.data.loader import eval_loader, resolve_shards
 
     random_checkpoint, model = random_checkpoint  # the saved model, still in memory: the reference
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 from click.testing import CliRunner
 
-from disse.trainer.eval_cli import main
-from disse.trainer.official_metrics import evaluate_official, load_npz, save_npz
+from disse.trainer.cli.eval import main
+from disse.trainer.evaluation.official_metrics import evaluate_official, load_npz, save_npz
 
 
 def _grid(n_src=6, n_spa=5, seed=0, modalities=("audio", "text")):
@@ -78,7 +78,7 @@ def test_both_beside_project_metrics_and_official_npz_written(tmp_path):
 
 def test_descriptor_labels_with_the_official_rules():
     from disse.schemas import load_caption_rules
-    from disse.trainer.evaluate import Embeddings
+    from disse.trainer.evaluation.evaluate import Embeddings
 
     e = np.eye(3, dtype=np.float32)
     emb = Embeddings(e, e, e, e, np.array(["a", "b", "c"]), np.array(["x", "y", "z"]),

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from disse.pipeline.official_features import split_official_iv
 from disse.pipeline.shards import read_tar_samples
-from disse.trainer.data import decode_raw, eval_loader, resolve_shards
-from disse.trainer.eval_cli import main as eval_main
-from disse.trainer.official_metrics import load_npz
+from disse.trainer.data.loader import decode_raw, eval_loader, resolve_shards
+from disse.trainer.cli.eval import main as eval_main
+from disse.trainer.evaluation.official_metrics import load_npz
 
 from test_official_grid import _rir_row, _write
 
@@ -46,7 +46,7 @@ def grid(tmp_path_factory):
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
     """A random full-size-audio DISSEOfficial with a toy RoBERTa, saved as {"model": sd, "epoch": 20}."""
-    from disse.trainer.official_model import DISSEOfficial, OfficialConfig
+    from disse.trainer.model.official import DISSEOfficial, OfficialConfig
 
     from test_official_model import _roberta_dir
 
@@ -134,8 +134,8 @@ def test_eval_scores_the_released_checkpoint_on_the_official_grid(grid, released
 
 def test_mismatched_presets_are_one_line_errors(grid, released, tmp_path):
     from disse.schemas.config import config_to_dict
-    from disse.trainer.config import TrainConfig
-    from disse.trainer.model import DELSA
+    from disse.trainer.training.config import TrainConfig
+    from disse.trainer.model.delsa import DELSA
 
     from shardgen import write_shards
     from test_model import small_config

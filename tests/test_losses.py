@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from disse.trainer.losses import DELSALoss, LossConfig, multi_positive_contrastive
-from disse.trainer.physics import direction_from_angles
+from disse.trainer.training.losses import DELSALoss, LossConfig, multi_positive_contrastive
+from disse.trainer.model.physics import direction_from_angles
 
 
 def _features(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +92,7 @@ def _outputs(n: int, seed: int, requires_grad: bool = True) -> tuple[dict, dict,
 
 
 def test_delsa_loss_terms_and_weights():
-    from disse.trainer.physics import normalize_targets
+    from disse.trainer.model.physics import normalize_targets
 
     audio, text, batch = _outputs(6, 0)
     ls = torch.tensor(math.log(20.0), requires_grad=True)
@@ -142,7 +142,7 @@ def test_shared_descriptor_classifier_pulls_both_modalities_into_the_same_region
     """loss.descriptor_weight: one classifier per descriptor scores the audio AND the text space
     embedding. Training only that term from random embeddings puts the two modalities' items of a
     label in the same half-spaces: text prototypes (class means of text) then classify audio."""
-    from disse.trainer.model import DescriptorClassifier
+    from disse.trainer.model.delsa import DescriptorClassifier
 
     torch.manual_seed(0)
     n, dim, labels = 64, 16, torch.arange(64) % 4
@@ -181,7 +181,7 @@ def test_shared_descriptor_classifier_pulls_both_modalities_into_the_same_region
 
 
 def test_balanced_cross_entropy_weights_every_present_label_equally():
-    from disse.trainer.losses import balanced_cross_entropy
+    from disse.trainer.training.losses import balanced_cross_entropy
 
     torch.manual_seed(0)
     logits = torch.randn(7, 3)

@@ -1,4 +1,4 @@
-"""disse.trainer.metrics and evaluate_embeddings against brute-force references."""
+"""disse.trainer.evaluation.metrics and evaluate_embeddings against brute-force references."""
 from __future__ import annotations
 
 import itertools
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from disse.schemas import SchemaError, load_caption_rules
-from disse.trainer import metrics as M
-from disse.trainer.evaluate import Embeddings, evaluate_embeddings
+from disse.trainer.evaluation import metrics as M
+from disse.trainer.evaluation.evaluate import Embeddings, evaluate_embeddings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def test_intensity_direction_matches_pipeline_reference():
     from disse.pipeline.features import direction_from_iv, intensity_features
     from disse.pipeline.foa import encode_plane_wave
     from disse.schemas import FeatureParams
-    from disse.trainer.physics import intensity_direction
+    from disse.trainer.model.physics import intensity_direction
 
     rng = np.random.default_rng(20)
     ivs = [synthetic_iv(rng, direct=_unit(rng, 1)[0]) for _ in range(4)]

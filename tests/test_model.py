@@ -11,12 +11,12 @@ import yaml
 from disse.configs import config_path
 from disse.schemas import SchemaError
 from disse.schemas.config import load_config
-from disse.trainer import physics
-from disse.trainer.audio_encoder import FFTSpectrogram, HTSATBranch
-from disse.trainer.htsat import LAION_AUDIO_CFG, LogMel
-from disse.trainer.losses import DELSALoss, LossConfig
-from disse.trainer.model import DELSA, AudioConfig, HTSATConfig, ModelConfig, SpatialConfig, TextConfig
-from disse.trainer.text_encoder import TextEncoder
+from disse.trainer.model import physics
+from disse.trainer.model.audio_encoder import FFTSpectrogram, HTSATBranch
+from disse.trainer.model.htsat import LAION_AUDIO_CFG, LogMel
+from disse.trainer.training.losses import DELSALoss, LossConfig
+from disse.trainer.model.delsa import DELSA, AudioConfig, HTSATConfig, ModelConfig, SpatialConfig, TextConfig
+from disse.trainer.model.text_encoder import TextEncoder
 from laion_reference import laion_clap_module, laion_htsat, needs_laion_clap
 
 SMALL_HTSAT = dict(spec_size=64, mel_bins=16, n_fft=1024, hop_size=1920, embed_dim=16, depths=[1, 1, 1],
@@ -139,7 +139,7 @@ def test_frozen_text_backbone_is_cached_and_exact(pooling):
     assert not any(p.requires_grad for p in enc.backbone.parameters())
     calls = []
     enc.backbone.register_forward_hook(lambda *a: calls.append(1))
-    from disse.trainer.text_encoder import Tokenizer
+    from disse.trainer.model.text_encoder import Tokenizer
 
     tok = Tokenizer(enc.cfg)
     enc.train()
@@ -226,7 +226,7 @@ def test_spec_augment_runs_in_training_only():
 
 
 def test_audio_encoder_init_is_seeded():
-    from disse.trainer.audio_encoder import AudioEncoder
+    from disse.trainer.model.audio_encoder import AudioEncoder
 
     cfg = small_config().audio
     torch.manual_seed(5)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from disse.trainer.official_metrics import (evaluate_official, flatten, iidr, json_safe, load_npz,
+from disse.trainer.evaluation.official_metrics import (evaluate_official, flatten, iidr, json_safe, load_npz,
                                             rank_summary, retrieval, retrieval_ranks, save_npz)
 
 E1, E2 = [1.0, 0.0], [0.0, 1.0]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from disse.schemas import SchemaError
-from disse.trainer.official_model import (DISSEOfficial, OfficialConfig, build_official, load_official_state,
+from disse.trainer.model.official import (DISSEOfficial, OfficialConfig, build_official, load_official_state,
                                           map_release_keys, read_official_state)
 
 S = "audio_encoder.spatial_branch"
@@ -265,7 +265,7 @@ def test_single_modality_models_drop_the_other_side(model, toy_dir, tmp_path):
 
 
 def test_packaged_official_config_parses(tmp_path):
-    from disse.trainer.official_model import load_official_config
+    from disse.trainer.model.official import load_official_config
 
     cfg = load_official_config(None, ["model.official.roberta_dir=/data/roberta-base"])
     assert cfg.text_max_length == 512 and cfg.strict and cfg.modalities == ["audio", "text"]

@@ -11,9 +11,9 @@ import torch
 from disse.pipeline.features import intensity_features
 from disse.pipeline.foa import encode_plane_wave
 from disse.schemas import load_feature_params
-from disse.trainer.augment import rotate_iv
-from disse.trainer.physics import angular_error_deg, direction_from_angles, intensity_direction
-from disse.trainer.spatial import (ROOM_STATS_DIM, IntensityAttentionDirection, SpatialBranch, SpatialConfig,
+from disse.trainer.data.augment import rotate_iv
+from disse.trainer.model.physics import angular_error_deg, direction_from_angles, intensity_direction
+from disse.trainer.model.spatial import (ROOM_STATS_DIM, IntensityAttentionDirection, SpatialBranch, SpatialConfig,
                                    direction_features, room_statistics)
 
 SR = 48000

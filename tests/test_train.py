@@ -9,11 +9,11 @@ import torch
 
 from disse.configs import config_path
 from disse.schemas import SchemaError
-from disse.trainer.checkpoint import load_checkpoint, load_model
-from disse.trainer.config import load_train_config
-from disse.trainer.logging_utils import read_log
-from disse.trainer.train import lr_factor, train
-from disse.trainer.train_cli import main as cli_main
+from disse.trainer.training.checkpoint import load_checkpoint, load_model
+from disse.trainer.training.config import load_train_config
+from disse.trainer.training.logging_utils import read_log
+from disse.trainer.training.loop import lr_factor, train
+from disse.trainer.cli.train import main as cli_main
 
 # The demo config, shrunk so a run takes seconds on 2 cores: a smaller HTSAT and coarser
 # intensity features in; everything else (text encoder, heads, losses, loop) as in the demo.
@@ -100,7 +100,7 @@ def test_freeze_keeps_parameters(demo_shards, tmp_path):
     cfg = cfg_for(demo_shards, tmp_path / "f", "train.max_steps=1", "data.batch_size=4", "data.num_workers=0",
                   "eval.each_epoch=false", "data.val=", "train.freeze=[audio.spatial]")
     torch.manual_seed(cfg.train.seed)
-    from disse.trainer.train import build_model
+    from disse.trainer.training.loop import build_model
     init = build_model(cfg).state_dict()
     train(cfg)
     after = load_checkpoint(tmp_path / "f" / "checkpoints" / "latest.pt")["model"]
@@ -157,9 +157,9 @@ def test_accumulation_gives_the_big_batch_step(demo_shards):
     ``lr * g / (|g| + eps)``, turns float round-off in gradients near ``eps`` into differences of
     order ``lr`` (the gradients themselves are compared exactly in the test below).
     """
-    from disse.trainer.data import eval_loader
-    from disse.trainer.distributed import DistInfo
-    from disse.trainer.train import DualEncoder, StepContext, build_loss, build_model, train_step
+    from disse.trainer.data.loader import eval_loader
+    from disse.trainer.training.distributed import DistInfo
+    from disse.trainer.training.loop import DualEncoder, StepContext, build_loss, build_model, train_step
 
     cfg = cfg_for(demo_shards, "unused", "optim.grad_clip=0", "optim.weight_decay=0")
     batch = next(iter(eval_loader(demo_shards / "train", batch_size=8)))
@@ -193,9 +193,9 @@ def test_accumulation_gradients_equal_the_big_batch_gradients(demo_shards):
     and must still get the big batch's gradient once, not accum_steps times. The physical heads
     are checked by name too: each replay must add only its own micro-batch's share of those terms.
     """
-    from disse.trainer.data import eval_loader
-    from disse.trainer.distributed import DistInfo
-    from disse.trainer.train import DualEncoder, StepContext, build_loss, build_model, train_step
+    from disse.trainer.data.loader import eval_loader
+    from disse.trainer.training.distributed import DistInfo
+    from disse.trainer.training.loop import DualEncoder, StepContext, build_loss, build_model, train_step
 
     cfg = cfg_for(demo_shards, "unused", "optim.grad_clip=0")
     batch = next(iter(eval_loader(demo_shards / "train", batch_size=8)))
@@ -235,7 +235,7 @@ def test_accumulation_gradients_equal_the_big_batch_gradients(demo_shards):
 def test_wandb_missing_is_a_clear_error(tmp_path, monkeypatch):
     import sys as _sys
 
-    from disse.trainer.logging_utils import RunLogger
+    from disse.trainer.training.logging_utils import RunLogger
     monkeypatch.setitem(_sys.modules, "wandb", None)  # import wandb -> ImportError
     with pytest.raises(SchemaError, match="log.wandb.*pip install wandb|pip install wandb.*log.wandb"):
         RunLogger(tmp_path, config={}, use_wandb=True)

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from disse.pipeline.cli import main as synth
 from disse.pipeline.shards import read_tar_samples, write_tar_atomic
 from disse.schemas.shard import decode_foa_sample, decode_iv, decode_meta
-from disse.trainer.data import DataConfig, resolve_shards, train_loader
-from disse.trainer.physics import iv_to_float
+from disse.trainer.data.loader import DataConfig, resolve_shards, train_loader
+from disse.trainer.model.physics import iv_to_float
 from shardgen import write_shards
 
 

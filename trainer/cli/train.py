@@ -2,7 +2,7 @@
 
     disse-train --config configs/demo.yaml data.train=demo/train data.val=demo/val
     disse-train --config paper train.out_dir=runs/p1 --resume latest
-    torchrun --nproc_per_node 8 -m disse.trainer.train_cli --config paper ...
+    torchrun --nproc_per_node 8 -m disse.trainer.cli.train --config paper ...
 
 Bad input (config, shards, checkpoint) prints one ``error: ...`` line and exits with status 2.
 """
@@ -41,14 +41,14 @@ def resolve_config_path(name: str) -> Path:
 def cli(config: str, resume: str | None, print_config: bool, overrides: tuple[str, ...]) -> None:
     """Train DELSA. OVERRIDES are ``section.field=value`` pairs, e.g. ``optim.lr=3e-4 data.batch_size=32``."""
     from disse.schemas.config import config_to_dict
-    from disse.trainer.config import load_train_config
+    from disse.trainer.training.config import load_train_config
 
     cfg = load_train_config(resolve_config_path(config), list(overrides))
     if print_config:
         import yaml
         click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), nl=False)
         return
-    from disse.trainer.train import train
+    from disse.trainer.training.loop import train
     result = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         best = result.best

@@ -111,8 +111,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
 
     The model is in eval mode on ``device``. The config is the run's resolved config.
     """
-    from disse.trainer.config import config_from_dict
-    from disse.trainer.model import DELSA
+    from disse.trainer.training.config import config_from_dict
+    from disse.trainer.model.delsa import DELSA
 
     state = load_checkpoint(path, map_location="cpu")
     cfg = config_from_dict(state.get("config") or {}, source=str(path))

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from disse.schemas.errors import SchemaError
-from disse.trainer.audio_encoder import AudioConfig, AudioEncoder, HTSATConfig, SpatialConfig, mlp
-from disse.trainer.physics import SCALARS
-from disse.trainer.spatial import ROOM_STATS_DIM
-from disse.trainer.text_encoder import TextConfig, TextEncoder, Tokenizer
+from disse.trainer.model.audio_encoder import AudioConfig, AudioEncoder, HTSATConfig, SpatialConfig, mlp
+from disse.trainer.model.physics import SCALARS
+from disse.trainer.model.spatial import ROOM_STATS_DIM
+from disse.trainer.model.text_encoder import TextConfig, TextEncoder, Tokenizer
 
 __all__ = ["ModelConfig", "AudioConfig", "HTSATConfig", "SpatialConfig", "TextConfig", "DELSA", "TEXT_INPUTS"]
 
@@ -160,7 +160,7 @@ class DELSA(nn.Module):
 
         Returns ``{"source": (B, source_dim), "space": (B, space_dim)}`` L2-normalised and
         ``"phys": {"direction": (B, 3) unit vectors, "area", "distance", "t30": (B,) normalised}``
-        (:func:`disse.trainer.physics.to_real_units` maps them to real units).
+        (:func:`disse.trainer.model.physics.to_real_units` maps them to real units).
         """
         shared, spatial = self.audio(waveform, iv)
         source = self.audio_source_head(shared)

@@ -18,7 +18,7 @@ import click
 import numpy as np
 
 from disse.schemas import SchemaError, load_caption_rules
-from disse.trainer.metrics import DEFAULT_CHUNK
+from disse.trainer.evaluation.metrics import DEFAULT_CHUNK
 
 
 def _fail(message: str) -> None:
@@ -96,8 +96,8 @@ def main(checkpoint: str | None, shards: str | None, embeddings: str | None, com
 def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_path, batch_size, num_workers,
          max_items, device, chunk_size, no_plots, zero_shot_prompts=None, metric_set="project",
          save_official_embeddings=None, roberta_dir=None, official_config=None) -> None:
-    from disse.trainer import report
-    from disse.trainer.evaluate import evaluate_embeddings, load_embeddings_any, to_official_arrays
+    from disse.trainer.evaluation import report
+    from disse.trainer.evaluation.evaluate import evaluate_embeddings, load_embeddings_any, to_official_arrays
 
     if compare:
         if checkpoint or embeddings or shards:
@@ -151,7 +151,7 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
         emb.save(save_embeddings)
         meta["saved_embeddings"] = str(save_embeddings)
     if save_official_embeddings:
-        from disse.trainer.official_metrics import save_npz
+        from disse.trainer.evaluation.official_metrics import save_npz
         save_npz(save_official_embeddings, official_data)
         meta["saved_official_embeddings"] = str(save_official_embeddings)
     t1 = time.perf_counter()
@@ -181,7 +181,7 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
 
 def official_markdown(metrics: dict) -> str:
     """The ``official/...`` figures as a markdown section (appended to report.md with --metrics both)."""
-    from disse.trainer.report import fmt
+    from disse.trainer.evaluation.report import fmt
 
     lines = ["## The DISSE release's metrics (its semantics: own pair kept cross-modally, optimistic ties)", "",
              "| task | direction | R@1 | R@5 | R@10 | MedR | MnR | queries |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -203,7 +203,7 @@ def _official(data: dict, out: str, chunk_size: int) -> dict:
     "Infinity") in ``out``, and the same figures flattened under ``official/`` for metrics.json."""
     import json
 
-    from disse.trainer.official_metrics import evaluate_official, flatten, json_safe
+    from disse.trainer.evaluation.official_metrics import evaluate_official, flatten, json_safe
 
     try:
         nested = evaluate_official(data, chunk_size=chunk_size)
@@ -219,8 +219,8 @@ def _official_options(checkpoint, roberta_dir, official_config, metric_set):
     None. Checked before anything is embedded: the project metrics need the text side (``--roberta-dir``)."""
     if not checkpoint:
         return None
-    from disse.trainer.embed import checkpoint_kind
-    from disse.trainer.official_model import OfficialConfig, load_official_config
+    from disse.trainer.evaluation.embedder import checkpoint_kind
+    from disse.trainer.model.official import OfficialConfig, load_official_config
 
     if checkpoint_kind(checkpoint) != "official":
         return None
@@ -242,9 +242,9 @@ def _embed_official_checkpoint(checkpoint: str, cfg, shards: str, device: str, b
     """The released checkpoint over official-preset shards -> ``(Embeddings | None, release arrays, skipped)``."""
     import torch
 
-    from disse.trainer.data import eval_loader, resolve_shards
-    from disse.trainer.embed import Embedder
-    from disse.trainer.evaluate import embed_official
+    from disse.trainer.data.loader import eval_loader, resolve_shards
+    from disse.trainer.evaluation.embedder import Embedder
+    from disse.trainer.evaluation.evaluate import embed_official
 
     shard_list = resolve_shards(shards, what="--shards")
     _check_preset(shard_list, "official")  # before building the model
@@ -262,7 +262,7 @@ def _embed_official_checkpoint(checkpoint: str, cfg, shards: str, device: str, b
 def _check_preset(shard_list, want: str) -> None:
     """The shards' feature preset (first sample's ``features`` block) is the one the model reads, else one
     SchemaError naming ``features.preset``."""
-    from disse.trainer.data import shard_features
+    from disse.trainer.data.loader import shard_features
 
     features, where = shard_features(shard_list)
     have = features.get("preset", "project")
@@ -278,9 +278,9 @@ def _embed_checkpoint(checkpoint: str, shards: str, device: str, batch_size: int
                       max_items: int | None, rules, zero_shot_prompts: str = "ensemble"):
     import torch
 
-    from disse.trainer.checkpoint import load_model
-    from disse.trainer.data import eval_loader, resolve_shards
-    from disse.trainer.evaluate import embed
+    from disse.trainer.training.checkpoint import load_model
+    from disse.trainer.data.loader import eval_loader, resolve_shards
+    from disse.trainer.evaluation.evaluate import embed
 
     if not Path(checkpoint).is_file():
         raise SchemaError("checkpoint not found", file=checkpoint)

@@ -2,7 +2,7 @@
 
 Pure numpy functions, labelled "official" wherever they are reported (``disse-eval --metrics
 official|both``: keys prefixed ``official/``). What differs from this project's metrics
-(:mod:`disse.trainer.metrics`):
+(:mod:`disse.trainer.evaluation.metrics`):
 
 * embeddings L2-normalised in float64; cosine distance ``1 - a.b``;
 * **cross-modal** retrieval (text->audio and audio->text) keeps the query's own pair in the gallery:

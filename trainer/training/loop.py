@@ -26,12 +26,12 @@ from torch import nn
 
 from disse.schemas import SchemaError, load_caption_rules
 from disse.schemas.config import config_to_dict, dump_config
-from disse.trainer import checkpoint as ckpt
-from disse.trainer.config import TrainConfig
-from disse.trainer.data import (ShardList, StreamPosition, eval_loader, resolve_shards, steps_per_epoch,
+from disse.trainer.training import checkpoint as ckpt
+from disse.trainer.training.config import TrainConfig
+from disse.trainer.data.loader import (ShardList, StreamPosition, eval_loader, resolve_shards, steps_per_epoch,
                                 train_loader)
-from disse.trainer.distributed import DistInfo, barrier, cleanup, gather_tree, init_distributed
-from disse.trainer.logging_utils import RunLogger
+from disse.trainer.training.distributed import DistInfo, barrier, cleanup, gather_tree, init_distributed
+from disse.trainer.training.logging_utils import RunLogger
 
 log = logging.getLogger("disse.train")
 
@@ -66,7 +66,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     """The DELSA model of ``cfg.model``. With ``loss.descriptor_weight > 0`` and no
     ``model.descriptor_classes`` yet, those are filled in (in ``cfg``, so the resolved config and the
     checkpoints carry them) from the rule table the captions are (re)built with."""
-    from disse.trainer.model import DELSA
+    from disse.trainer.model.delsa import DELSA
     if cfg.loss.descriptor_weight > 0 and not cfg.model.descriptor_classes:
         rules = load_caption_rules(cfg.data.caption_rules or None)
         cfg.model.descriptor_classes = {a: list(attr.labels) for a, attr in rules.attributes.items()}
@@ -74,7 +74,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
 
 def build_loss(cfg: TrainConfig) -> Any:
-    from disse.trainer.losses import DELSALoss
+    from disse.trainer.training.losses import DELSALoss
     return DELSALoss(cfg.loss)
 
 
@@ -240,7 +240,7 @@ def train_step(ctx: StepContext, micro: list[dict]) -> tuple[float, dict[str, fl
 def validate(model: nn.Module, val: ShardList, cfg: TrainConfig, device: torch.device, precision: str,
              rules: Any) -> dict[str, float]:
     """disse-eval's metrics on the fixed validation shards (rank 0 only)."""
-    from disse.trainer.evaluate import embed, evaluate_embeddings
+    from disse.trainer.evaluation.evaluate import embed, evaluate_embeddings
 
     loader = eval_loader(val, cfg.data.val_batch_size, cfg.data.val_num_workers)
     with autocast_ctx(precision, device):

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from disse.trainer.htsat import (FFTSpectrogram, HTSATBranch, HTSATConfig, htsat_arch,  # noqa: F401  (re-exported)
+from disse.trainer.model.htsat import (FFTSpectrogram, HTSATBranch, HTSATConfig, htsat_arch,  # noqa: F401  (re-exported)
                                  htsat_audio_cfg)
-from disse.trainer.spatial import SpatialBranch, SpatialConfig, mlp  # noqa: F401  (re-exported)
-from disse.trainer.physics import iv_to_float
+from disse.trainer.model.spatial import SpatialBranch, SpatialConfig, mlp  # noqa: F401  (re-exported)
+from disse.trainer.model.physics import iv_to_float
 
 
 @dataclass

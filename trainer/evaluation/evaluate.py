@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from disse.schemas import CaptionRules, SchemaError, load_caption_rules
-from disse.trainer import metrics as M
+from disse.trainer.evaluation import metrics as M
 
 FORMAT_VERSION = 1
 EMBEDDING_ARRAYS = ("audio_source", "audio_space", "text_source", "text_space")
@@ -25,7 +25,7 @@ ID_ARRAYS = ("source_id", "space_id")
 PRED_ARRAYS = ("pred_direction", "pred_distance_m", "pred_area_m2", "pred_t30_ms")
 TRUE_ARRAYS = ("true_azimuth_deg", "true_elevation_deg", "true_distance_m", "true_area_m2", "true_t30_ms")
 # Physics baselines computed from the input features, no learning. iv_direction: (N, 3) unit vector,
-# x front, y left, z up: disse.trainer.physics.intensity_direction of the sample's intensity features.
+# x front, y left, z up: disse.trainer.model.physics.intensity_direction of the sample's intensity features.
 BASELINE_ARRAYS = ("iv_direction",)
 IV_MIN_DIRECTIVITY = 0.95  # |I_act| of the cells the baseline keeps: near-plane-wave cells, the direct sound
 DIRECTION_ARRAYS = ("pred_direction", "iv_direction")  # (N, 3); every other physical array is (N,)
@@ -402,14 +402,14 @@ def embed(model: Any, loader: Iterable[dict], device: torch.device | str, rules:
     """Run ``model`` over every batch of ``loader`` (the Batch contract of docs/internals.md).
 
     Audio -> source/space embeddings and physical predictions (mapped to real units with
-    ``disse.trainer.physics.to_real_units``); captions -> text source / space embeddings through
+    ``disse.trainer.model.physics.to_real_units``); captions -> text source / space embeddings through
     ``model.encode_batch_text`` (which caption feeds which head is the model's ``text_input``, as in
     training); zero-shot class prototypes from the caption rules (:func:`zero_shot_prototypes`, ``zero_shot``
     = ``"ensemble"`` or ``"single"``); the intensity features
     -> ``iv_direction``, the physics baseline (``physics.intensity_direction``). Stops after
-    ``max_items`` when given. Batches of the loader are the Batch contract (disse.trainer.data).
+    ``max_items`` when given. Batches of the loader are the Batch contract (disse.trainer.data.loader).
     """
-    from disse.trainer import physics  # the model's normalised outputs -> real units
+    from disse.trainer.model import physics  # the model's normalised outputs -> real units
 
     rules = rules if rules is not None else load_caption_rules()
     cols: dict[str, list] = {k: [] for k in EMBEDDING_ARRAYS + ID_ARRAYS + PRED_ARRAYS + TRUE_ARRAYS
@@ -466,9 +466,9 @@ def embed_official(embedder: Any, loader: Iterable[dict], max_items: int | None 
                    ) -> tuple["Embeddings | None", dict[str, np.ndarray]]:
     """Embed official-preset shards (``eval_loader(..., preset="official")``) with the released model.
 
-    ``embedder``: a :class:`disse.trainer.embed.Embedder` of kind ``official``. Per sample, as the release's
+    ``embedder``: a :class:`disse.trainer.evaluation.embedder.Embedder` of kind ``official``. Per sample, as the release's
     ``infer``: ``i_act``, ``i_rea`` from ``iv.npy``, ``omni_48k`` = stored W x ``w_scale`` (the grid's
-    de-gain, :func:`disse.trainer.data.omni_scale`); the caption (``text``; with the release's rules the
+    de-gain, :func:`disse.trainer.data.loader.omni_scale`); the caption (``text``; with the release's rules the
     caption and the spatial caption are one sentence) through both text heads; every embedding
     L2-normalised. Also the targets (``true_*``), the intensity baseline ``iv_direction``, stored
     descriptors and zero-shot prototypes from the embedder's rules. The released 2-d direction head is not
@@ -551,7 +551,7 @@ def load_embeddings_any(path: str | Path) -> tuple[Embeddings | None, dict[str, 
     Returns ``(Embeddings or None, release-layout arrays)``: the :class:`Embeddings` exists when all
     four embeddings are present (needed for this project's metrics).
     """
-    from disse.trainer import official_metrics as OM
+    from disse.trainer.evaluation import official_metrics as OM
 
     where = str(path)
     if not Path(path).is_file():

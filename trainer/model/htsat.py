@@ -12,7 +12,7 @@
   window gets a window of its own size (laion-clap shrinks the window there; transformers keeps the
   configured tables), and SpecAugment runs after the input batch norm (a forward hook), in training.
 * LAION-CLAP checkpoints (``audio_branch.*``) load through
-  :func:`disse.trainer.clap_checkpoint.laion_htsat_to_clap_audio`; a DISSE checkpoint saved with the
+  :func:`disse.trainer.model.clap_checkpoint.laion_htsat_to_clap_audio`; a DISSE checkpoint saved with the
   earlier laion-clap backbone is mapped the same way when loaded.
 
 laion-clap itself is no longer imported at run time; the tests use it as the reference
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from disse.schemas.errors import SchemaError
-from disse.trainer.clap_checkpoint import LoadReport, laion_htsat_to_clap_audio, load_into, read_state_dict, \
+from disse.trainer.model.clap_checkpoint import LoadReport, laion_htsat_to_clap_audio, load_into, read_state_dict, \
     sub_state_dict
 
 # laion-clap model_configs/HTSAT-{tiny,base}.json "audio_cfg" (identical for both presets).
@@ -191,7 +191,7 @@ def build_htsat(cfg: HTSATConfig) -> nn.Module:
     from transformers import ClapAudioConfig, ClapAudioModel
     from transformers.models.clap.modeling_clap import ClapAudioAttention
 
-    from disse.trainer.text_encoder import _quiet_transformers
+    from disse.trainer.model.text_encoder import _quiet_transformers
 
     _quiet_transformers()
     arch, audio = htsat_arch(cfg), htsat_audio_cfg(cfg)

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from disse.schemas import CaptionRules, SchemaError
-from disse.trainer.evaluate import IV_MIN_DIRECTIVITY, Embeddings, finite_or_none, per_item_direction_error
-from disse.trainer.metrics import RANDOM_DIRECTION_ERROR_DEG
+from disse.trainer.evaluation.evaluate import IV_MIN_DIRECTIVITY, Embeddings, finite_or_none, per_item_direction_error
+from disse.trainer.evaluation.metrics import RANDOM_DIRECTION_ERROR_DEG
 
 METRICS_FORMAT = "disse-eval metrics"
 METRICS_VERSION = 1

@@ -179,7 +179,7 @@ class ClapHTSAT(nn.Module):
         super().__init__()
         from transformers import ClapAudioModel
 
-        from disse.trainer.text_encoder import _quiet_transformers
+        from disse.trainer.model.text_encoder import _quiet_transformers
 
         _quiet_transformers()
         self.model = ClapAudioModel(clap_audio_config(audio_config_overrides))
@@ -243,7 +243,7 @@ class OfficialTextEncoder(nn.Module):
         super().__init__()
         from transformers import RobertaConfig, RobertaModel
 
-        from disse.trainer.text_encoder import _quiet_transformers
+        from disse.trainer.model.text_encoder import _quiet_transformers
 
         _quiet_transformers()
         self.path = resolve_roberta_dir(roberta_dir)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from disse.trainer.physics import DEFAULT_STATS, SCALARS, PhysicsStats, normalize_targets
+from disse.trainer.model.physics import DEFAULT_STATS, SCALARS, PhysicsStats, normalize_targets
 
 
 @dataclass
@@ -24,7 +24,7 @@ class LossConfig:
     source_weight: float = 1.0       # contrastive, audio source <-> text source, positives = same source_id
     space_weight: float = 1.0        # contrastive, audio space <-> text space, positives = same space_id
     direction_weight: float = 1.0    # 1 - cos(predicted, true direction)
-    area_weight: float = 1.0         # MSE on normalised log area (disse.trainer.physics)
+    area_weight: float = 1.0         # MSE on normalised log area (disse.trainer.model.physics)
     distance_weight: float = 1.0     # MSE on normalised log distance
     t30_weight: float = 1.0          # MSE on normalised log T30
     # contrastive, audio space <-> text space, positives = same label of ONE descriptor (direction,

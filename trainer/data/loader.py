@@ -54,8 +54,8 @@ from disse.schemas import SchemaError, load_caption_rules, stable_id_int
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, feature_params_from_dict
 from disse.schemas.shard import (W_MEMBER, decode_iv, decode_meta, decode_w, group_tar_members,
                                  iv_member)
-from disse.trainer.augment import check_rules, drop_source_clause, rotate_sample
-from disse.trainer.physics import direction_from_angles, iv_to_float
+from disse.trainer.data.augment import check_rules, drop_source_clause, rotate_sample
+from disse.trainer.model.physics import direction_from_angles, iv_to_float
 
 log = logging.getLogger("disse.data")
 

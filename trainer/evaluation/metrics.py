@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from disse.trainer import physics
+from disse.trainer.model import physics
 
 DEFAULT_CHUNK = 4096
 EPS_NORM = 1e-12

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from disse.schemas import SchemaError
 from disse.schemas.config import _build, load_config
-from disse.trainer.data import DataConfig
-from disse.trainer.losses import LossConfig
-from disse.trainer.model import ModelConfig
+from disse.trainer.data.loader import DataConfig
+from disse.trainer.training.losses import LossConfig
+from disse.trainer.model.delsa import ModelConfig
 
 
 @dataclass

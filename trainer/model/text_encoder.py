@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from disse.schemas.errors import SchemaError
-from disse.trainer.clap_checkpoint import LoadReport, load_into, read_state_dict, sub_state_dict
+from disse.trainer.model.clap_checkpoint import LoadReport, load_into, read_state_dict, sub_state_dict
 
 KINDS = ("minilm", "clap_roberta")
 POOLINGS = ("mean", "tokens")

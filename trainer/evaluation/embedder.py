@@ -10,7 +10,7 @@ Two kinds of model, told apart by the checkpoint's keys:
   resampled to 48 kHz, converted to AmbiX, cut into 10 s windows (shorter ones tiled), level
   normalised as ``disse-synth render`` does, and its intensity features computed with the shard
   feature parameters (``features``, default the packaged configs/features.yaml);
-* **the official release** (``disse_epoch20.pt``, :mod:`disse.trainer.official_model`): the release's
+* **the official release** (``disse_epoch20.pt``, :mod:`disse.trainer.model.official`): the release's
   own front end, i.e. W at 48 kHz through the CLAP extractor and 16 kHz intensity vectors
   (:mod:`disse.pipeline.official_features`), no level normalisation.
 
@@ -20,7 +20,7 @@ as the shards the model was trained on.
 
 Python API::
 
-    from disse.trainer.embed import Embedder
+    from disse.trainer.evaluation.embedder import Embedder
     emb = Embedder.load("runs/demo/checkpoints/best.pt")          # or the released disse_epoch20.pt
     audio = emb.embed_audio(["take1.wav"], foa_format="fuma")     # dict of (N, ...) arrays
     text = emb.embed_text(["A dog barks to the left of a small room."])
@@ -113,10 +113,10 @@ def _is_official(state: dict) -> bool:
 
 
 def checkpoint_kind(path: str | Path) -> str:
-    """``"official"`` (the release's layout, :mod:`disse.trainer.official_model`) or ``"project"`` (a
+    """``"official"`` (the release's layout, :mod:`disse.trainer.model.official`) or ``"project"`` (a
     ``disse-train`` checkpoint), from the state dict's key names alone. The file is memory-mapped where
     torch can (zip format), so telling the two apart does not read the weights."""
-    from disse.trainer.official_model import CONTAINER_KEYS, read_official_state
+    from disse.trainer.model.official import CONTAINER_KEYS, read_official_state
 
     path = Path(path)
     if not path.is_file():
@@ -160,7 +160,7 @@ class Embedder:
         Official: ``roberta_dir`` (a local roberta-base folder) is needed for text; without it the model
         is built audio-only. ``features`` (project models): a feature-parameter YAML, default packaged.
         """
-        from disse.trainer.official_model import OfficialConfig, build_official, read_official_state
+        from disse.trainer.model.official import OfficialConfig, build_official, read_official_state
 
         state, _meta = read_official_state(checkpoint)
         rule_table = load_caption_rules(rules) if rules else None
@@ -171,7 +171,7 @@ class Embedder:
             model = build_official(cfg, checkpoint=str(checkpoint)).to(device)
             return cls(model, "official", features=OfficialFeatureParams(), rules=rule_table, device=device,
                        zero_shot=zero_shot)
-        from disse.trainer.checkpoint import load_model
+        from disse.trainer.training.checkpoint import load_model
 
         model, cfg = load_model(checkpoint, device)
         params = load_feature_params(features) if features else None
@@ -245,7 +245,7 @@ class Embedder:
         for i in range(0, len(items), batch_size):
             chunk = items[i:i + batch_size]
             if self.kind == "project":
-                from disse.trainer import physics
+                from disse.trainer.model import physics
 
                 ws, ivs = zip(*(self._project_inputs(it.foa) for it in chunk))
                 w = torch.from_numpy(np.stack(ws)).to(self.device)
@@ -259,7 +259,7 @@ class Embedder:
                                 ("est_distance_m", "distance_m"), ("est_area_m2", "area_m2"),
                                 ("est_t30_ms", "t30_ms")):
                     add(name, real[k])
-                from disse.trainer.evaluate import IV_MIN_DIRECTIVITY
+                from disse.trainer.evaluation.evaluate import IV_MIN_DIRECTIVITY
 
                 add("iv_direction", physics.intensity_direction(iv, IV_MIN_DIRECTIVITY))
             else:
@@ -315,7 +315,7 @@ class Embedder:
     def prompts(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per attribute ``(labels (L,), text-space prototypes (L, D))`` from the caption rules."""
         if self._prompts is None:
-            from disse.trainer.evaluate import zero_shot_prototypes
+            from disse.trainer.evaluation.evaluate import zero_shot_prototypes
 
             self._prompts = zero_shot_prototypes(_TextAdapter(self), self.rules, self.device, self.zero_shot)
         return self._prompts
@@ -324,7 +324,7 @@ class Embedder:
         """``zs_<attribute>`` (N,) labels (nearest prototype by cosine) and the prompts, when text exists."""
         if not self.has_text:
             return {}
-        from disse.trainer.evaluate import PROMPT_EMB_PREFIX, PROMPT_LABEL_PREFIX
+        from disse.trainer.evaluation.evaluate import PROMPT_EMB_PREFIX, PROMPT_LABEL_PREFIX
 
         out = {}
         a = audio_space / np.linalg.norm(audio_space, axis=1, keepdims=True).clip(1e-12)
@@ -383,7 +383,7 @@ class Embedder:
         """Write the ``.npz`` (through a temporary file); a file with all four embeddings and at least two
         items (what scoring needs) is checked with the evaluator's reader first, so ``disse-eval
         --embeddings`` accepts it."""
-        from disse.trainer.evaluate import EMBEDDING_ARRAYS, Embeddings
+        from disse.trainer.evaluation.evaluate import EMBEDDING_ARRAYS, Embeddings
 
         if all(k in arrays for k in EMBEDDING_ARRAYS) and len(arrays["audio_source"]) >= 2:
             Embeddings.from_arrays(arrays, where=str(path))
@@ -397,7 +397,7 @@ class Embedder:
 
 
 class _TextAdapter:
-    """The ``tokenize`` / ``encode_text`` pair :func:`disse.trainer.evaluate.zero_shot_prototypes` calls."""
+    """The ``tokenize`` / ``encode_text`` pair :func:`disse.trainer.evaluation.evaluate.zero_shot_prototypes` calls."""
 
     def __init__(self, embedder: Embedder) -> None:
         self.e = embedder
@@ -439,107 +439,3 @@ def read_manifest(path: str | Path) -> list[dict[str, str]]:
                     raise SchemaError(f"row {i + 2}: not a number: {row[col]!r}", file=str(path), field=col) from None
         out.append(item)
     return out
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def _cli():
-    import click
-
-    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-    @click.option("--checkpoint", type=click.Path(dir_okay=False),
-                  help="A disse-train checkpoint or the released disse_epoch20.pt (told apart by its keys).")
-    @click.option("--config", "config", type=click.Path(dir_okay=False),
-                  help="configs/official.yaml-style file: model.official.{checkpoint, roberta_dir, modalities, "
-                       "text_max_length, strict}; command-line options win.")
-    @click.option("--audio", "audio", multiple=True, type=click.Path(dir_okay=False),
-                  help="FOA recording (4 channels; WAV, FLAC, ...; any rate and length). Repeatable.")
-    @click.option("--caption", "captions", multiple=True, help="Caption to embed. Repeatable; with --audio, one per file.")
-    @click.option("--manifest", type=click.Path(dir_okay=False),
-                  help="CSV: audio_path and/or caption, optional source_id, space_id, format (ambix/fuma).")
-    @click.option("--format", "foa_format", type=click.Choice(FOA_FORMATS), default="ambix", show_default=True,
-                  help="Channel convention of the --audio files (FuMa is converted to AmbiX on read).")
-    @click.option("--segments", type=click.Choice(SEGMENTS), default="first", show_default=True,
-                  help="Audio without captions: embed the first 10 s, or every 10 s window (rows key#k).")
-    @click.option("--source-id", "source_ids", multiple=True, help="Ids of the items (default: the file path).")
-    @click.option("--space-id", "space_ids", multiple=True, help="Spatial ids of the items (default: the file path).")
-    @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz.")
-    @click.option("--roberta-dir", type=click.Path(file_okay=False),
-                  help="Official checkpoint: local roberta-base folder (needed for captions and zero-shot).")
-    @click.option("--features", type=click.Path(dir_okay=False),
-                  help="Project checkpoint: feature-parameter YAML of its shards (default: packaged).")
-    @click.option("--rules", help="Caption rule table or set name for zero-shot prompts (default: the model's).")
-    @click.option("--zero-shot-prompts", type=click.Choice(["ensemble", "single"]), default=None,
-                  help="Default: ensemble for project models, single for the official one.")
-    @click.option("--mirror-left-right", is_flag=True,
-                  help="Negate Y before featurising (real AmbiX into the release's mirrored frame; docs/official.md).")
-    @click.option("--no-strict", is_flag=True, help="Official checkpoint: load even if keys do not match.")
-    @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-    @click.option("--device", default="auto", show_default=True)
-    def main(checkpoint, config, audio, captions, manifest, foa_format, segments, source_ids, space_ids, out, roberta_dir,
-             features, rules, zero_shot_prompts, mirror_left_right, no_strict, batch_size, device):
-        """Embed FOA recordings and/or captions into the .npz layout disse-eval --embeddings reads."""
-        import sys
-
-        try:
-            modalities, text_max_length, strict = None, 512, not no_strict
-            if config:
-                from disse.trainer.official_model import load_official_config
-
-                oc = load_official_config(config)
-                checkpoint = checkpoint or oc.checkpoint
-                roberta_dir = roberta_dir or oc.roberta_dir
-                modalities, text_max_length, strict = oc.modalities, oc.text_max_length, oc.strict and not no_strict
-            if not checkpoint:
-                raise SchemaError("give --checkpoint (or model.official.checkpoint in --config)", field="--checkpoint")
-            fmts: str | list[str] = foa_format
-            targets: dict[str, list[float]] = {}
-            if manifest:
-                if audio or captions:
-                    raise SchemaError("give --manifest or --audio / --caption, not both", field="--manifest")
-                rows = read_manifest(manifest)
-                audio = tuple(r["audio"] for r in rows if r["audio"])
-                captions = tuple(r["caption"] for r in rows if r["caption"])
-                fmts = [r["format"] for r in rows if r["audio"]]
-                source_ids = tuple(r["source_id"] for r in rows) if all(r["source_id"] for r in rows) else ()
-                space_ids = tuple(r["space_id"] for r in rows) if all(r["space_id"] for r in rows) else ()
-                targets = {t: [r[t] for r in rows] for t in TARGETS if all(t in r for r in rows)}
-            emb = Embedder.load(checkpoint, device=_device(device), roberta_dir=roberta_dir, features=features,
-                                rules=rules, zero_shot=zero_shot_prompts, strict=strict, modalities=modalities,
-                                text_max_length=text_max_length)
-            if audio and not captions and segments == "all":
-                if source_ids or space_ids:
-                    raise SchemaError("--segments all names its rows itself (key#k); drop the ids",
-                                      field="--segments")
-                arrays = emb.embed_audio(audio, foa_format=fmts, segments="all",
-                                         mirror_left_right=mirror_left_right, batch_size=batch_size)
-                arrays["source_id"] = arrays["space_id"] = arrays["key"]
-                arrays["format_version"], arrays["model_kind"] = np.array(1), np.array(emb.kind)
-            else:
-                arrays = emb.embed(audio, captions, source_ids=source_ids or None, space_ids=space_ids or None,
-                                   foa_format=fmts, mirror_left_right=mirror_left_right, targets=targets,
-                                   batch_size=batch_size)
-            path = Embedder.save(out, arrays)
-        except SchemaError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        n = len(arrays["key"])
-        click.echo(f"{n} item(s) embedded with the {emb.kind} model -> {path}")
-        for k in sorted(a for a in arrays if a.startswith("zs_"))[:5]:
-            click.echo(f"  {k[3:]}: {', '.join(map(str, arrays[k][:8]))}{' ...' if n > 8 else ''}")
-
-    return main
-
-
-def main() -> None:
-    """Console script ``disse-embed``."""
-    _cli()()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,1 @@
+"""disse.trainer.training: the training config, loop, losses, distributed helpers, resumable checkpoints."""
