@@ -19,6 +19,7 @@ import numpy as np
 
 from disse.schemas import SchemaError, load_caption_rules
 from disse.trainer.evaluation.metrics import DEFAULT_CHUNK
+from disse.trainer.model.weights import Checkpoint, read_checkpoint
 
 
 def _fail(message: str) -> None:
@@ -111,7 +112,9 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
         raise SchemaError("--checkpoint needs --shards (the fixed validation or test shards)", field="--shards")
     if embeddings and (shards or max_items):
         raise SchemaError("--shards / --max-items only apply with --checkpoint", field="--shards")
-    official = _official_options(checkpoint, roberta_dir, official_config, metric_set)
+    # the checkpoint is read once, here; its kind picks the model and the preset its shards must carry
+    ckpt = read_checkpoint(checkpoint, expect=("project", "official"), what="--checkpoint") if checkpoint else None
+    official = _official_options(ckpt, roberta_dir, official_config, metric_set) if ckpt else None
     if (roberta_dir or official_config) and official is None:
         raise SchemaError("only apply to the released checkpoint (the official model)",
                           field="--roberta-dir" if roberta_dir else "--official-config")
@@ -130,14 +133,14 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
             raise SchemaError("holds the release's layout without all four embeddings: only --metrics official "
                               "applies", file=str(embeddings), field="--metrics")
     elif official is not None:
-        emb, official_data, skipped = _embed_official_checkpoint(checkpoint, official, shards, device, batch_size,
+        emb, official_data, skipped = _embed_official_checkpoint(ckpt, official, shards, device, batch_size,
                                                                  num_workers, max_items, rules_path, zero_shot_prompts)
         meta.update({"checkpoint": str(checkpoint), "model": "official", "shards": shards, "device": _device(device),
                      "embed_seconds": round(time.perf_counter() - t0, 2), "skipped_samples": skipped})
         if skipped:
             click.echo(f"warning: {skipped} sample(s) of the shards could not be read and were skipped", err=True)
     else:
-        emb, skipped = _embed_checkpoint(checkpoint, shards, device, batch_size, num_workers, max_items, rules,
+        emb, skipped = _embed_checkpoint(ckpt, shards, device, batch_size, num_workers, max_items, rules,
                                          zero_shot_prompts or "ensemble")
         meta.update({"checkpoint": str(checkpoint), "shards": shards, "device": _device(device),
                      "embed_seconds": round(time.perf_counter() - t0, 2), "skipped_samples": skipped})
@@ -214,18 +217,15 @@ def _official(data: dict, out: str, chunk_size: int) -> dict:
     return flatten(nested)
 
 
-def _official_options(checkpoint, roberta_dir, official_config, metric_set):
-    """The released model's options (``OfficialConfig``) when ``checkpoint`` has the release's layout, else
+def _official_options(ckpt: Checkpoint, roberta_dir, official_config, metric_set):
+    """The released model's options (``OfficialConfig``) when ``ckpt`` has the release's layout, else
     None. Checked before anything is embedded: the project metrics need the text side (``--roberta-dir``)."""
-    if not checkpoint:
-        return None
-    from disse.trainer.evaluation.embedder import checkpoint_kind
     from disse.trainer.model.official import OfficialConfig, load_official_config
 
-    if checkpoint_kind(checkpoint) != "official":
+    if ckpt.kind != "official":
         return None
     cfg = load_official_config(official_config) if official_config else OfficialConfig()
-    cfg.checkpoint = str(checkpoint)
+    cfg.checkpoint = str(ckpt.path)
     cfg.roberta_dir = roberta_dir or cfg.roberta_dir
     if not official_config or not cfg.roberta_dir:
         cfg.modalities = ["audio", "text"] if cfg.roberta_dir else ["audio"]
@@ -237,7 +237,7 @@ def _official_options(checkpoint, roberta_dir, official_config, metric_set):
     return cfg
 
 
-def _embed_official_checkpoint(checkpoint: str, cfg, shards: str, device: str, batch_size: int, num_workers: int,
+def _embed_official_checkpoint(ckpt: Checkpoint, cfg, shards: str, device: str, batch_size: int, num_workers: int,
                                max_items: int | None, rules_path: str | None, zero_shot_prompts: str | None):
     """The released checkpoint over official-preset shards -> ``(Embeddings | None, release arrays, skipped)``."""
     import torch
@@ -249,7 +249,7 @@ def _embed_official_checkpoint(checkpoint: str, cfg, shards: str, device: str, b
     shard_list = resolve_shards(shards, what="--shards")
     _check_preset(shard_list, "official")  # before building the model
     dev = _device(device)
-    embedder = Embedder.load(checkpoint, device=dev, roberta_dir=cfg.roberta_dir, modalities=cfg.modalities,
+    embedder = Embedder.load(ckpt, device=dev, roberta_dir=cfg.roberta_dir, modalities=cfg.modalities,
                              rules=rules_path, zero_shot=zero_shot_prompts, strict=cfg.strict,
                              text_max_length=cfg.text_max_length)
     loader = eval_loader(shard_list, batch_size, num_workers, preset="official")
@@ -274,20 +274,18 @@ def _check_preset(shard_list, want: str) -> None:
                           file=where, field="features.preset")
 
 
-def _embed_checkpoint(checkpoint: str, shards: str, device: str, batch_size: int, num_workers: int,
+def _embed_checkpoint(ckpt: Checkpoint, shards: str, device: str, batch_size: int, num_workers: int,
                       max_items: int | None, rules, zero_shot_prompts: str = "ensemble"):
     import torch
 
-    from disse.trainer.training.checkpoint import load_model
     from disse.trainer.data.loader import eval_loader, resolve_shards
     from disse.trainer.evaluation.evaluate import embed
+    from disse.trainer.model.factory import load_delsa
 
-    if not Path(checkpoint).is_file():
-        raise SchemaError("checkpoint not found", file=checkpoint)
     shard_list = resolve_shards(shards, what="--shards")  # fail fast, before building the model
     _check_preset(shard_list, "project")
     dev = _device(device)
-    model, _cfg = load_model(checkpoint, dev)
+    model = load_delsa(ckpt, dev)
     loader = eval_loader(shard_list, batch_size, num_workers)
     torch.manual_seed(0)  # nothing should be random in eval mode; this makes sure of it
     emb = embed(model, loader, dev, rules, max_items=max_items, zero_shot=zero_shot_prompts)

@@ -39,6 +39,9 @@ import torch.nn.functional as F
 
 from disse.schemas import SchemaError, load_caption_rules
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, load_feature_params
+from disse.trainer.model.factory import load_delsa, load_official
+from disse.trainer.model.official import OfficialConfig
+from disse.trainer.model.weights import Checkpoint, as_checkpoint
 
 FOA_FORMATS = ("ambix", "fuma")
 SEGMENTS = ("first", "all")
@@ -50,7 +53,6 @@ TARGETS_OF_ESTIMATE = {("true_azimuth_deg", "true_elevation_deg"): "est_directio
 # manifest column -> target array
 MANIFEST_TARGETS = {"azimuth_deg": "true_azimuth_deg", "elevation_deg": "true_elevation_deg",
                     "source_distance_m": "true_distance_m", "area_m2": "true_area_m2", "t30_ms": "true_t30_ms"}
-OFFICIAL_MARKERS = ("audio_encoder.", "text_encoder.")  # the release's outer names (DELSA's: audio., text.)
 
 
 @dataclass
@@ -108,30 +110,6 @@ def windows(foa: np.ndarray, n: int, segments: str = "first") -> list[np.ndarray
     return out
 
 
-def _is_official(state: dict) -> bool:
-    return "logit_scale" in state or any(k.startswith(OFFICIAL_MARKERS) for k in state)
-
-
-def checkpoint_kind(path: str | Path) -> str:
-    """``"official"`` (the release's layout, :mod:`disse.trainer.model.official`) or ``"project"`` (a
-    ``disse-train`` checkpoint), from the state dict's key names alone. The file is memory-mapped where
-    torch can (zip format), so telling the two apart does not read the weights."""
-    from disse.trainer.model.official import CONTAINER_KEYS, read_official_state
-
-    path = Path(path)
-    if not path.is_file():
-        raise SchemaError("checkpoint not found", file=str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # legacy (non-zip) format, or unreadable: the full reader names the problem
-        obj = read_official_state(path)[0]
-    if not isinstance(obj, dict):
-        raise SchemaError(f"expected a dict, got {type(obj).__name__}", file=str(path))
-    state = next((obj[k] for k in CONTAINER_KEYS if isinstance(obj.get(k), dict)), obj)
-    keys = [k[len("module."):] if k.startswith("module.") else k for k in state if isinstance(k, str)]
-    return "official" if _is_official(dict.fromkeys(keys)) else "project"
-
-
 class Embedder:
     """A loaded model plus its front end. Build with :meth:`load`.
 
@@ -152,31 +130,28 @@ class Embedder:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def load(cls, checkpoint: str | Path, *, device: str = "cpu", roberta_dir: str | None = None,
+    def load(cls, checkpoint: str | Path | Checkpoint, *, device: str = "cpu", roberta_dir: str | None = None,
              modalities: Sequence[str] | None = None, features: str | None = None, rules: str | None = None,
              zero_shot: str | None = None, strict: bool = True, text_max_length: int = 512) -> "Embedder":
-        """Load a project training checkpoint or the released one (told apart by their keys).
+        """Load a project training checkpoint or the released one (told apart by their keys), from a path or a
+        :class:`~disse.trainer.model.weights.Checkpoint` already read.
 
         Official: ``roberta_dir`` (a local roberta-base folder) is needed for text; without it the model
         is built audio-only. ``features`` (project models): a feature-parameter YAML, default packaged.
         """
-        from disse.trainer.model.official import OfficialConfig, build_official, read_official_state
-
-        state, _meta = read_official_state(checkpoint)
+        ckpt = as_checkpoint(checkpoint, expect=("project", "official"), what="--checkpoint")
         rule_table = load_caption_rules(rules) if rules else None
-        if _is_official(state):
+        if ckpt.kind == "official":
             mods = list(modalities) if modalities else (["audio", "text"] if roberta_dir else ["audio"])
             cfg = OfficialConfig(roberta_dir=roberta_dir, modalities=mods, strict=strict,
                                  text_max_length=text_max_length)
-            model = build_official(cfg, checkpoint=str(checkpoint)).to(device)
-            return cls(model, "official", features=OfficialFeatureParams(), rules=rule_table, device=device,
-                       zero_shot=zero_shot)
-        from disse.trainer.training.checkpoint import load_model
-
-        model, cfg = load_model(checkpoint, device)
+            return cls(load_official(ckpt, cfg, device), "official", features=OfficialFeatureParams(),
+                       rules=rule_table, device=device, zero_shot=zero_shot)
+        model = load_delsa(ckpt, device)
         params = load_feature_params(features) if features else None
-        if rule_table is None and cfg.eval.caption_rules:
-            rule_table = load_caption_rules(cfg.eval.caption_rules)
+        trained_rules = (ckpt.config.get("eval") or {}).get("caption_rules")
+        if rule_table is None and trained_rules:
+            rule_table = load_caption_rules(trained_rules)
         return cls(model, "project", features=params, rules=rule_table, device=device, zero_shot=zero_shot)
 
     @property

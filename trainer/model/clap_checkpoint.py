@@ -9,7 +9,6 @@ unpickling (custom classes) is refused with a :class:`~disse.schemas.SchemaError
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,60 +16,19 @@ import torch
 from torch import nn
 
 from disse.schemas.errors import SchemaError
+from disse.trainer.model.weights import read_checkpoint
 
 log = logging.getLogger(__name__)
 
-# Prefixes stripped from every key: DDP's "module." and open_clip/lightning style wrappers.
-_WRAPPER_PREFIXES = ("module.", "model.")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint as a flat ``{key: tensor}`` on CPU, wrapper prefixes removed.
 
-    Accepts a plain state dict, ``{"state_dict": ...}`` (LAION-CLAP / lightning) or
-    ``{"model": ...}``; ``.safetensors`` files are read with safetensors.
+    Accepts a plain state dict, ``{"state_dict": ...}`` (LAION-CLAP / lightning) or ``{"model": ...}``, and
+    ``.safetensors`` files; read by :func:`disse.trainer.model.weights.read_checkpoint`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SchemaError("checkpoint file not found", file=str(path))
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            obj: object = load_file(str(path), device="cpu")
-        except Exception as exc:  # corrupt header etc.
-            raise SchemaError(f"cannot read safetensors checkpoint: {exc}", file=str(path)) from None
-    else:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SchemaError(
-                "checkpoint refused: it contains pickled Python objects that are not plain tensors/"
-                f"containers, and DISSE never unpickles arbitrary code (weights_only=True said: {first}). "
-                "Re-save it as a plain state_dict (torch.save(model.state_dict(), path)) or as .safetensors",
-                file=str(path)) from None
-        except (RuntimeError, EOFError, OSError) as exc:
-            raise SchemaError(f"cannot read checkpoint: {exc}", file=str(path)) from None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict):
-        raise SchemaError(f"expected a dict of tensors, got {type(obj).__name__}", file=str(path))
-    out: dict[str, torch.Tensor] = {}
-    for key, value in obj.items():
-        if not torch.is_tensor(value):
-            continue  # e.g. "epoch" stored beside the tensors
-        k = str(key)
-        for prefix in _WRAPPER_PREFIXES:
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-                break
-        out[k] = value
-    if not out:
-        raise SchemaError("checkpoint holds no tensors", file=str(path))
-    return out
+    return read_checkpoint(path).state
 
 
 def sub_state_dict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

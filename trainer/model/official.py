@@ -23,7 +23,6 @@ reads the release's container formats with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import math
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import nn
 
 from disse.schemas.errors import SchemaError
 from disse.schemas.features import OFFICIAL_CLAP_PREPROCESSOR, official_htsat_inputs
+from disse.trainer.model.weights import read_checkpoint
 
 # laion/clap-htsat-fused config.json, "audio_config" (the values the checkpoint's shapes pin, plus
 # the non-shape ones: window size, depths' heads, fusion flags, dropouts, eps).
@@ -357,7 +357,6 @@ class DISSEOfficial(nn.Module):
 
 
 # -------------------------------------------------------------------------------------- loading
-CONTAINER_KEYS = ("model_state_dict", "state_dict", "model")  # the release's order of preference
 
 # Module names that differ between the transformers the release used (4.52.4) and the installed one:
 # (pattern in the checkpoint, replacement). None differ for ClapAudioModel / RobertaModel up to 5.x
@@ -372,35 +371,10 @@ def read_official_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     """The state dict of a release-format checkpoint and its other top-level entries (e.g. ``epoch``).
 
     Containers: ``{"model_state_dict"|"state_dict"|"model": sd, ...}`` (first dict wins) or a bare
-    state dict; a leading ``module.`` is stripped. Loaded with ``torch.load(weights_only=True)``.
+    state dict; a leading ``module.`` is stripped. Read by :func:`disse.trainer.model.weights.read_checkpoint`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SchemaError("checkpoint file not found", file=str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise SchemaError("checkpoint refused: it holds pickled Python objects and DISSE loads with "
-                          f"weights_only=True ({first})", file=str(path)) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise SchemaError(f"cannot read checkpoint: {exc}", file=str(path)) from None
-    if not isinstance(obj, dict):
-        raise SchemaError(f"expected a dict, got {type(obj).__name__}", file=str(path))
-    meta: dict[str, Any] = {}
-    state = obj
-    for key in CONTAINER_KEYS:
-        if isinstance(obj.get(key), dict):
-            state = obj[key]
-            meta = {k: v for k, v in obj.items() if k != key and not isinstance(v, dict)}
-            break
-    out = {}
-    for k, v in state.items():
-        if torch.is_tensor(v):
-            out[k[len("module."):] if k.startswith("module.") else k] = v
-    if not out:
-        raise SchemaError("checkpoint holds no tensors", file=str(path))
-    return out, meta
+    ckpt = read_checkpoint(path, expect=("official",))
+    return ckpt.state, ckpt.entries
 
 
 def map_release_keys(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
@@ -459,12 +433,16 @@ def load_official_state(model: DISSEOfficial, state: dict[str, torch.Tensor], *,
 
 
 def build_official(cfg: OfficialConfig, *, checkpoint: str | None = None,
+                   state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
                    audio_config_overrides: dict[str, Any] | None = None) -> DISSEOfficial:
-    """The official model in eval mode, loaded from ``checkpoint`` (or ``cfg.checkpoint``) when given."""
+    """The official model in eval mode, loaded from ``state`` (``(tensors, entries)`` of a checkpoint already
+    read) or else from ``checkpoint`` (or ``cfg.checkpoint``), when given."""
     model = DISSEOfficial(cfg, audio_config_overrides=audio_config_overrides)
     path = checkpoint or cfg.checkpoint
-    if path:
-        state, meta = read_official_state(path)
-        model.load_notes = load_official_state(model, state, source=str(path), strict=cfg.strict)
+    if state is None and path:
+        state = read_official_state(path)
+    if state is not None:
+        tensors, meta = state
+        model.load_notes = load_official_state(model, tensors, source=str(path or "checkpoint"), strict=cfg.strict)
         model.epoch = meta.get("epoch")
     return model.eval()

@@ -6,7 +6,6 @@ so it always loads with ``weights_only=True`` (nothing is unpickled but tensors 
 """
 from __future__ import annotations
 
-import copy
 import os
 import random
 import tempfile
@@ -17,6 +16,10 @@ import numpy as np
 import torch
 
 from disse.schemas import SchemaError
+from disse.trainer.model.delsa import DELSA
+from disse.trainer.model.factory import load_delsa
+from disse.trainer.model.weights import read_checkpoint
+from disse.trainer.training.config import TrainConfig, config_from_dict
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.pt"
@@ -44,19 +47,10 @@ def save_atomic(state: dict, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; a missing or unreadable file is a SchemaError."""
-    path = Path(path)
-    if not path.is_file():
-        raise SchemaError("checkpoint not found", file=str(path))
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise SchemaError(f"cannot load checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})",
-                          file=str(path)) from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise SchemaError("not a disse checkpoint (no 'model' entry)", file=str(path))
-    return state
+def load_checkpoint(path: str | Path) -> dict:
+    """A ``disse-train`` checkpoint as it was saved (``{"model", "optimizer", ...}``), read by the one reader
+    (:func:`disse.trainer.model.weights.read_checkpoint`): another kind of file is one SchemaError."""
+    return read_checkpoint(path, expect=("project",), what="--resume").training_state()
 
 
 def resolve_resume(arg: str | None, out_dir: str | Path) -> Path | None:
@@ -106,26 +100,7 @@ def _to_tuple(x: Any) -> Any:
 
 # --------------------------------------------------------------------------- models for evaluation
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the DELSA model of a training checkpoint for evaluation -> ``(model, TrainConfig)``.
-
-    The model is in eval mode on ``device``. The config is the run's resolved config.
-    """
-    from disse.trainer.training.config import config_from_dict
-    from disse.trainer.model.delsa import DELSA
-
-    state = load_checkpoint(path, map_location="cpu")
-    cfg = config_from_dict(state.get("config") or {}, source=str(path))
-    # the weights come from this checkpoint: pretrained files that training started from need not exist
-    # here (HTSAT then starts from random init before being overwritten; the text side keeps a file that
-    # is present, since a RoBERTa without a CLAP file needs its hf_dir weights instead)
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.audio.htsat.checkpoint = None
-    if model_cfg.text.checkpoint and not Path(model_cfg.text.checkpoint).is_file():
-        model_cfg.text.checkpoint = None
-    model = DELSA(model_cfg)
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if missing or unexpected:
-        raise SchemaError(f"checkpoint does not match the model of its config: missing {missing[:5]}, "
-                          f"unexpected {unexpected[:5]}", file=str(path), field="model")
-    return model.to(device).eval(), cfg
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[DELSA, TrainConfig]:
+    """Rebuild the DELSA model of a training checkpoint -> ``(model in eval mode on device, TrainConfig)``."""
+    ckpt = read_checkpoint(path, expect=("project",))
+    return load_delsa(ckpt, device), config_from_dict(ckpt.config, source=str(path))

@@ -285,6 +285,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
         torch.set_num_threads(t.threads)
     out_dir = Path(t.out_dir)
     resume_path = ckpt.resolve_resume(resume, out_dir)
+    # read before anything is built: a file that is not a checkpoint of this project fails in one line
+    resumed = ckpt.load_checkpoint(resume_path) if resume_path is not None else None
     shards = resolve_shards(cfg.data.train, what="data.train")
     val = resolve_shards(cfg.data.val, what="data.val") if cfg.data.val else None
     rules = load_caption_rules(cfg.eval.caption_rules) if cfg.eval.caption_rules else load_caption_rules()
@@ -306,8 +308,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
 
     step, best = 0, {"metric": cfg.eval.best_metric, "value": None, "step": None}
     position: StreamPosition | None = None
-    if resume_path is not None:
-        state = ckpt.load_checkpoint(resume_path)
+    if resumed is not None:
+        state = resumed
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
