@@ -20,17 +20,19 @@ official|both``: keys prefixed ``official/``). What differs from this project's 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
-EMBEDDING_KEYS = ("audio_source", "audio_spatial", "text_source", "text_spatial")
-ID_KEYS = ("source_id", "spatial_id")
-# read-time aliases of the release's cache reader
-ALIASES = {"audio_space": "audio_spatial", "text_space": "text_spatial", "a_src": "audio_source",
-           "a_spa": "audio_spatial", "t_src": "text_source", "t_spa": "text_spatial",
-           "src_id": "source_id", "space_id": "spatial_id", "spa_id": "spatial_id"}
+from disse.trainer.evaluation.embeddings import (  # noqa: F401  (load_npz / save_npz: the documented names here)
+    ALIASES,
+    EMBEDDING_KEYS,
+    ID_KEYS,
+    load_npz,
+    save_npz,
+    validate_embeddings,
+)
+
 TASKS = ("on_task_source", "on_task_spatial", "off_task_source", "off_task_spatial")
 
 
@@ -213,59 +215,6 @@ def flatten(report: dict, prefix: str = "official") -> dict[str, float]:
 
     walk(report, prefix)
     return flat
-
-
-# --------------------------------------------------------------------------- the release's .npz layout
-
-def validate_embeddings(data: Mapping[str, np.ndarray], *, where: str = "embeddings") -> dict[str, np.ndarray]:
-    """Resolve aliases and check: 2-D finite numeric embeddings with one row per id, both id arrays."""
-    out: dict[str, np.ndarray] = {}
-    for k, v in data.items():
-        name = ALIASES.get(k, k)
-        if name in EMBEDDING_KEYS or name in ID_KEYS:
-            if name in out:
-                raise ValueError(f"{where}: {name!r} given twice (under an alias)")
-            out[name] = np.asarray(v)
-    missing = [k for k in ID_KEYS if k not in out]
-    if missing:
-        raise ValueError(f"{where}: missing {missing}")
-    emb = [k for k in EMBEDDING_KEYS if k in out]
-    if not emb:
-        raise ValueError(f"{where}: none of {EMBEDDING_KEYS}")
-    n = len(out["source_id"])
-    for k in ID_KEYS:
-        out[k] = out[k].reshape(-1)
-        if len(out[k]) != n:
-            raise ValueError(f"{where}: {k} has {len(out[k])} rows, source_id has {n}")
-    for k in emb:
-        e = out[k]
-        if e.ndim != 2 or e.shape[0] != n or not np.issubdtype(e.dtype, np.number) or not np.isfinite(e).all():
-            raise ValueError(f"{where}: {k} must be finite numeric (N={n}, D), got {e.shape} {e.dtype}")
-    return out
-
-
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a release-layout ``.npz`` (never unpickles)."""
-    with np.load(path, allow_pickle=False) as f:
-        return validate_embeddings({k: f[k] for k in f.files}, where=str(path))
-
-
-def save_npz(path: str | Path, data: Mapping[str, np.ndarray]) -> Path:
-    """Write the release's layout: the embeddings present, ``source_id`` and ``spatial_id`` as numpy
-    unicode arrays; ``savez_compressed`` through a ``.part`` file renamed into place."""
-    import os
-
-    data = validate_embeddings(data, where=str(path))
-    out = {k: np.asarray(data[k], dtype=np.float32) for k in EMBEDDING_KEYS if k in data}
-    for k in ID_KEYS:
-        out[k] = np.asarray([str(v) for v in data[k]], dtype=np.str_)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **out)
-    os.replace(tmp, path)
-    return path
 
 
 def json_safe(obj):
