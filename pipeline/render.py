@@ -37,6 +37,7 @@ import scipy.fft
 from disse.pipeline.audio_io import load_clip, load_rir
 from disse.pipeline.captions import SpatialWordMatcher, make_captions
 from disse.pipeline.features import intensity_features
+from disse.pipeline.frontend import normalise_level
 from disse.pipeline.rir_checks import AZIMUTH_CONVENTIONS, RirCheck, check_rir, to_ccw
 from disse.pipeline.shards import (shard_name, stale_tmp_files, write_json_atomic,
                                    write_tar_atomic)
@@ -160,19 +161,6 @@ def convolve_foa(dry: np.ndarray, rir: np.ndarray, n_out: int | None = None) -> 
     nfft = fft_size(dry.shape[-1], rir.shape[-1])
     dry_spec = scipy.fft.rfft(np.asarray(dry, dtype=np.float32), nfft)
     return convolve_spectra(dry_spec, rir_spectrum(rir, nfft), nfft, n_out)
-
-
-def normalise_level(foa: np.ndarray, target_rms_dbfs: float, max_peak: float) -> tuple[np.ndarray, float]:
-    """Scale FOA so W has ``target_rms_dbfs`` RMS, lowered if needed so no channel peaks above
-    ``max_peak``. Returns (scaled float32 ``(4, T)``, linear gain). One gain for all four
-    channels, so the direction and the diffuseness are untouched."""
-    w = foa[0].astype(np.float64)
-    rms = math.sqrt(float(np.dot(w, w)) / w.size)
-    peak = max(float(foa.max()), -float(foa.min()))  # no |foa| temporary
-    if rms <= 0 or peak <= 0:
-        raise SchemaError("rendered mixture is silent", field="foa")
-    gain = min(10.0 ** (target_rms_dbfs / 20.0) / rms, max_peak / peak)
-    return (np.asarray(foa, dtype=np.float32) * np.float32(gain)), gain
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,13 +38,12 @@ import torch
 import torch.nn.functional as F
 
 from disse.schemas import SchemaError, load_caption_rules
+from disse.pipeline.frontend import FOA_FORMATS, SEGMENTS, read_foa, windows  # noqa: F401  (documented here too)
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, load_feature_params
 from disse.trainer.model.factory import load_delsa, load_official
 from disse.trainer.model.official import OfficialConfig
 from disse.trainer.model.weights import Checkpoint, as_checkpoint
 
-FOA_FORMATS = ("ambix", "fuma")
-SEGMENTS = ("first", "all")
 # evaluator target arrays (docs/evaluation.md) and the estimate each one turns into a scored pred_*
 TARGETS = ("true_azimuth_deg", "true_elevation_deg", "true_distance_m", "true_area_m2", "true_t30_ms")
 TARGETS_OF_ESTIMATE = {("true_azimuth_deg", "true_elevation_deg"): "est_direction",
@@ -61,53 +60,6 @@ class AudioItem:
 
     key: str
     foa: np.ndarray
-
-
-def read_foa(path: str | Path, foa_format: str = "ambix", sample_rate: int = 48000,
-             mirror_left_right: bool = False, resampler: str = "poly") -> np.ndarray:
-    """A 4-channel FOA file -> AmbiX ``(4, T)`` float32 at ``sample_rate`` (W, Y, Z, X; SN3D).
-
-    ``foa_format="fuma"`` converts (W, X, Y, Z; W at -3 dB) on read. ``mirror_left_right`` negates Y
-    (left <-> right), e.g. to present real AmbiX recordings in the released model's mirrored frame.
-    ``resampler``: ``"poly"`` (scipy polyphase, as ``disse-synth`` reads audio) or ``"torchaudio"``
-    (torchaudio's default sinc kernel, as the release resamples its inputs).
-    """
-    from disse.pipeline.audio_io import read_audio, resample, to_ambix
-
-    if foa_format not in FOA_FORMATS:
-        raise SchemaError(f"must be one of {list(FOA_FORMATS)}, got {foa_format!r}", field="format")
-    data, sr = read_audio(path)
-    if data.shape[0] != 4:
-        raise SchemaError(f"FOA needs exactly 4 channels, the file has {data.shape[0]}", file=str(path))
-    if resampler == "torchaudio" and sr != sample_rate:
-        from disse.pipeline.official_features import resample_torchaudio
-
-        foa = resample_torchaudio(torch.from_numpy(np.ascontiguousarray(data)), sr, sample_rate).numpy()
-    else:
-        foa = resample(data, sr, sample_rate)
-    foa = to_ambix(foa, foa_format, path)
-    if mirror_left_right:
-        foa = foa.copy()
-        foa[1] *= -1.0
-    return np.ascontiguousarray(foa, dtype=np.float32)
-
-
-def windows(foa: np.ndarray, n: int, segments: str = "first") -> list[np.ndarray]:
-    """``(4, T)`` -> 10 s windows ``(4, n)``: the first (``"first"``) or every full one plus a tiled
-    remainder (``"all"``); a recording shorter than ``n`` is tiled end to end, as the release does."""
-    from disse.pipeline.audio_io import tile_to_length
-
-    if segments not in SEGMENTS:
-        raise SchemaError(f"must be one of {list(SEGMENTS)}, got {segments!r}", field="segments")
-    t = foa.shape[1]
-    if segments == "first" or t <= n:
-        return [tile_to_length(foa, n)]
-    starts = list(range(0, t - n + 1, n))
-    out = [foa[:, s:s + n] for s in starts]
-    rest = t - (starts[-1] + n)
-    if rest >= n // 10:  # a tail of at least a tenth of a window gets its own (tiled) window
-        out.append(tile_to_length(foa[:, starts[-1] + n:], n))
-    return out
 
 
 class Embedder:
