@@ -20,6 +20,9 @@ from disse.schemas import SchemaError
 
 FOA_FORMATS = ("ambix", "fuma")
 SEGMENTS = ("first", "all")
+# the renderer's level (RenderOptions defaults), applied to recordings that disse-embed featurises
+TARGET_RMS_DBFS = -26.0   # RMS of W, dBFS
+MAX_PEAK = 0.99           # of full scale, over all 4 channels
 
 
 def read_foa(path: str | Path, foa_format: str = "ambix", sample_rate: int = 48000,
@@ -63,7 +66,8 @@ def windows(foa: np.ndarray, n: int, segments: str = "first") -> list[np.ndarray
     return out
 
 
-def normalise_level(foa: np.ndarray, target_rms_dbfs: float, max_peak: float) -> tuple[np.ndarray, float]:
+def normalise_level(foa: np.ndarray, target_rms_dbfs: float = TARGET_RMS_DBFS, max_peak: float = MAX_PEAK
+                    ) -> tuple[np.ndarray, float]:
     """Scale FOA so W has ``target_rms_dbfs`` RMS, lowered if needed so no channel peaks above
     ``max_peak``. Returns (scaled float32 ``(4, T)``, linear gain). One gain for all four
     channels, so the direction and the diffuseness are untouched."""

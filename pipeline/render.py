@@ -37,7 +37,7 @@ import scipy.fft
 from disse.pipeline.audio_io import load_clip, load_rir
 from disse.pipeline.captions import SpatialWordMatcher, make_captions
 from disse.pipeline.features import intensity_features
-from disse.pipeline.frontend import normalise_level
+from disse.pipeline.frontend import MAX_PEAK, TARGET_RMS_DBFS, normalise_level
 from disse.pipeline.rir_checks import AZIMUTH_CONVENTIONS, RirCheck, check_rir, to_ccw
 from disse.pipeline.shards import (shard_name, stale_tmp_files, write_json_atomic,
                                    write_tar_atomic)
@@ -63,8 +63,8 @@ class RenderOptions:
     clips_per_rir: int = 1           # L: each RIR holds >= L sources
     val_fraction: float = 0.1        # of clips and of RIRs (hash-assigned)
     test_fraction: float = 0.1
-    target_rms_dbfs: float = -26.0   # level of W before the peak limit
-    max_peak: float = 0.99           # of full scale, over all 4 channels
+    target_rms_dbfs: float = TARGET_RMS_DBFS  # level of W before the peak limit
+    max_peak: float = MAX_PEAK                # of full scale, over all 4 channels
     max_failure_rate: float = 0.05   # exit non-zero above this share of failed items
     azimuth_convention: str = "ccw"  # of the RIR CSV's azimuth_deg: ccw (the project's) or cw (negated on read)
     rir_check: bool = True           # check each RIR's first arrival and channel layout at plan time

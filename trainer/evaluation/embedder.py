@@ -35,11 +35,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from disse.schemas import SchemaError, load_caption_rules
 from disse.pipeline.frontend import FOA_FORMATS, SEGMENTS, read_foa, windows  # noqa: F401  (documented here too)
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, load_feature_params
+from disse.trainer.evaluation.embeddings import EMBEDDING_ARRAYS, PROMPT_EMB_PREFIX, PROMPT_LABEL_PREFIX, Embeddings
+from disse.trainer.evaluation.inference import encoder_for, run, zero_shot_prototypes
 from disse.trainer.model.factory import load_delsa, load_official
 from disse.trainer.model.official import OfficialConfig
 from disse.trainer.model.weights import Checkpoint, as_checkpoint
@@ -75,6 +76,7 @@ class Embedder:
         self.features = features if features is not None else load_feature_params()
         if kind == "project" and isinstance(self.features, OfficialFeatureParams):
             raise SchemaError("a project checkpoint needs the project feature preset", field="features")
+        self.encoder = encoder_for(model, device, self.features)
         self.rules = rules if rules is not None else load_caption_rules("official" if kind == "official" else None)
         # the project's prompt ensemble needs its own rule table; the release's rules give one prompt per label
         self.zero_shot = zero_shot or ("single" if kind == "official" else "ensemble")
@@ -108,11 +110,11 @@ class Embedder:
 
     @property
     def has_text(self) -> bool:
-        return self.kind == "project" or self.model.text_encoder is not None
+        return self.encoder.has_text
 
     @property
     def has_audio(self) -> bool:
-        return self.kind == "project" or self.model.audio_encoder is not None
+        return self.encoder.has_audio
 
     # ------------------------------------------------------------------ audio
     def audio_items(self, paths: Sequence[str | Path], *, foa_format: str | Sequence[str] = "ambix",
@@ -131,75 +133,33 @@ class Embedder:
                 items.append(AudioItem(str(path) if len(parts) == 1 else f"{path}#{k}", part))
         return items
 
-    def _project_inputs(self, foa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from disse.pipeline.features import intensity_features
-        from disse.pipeline.render import RenderOptions, normalise_level
-
-        o = RenderOptions.__dataclass_fields__
-        foa, _gain = normalise_level(foa, o["target_rms_dbfs"].default, o["max_peak"].default)
-        return foa[0].copy(), intensity_features(foa, self.features)
-
-    def _official_inputs(self, foa: np.ndarray) -> dict[str, torch.Tensor]:
-        from disse.pipeline.official_features import official_intensity
-
-        i_act, i_rea = official_intensity(foa, self.features)
-        return {"i_act": torch.from_numpy(np.asarray(i_act, np.float32)),
-                "i_rea": torch.from_numpy(np.asarray(i_rea, np.float32)),
-                "omni_48k": torch.from_numpy(np.ascontiguousarray(foa[0], np.float32))}
-
-    @torch.no_grad()
     def embed_items(self, items: Sequence[AudioItem], batch_size: int = 8) -> dict[str, np.ndarray]:
-        """Audio items -> ``audio_source``, ``audio_space`` (N, D) and the physical predictions.
+        """Audio items -> ``audio_source``, ``audio_space`` (N, D), the intensity-vector baseline
+        ``iv_direction`` (N, 3) and the physical predictions, through the one inference loop
+        (:func:`disse.trainer.evaluation.inference.run`).
 
         Project models: ``est_direction`` (N, 3; x front, y left, z up), ``est_azimuth_deg``,
-        ``est_elevation_deg``, ``est_distance_m``, ``est_area_m2``, ``est_t30_ms`` (N,; real units) and
-        the intensity-vector baseline ``iv_direction`` (N, 3). (:meth:`embed` renames ``est_*`` to the
-        evaluator's ``pred_*`` where targets are given: disse-eval scores a prediction only beside its target.) Official: the release's raw head outputs
-        ``official_direction`` (N, 2; trained against [az, el] in radians by cosine, so only its
-        angle in the (az, el) plane means anything), ``official_area_z``, ``official_distance_z``,
-        ``official_reverb_z`` (N,; z-scores, the release publishes no statistics). Plus ``key``.
+        ``est_elevation_deg``, ``est_distance_m``, ``est_area_m2``, ``est_t30_ms`` (N,; real units).
+        (:meth:`embed` renames ``est_*`` to the evaluator's ``pred_*`` where targets are given: disse-eval scores
+        a prediction only beside its target.) Official: the release's raw head outputs ``official_direction``
+        (N, 2; trained against [az, el] in radians by cosine, so only its angle in the (az, el) plane means
+        anything), ``official_area_z``, ``official_distance_z``, ``official_reverb_z`` (N,; z-scores, the release
+        publishes no statistics). Plus ``key``.
         """
         if not self.has_audio:
             raise SchemaError("this model was loaded without its audio side", field="modalities")
         if not items:
             raise SchemaError("no audio to embed", field="audio")
-        self.model.eval()
-        cols: dict[str, list[np.ndarray]] = {}
 
-        def add(name: str, x: torch.Tensor | np.ndarray) -> None:
-            cols.setdefault(name, []).append(np.asarray(x.detach().float().cpu() if torch.is_tensor(x) else x))
+        def batches():
+            for i in range(0, len(items), batch_size):
+                chunk = items[i:i + batch_size]
+                ws, ivs = zip(*(self.encoder.inputs(it.foa) for it in chunk))
+                yield {"waveform": torch.from_numpy(np.stack(ws)), "iv": torch.from_numpy(np.stack(ivs)),
+                       "key": [it.key for it in chunk]}
 
-        for i in range(0, len(items), batch_size):
-            chunk = items[i:i + batch_size]
-            if self.kind == "project":
-                from disse.trainer.model import physics
-
-                ws, ivs = zip(*(self._project_inputs(it.foa) for it in chunk))
-                w = torch.from_numpy(np.stack(ws)).to(self.device)
-                iv = torch.from_numpy(np.stack(ivs)).to(self.device)
-                out = self.model.encode_audio(w, iv)
-                add("audio_source", out["source"])
-                add("audio_space", out["space"])
-                real = physics.to_real_units(out["phys"])
-                add("est_direction", real["direction"])
-                for name, k in (("est_azimuth_deg", "azimuth_deg"), ("est_elevation_deg", "elevation_deg"),
-                                ("est_distance_m", "distance_m"), ("est_area_m2", "area_m2"),
-                                ("est_t30_ms", "t30_ms")):
-                    add(name, real[k])
-                from disse.trainer.evaluation.evaluate import IV_MIN_DIRECTIVITY
-
-                add("iv_direction", physics.intensity_direction(iv, IV_MIN_DIRECTIVITY))
-            else:
-                inputs = [self._official_inputs(it.foa) for it in chunk]
-                batch = {k: torch.stack([x[k] for x in inputs]) for k in inputs[0]}
-                out = self.model.encode_audio(batch)
-                add("audio_source", F.normalize(out["audio_source_emb"].float(), dim=-1))
-                add("audio_space", F.normalize(out["audio_space_emb"].float(), dim=-1))
-                add("official_direction", out["direction"])
-                for name, k in (("official_area_z", "area"), ("official_distance_z", "distance"),
-                                ("official_reverb_z", "reverb")):
-                    add(name, out[k].squeeze(-1))
-        arrays = {k: np.concatenate(v).astype(np.float32) for k, v in cols.items()}
+        cols = run(self.encoder, batches(), with_text=False)
+        arrays = {k: np.asarray(v, dtype=np.float32) for k, v in cols.items() if k not in ("key", "descriptors")}
         arrays["key"] = np.array([it.key for it in items])
         arrays.update(self.zero_shot_descriptors(arrays["audio_space"]))
         return arrays
@@ -222,37 +182,29 @@ class Embedder:
         captions = [str(c) for c in captions]
         if not captions:
             raise SchemaError("no captions to embed", field="caption")
-        self.model.eval()
         src, spa = [], []
-        for i in range(0, len(captions), batch_size):
-            out = self._text(captions[i:i + batch_size])
-            src.append(out["source"].float().cpu().numpy())
-            spa.append(out["space"].float().cpu().numpy())
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for i in range(0, len(captions), batch_size):
+                out = self.encoder.text(captions[i:i + batch_size])
+                src.append(out["source"].float().cpu().numpy())
+                spa.append(out["space"].float().cpu().numpy())
+        finally:
+            self.model.train(was_training)
         return {"text_source": np.concatenate(src), "text_space": np.concatenate(spa)}
-
-    def _text(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        if self.kind == "project":
-            tokens = {k: v.to(self.device) for k, v in self.model.tokenize(texts).items()}
-            return self.model.encode_text(tokens)
-        out = self.model.encode_text(texts)
-        return {"source": F.normalize(out["text_source_emb"].float(), dim=-1),
-                "space": F.normalize(out["text_space_emb"].float(), dim=-1)}
 
     # ------------------------------------------------------------------ zero-shot
     def prompts(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per attribute ``(labels (L,), text-space prototypes (L, D))`` from the caption rules."""
         if self._prompts is None:
-            from disse.trainer.evaluation.evaluate import zero_shot_prototypes
-
-            self._prompts = zero_shot_prototypes(_TextAdapter(self), self.rules, self.device, self.zero_shot)
+            self._prompts = zero_shot_prototypes(self.encoder, self.rules, self.zero_shot)
         return self._prompts
 
     def zero_shot_descriptors(self, audio_space: np.ndarray) -> dict[str, np.ndarray]:
         """``zs_<attribute>`` (N,) labels (nearest prototype by cosine) and the prompts, when text exists."""
         if not self.has_text:
             return {}
-        from disse.trainer.evaluation.evaluate import PROMPT_EMB_PREFIX, PROMPT_LABEL_PREFIX
-
         out = {}
         a = audio_space / np.linalg.norm(audio_space, axis=1, keepdims=True).clip(1e-12)
         for attr, (labels, protos) in self.prompts().items():
@@ -310,8 +262,6 @@ class Embedder:
         """Write the ``.npz`` (through a temporary file); a file with all four embeddings and at least two
         items (what scoring needs) is checked with the evaluator's reader first, so ``disse-eval
         --embeddings`` accepts it."""
-        from disse.trainer.evaluation.evaluate import EMBEDDING_ARRAYS, Embeddings
-
         if all(k in arrays for k in EMBEDDING_ARRAYS) and len(arrays["audio_source"]) >= 2:
             Embeddings.from_arrays(arrays, where=str(path))
         path = Path(path)
@@ -321,19 +271,6 @@ class Embedder:
             np.savez(f, **arrays)
         tmp.replace(path)
         return path
-
-
-class _TextAdapter:
-    """The ``tokenize`` / ``encode_text`` pair :func:`disse.trainer.evaluation.evaluate.zero_shot_prototypes` calls."""
-
-    def __init__(self, embedder: Embedder) -> None:
-        self.e = embedder
-
-    def tokenize(self, texts: list[str]) -> dict[str, Any]:
-        return {"texts": list(texts)}
-
-    def encode_text(self, tokens: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self.e._text(tokens["texts"])
 
 
 def read_manifest(path: str | Path) -> list[dict[str, str]]:
