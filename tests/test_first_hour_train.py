@@ -17,3 +17,54 @@ def test_readme_says_how_to_get_the_commands_on_the_path():
     assert re.search(r"^make demo ", quick, re.M) and re.search(r"^make test ", quick, re.M)
     assert "source .venv/bin/activate" in quick and ".venv/bin/disse-" in quick and "make install" in quick
     assert re.search(r"^install:", (ROOT / "Makefile").read_text(), re.M)
+
+
+def run_train(args, capsys) -> tuple[int, str]:
+    """disse-train's entry point on ``args`` -> (exit status, everything it printed)."""
+    from disse.trainer.cli.train import main
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return e.value.code, out.out + out.err
+
+
+def one_error_line(code: int, text: str) -> str:
+    assert code == 2, text
+    assert "Traceback" not in text, text
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), text
+    return lines[0]
+
+
+def test_an_override_error_names_the_override_not_the_file(capsys):
+    line = one_error_line(*run_train(["--config", "demo", "data.batch_size=0"], capsys))
+    assert "override 'data.batch_size=0'" in line and "field 'data.batch_size'" in line and ">= 1" in line
+    assert "demo.yaml" not in line
+    line = one_error_line(*run_train(["--config", "demo", "optim.lrr=1"], capsys))
+    assert "override 'optim.lrr=1'" in line and "did you mean 'optim.lr'" in line and "demo.yaml" not in line
+    line = one_error_line(*run_train(["--config", "demo", "data.batch_size=many"], capsys))
+    assert "override 'data.batch_size=many'" in line and "expected int" in line
+    line = one_error_line(*run_train(["--config", "demo", "train.freeze=[model.text"], capsys))
+    assert "override 'train.freeze=[model.text'" in line and "not valid YAML" in line
+
+
+def test_a_file_error_names_the_file_even_with_overrides(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  batch_size: 0\noptim:\n  lrr: 1.0\n")
+    line = one_error_line(*run_train(["--config", bad, "data.train=x", "optim.lr=1e-3"], capsys))
+    assert line.startswith(f"error: {bad}, field 'optim.lrr'") and "override" not in line
+    bad.write_text("data:\n  batch_size: 0\n")
+    line = one_error_line(*run_train(["--config", bad, "data.train=x", "optim.lr=1e-3"], capsys))
+    assert line.startswith(f"error: {bad}, field 'data.batch_size': must be >= 1") and "override" not in line
+    # an override of the same field wins, and is what a bad value of it is blamed on
+    line = one_error_line(*run_train(["--config", bad, "data.train=x", "data.batch_size=-2"], capsys))
+    assert "override 'data.batch_size=-2'" in line and str(bad) not in line
+
+
+def test_config_sources_name_the_last_override_or_a_section_override():
+    from disse.schemas.config import ConfigSources
+    src = ConfigSources("c.yaml", {"data": {"batch_size": 4}},
+                        [("data.batch_size", "data.batch_size=1"), ("data", "data={batch_size: 0}")])
+    assert src("data.batch_size") == "override 'data={batch_size: 0}'"
+    assert src("optim.lr") == "built-in default"
+    assert ConfigSources("c.yaml", {"optim": {"lr": 1}})("optim.lr") == "c.yaml"

@@ -6,12 +6,16 @@ The resolved config is written to the run folder as ``config.yaml`` and into eve
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from disse.schemas import SchemaError
-from disse.schemas.config import _build, load_config
+from disse.schemas.config import ConfigSources, Source, _build, _src, load_config_sources
 from disse.trainer.data.loader import DataConfig
 from disse.trainer.training.losses import LossConfig
 from disse.trainer.model.delsa import ModelConfig
@@ -83,13 +87,14 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def _check(ok: bool, field_name: str, message: str, source: str) -> None:
+def _check(ok: bool, field_name: str, message: str, source: Source) -> None:
     if not ok:
-        raise SchemaError(message, file=source, field=field_name)
+        raise SchemaError(message, file=_src(source, field_name), field=field_name)
 
 
-def check_config(cfg: TrainConfig, source: str = "config") -> TrainConfig:
-    """Value checks the type system cannot express; each error names its field."""
+def check_config(cfg: TrainConfig, source: Source = "config") -> TrainConfig:
+    """Value checks the type system cannot express; each error names its field and where its value came
+    from (``source``: a name, or the :class:`ConfigSources` of the loaded config)."""
     d, o, t, lg, e = cfg.data, cfg.optim, cfg.train, cfg.log, cfg.eval
     _check(bool(d.train), "data.train", "give the training shards (brace pattern or directory)", source)
     _check(d.batch_size >= 1, "data.batch_size", "must be >= 1", source)
@@ -120,20 +125,33 @@ def check_config(cfg: TrainConfig, source: str = "config") -> TrainConfig:
 _SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-def _fix_scientific(item: str) -> str:
-    key, sep, value = item.partition("=")
-    if not (sep and _SCI.fullmatch(value.strip())):
-        return item
-    text = repr(float(value))  # exact; '1e-08' -> '1.0e-08', a form YAML 1.1 reads as a float
-    if "e" in text and "." not in text.split("e")[0]:
-        text = text.replace("e", ".0e", 1)
-    return f"{key}={text}"
+def _parse_value(raw: str) -> Any:
+    """An override's value: YAML, except that ``3e-4`` is a float (as in YAML 1.2)."""
+    return float(raw) if _SCI.fullmatch(raw.strip()) else yaml.safe_load(raw)
+
+
+def read_train_config(path: str | Path | None,
+                      overrides: list[str] | tuple[str, ...] = ()) -> tuple[TrainConfig, ConfigSources]:
+    """:func:`load_train_config`, also returning which input set each field (:func:`locate_error` uses it)."""
+    cfg, sources = load_config_sources(TrainConfig, path, list(overrides), parse_value=_parse_value)
+    return check_config(cfg, sources), sources
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a YAML preset, apply ``section.field=value`` overrides, check values."""
-    cfg = load_config(TrainConfig, path, [_fix_scientific(o) for o in overrides])
-    return check_config(cfg, str(path) if path else "defaults")
+    """Read a YAML preset, apply ``section.field=value`` overrides, check values. Errors name the
+    override (``override 'data.batch_size=0'``) when one set the bad value, else the file."""
+    return read_train_config(path, overrides)[0]
+
+
+_SECTIONS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def locate_error(exc: SchemaError, sources: ConfigSources) -> SchemaError:
+    """An error raised later (training) about a config field, e.g. ``train.freeze``, that names no file:
+    the same error naming the override or file that set the field. Other errors are returned as they are."""
+    if exc.file is not None or not exc.field or exc.field.split(".")[0] not in _SECTIONS:
+        return exc
+    return SchemaError(exc.reason, file=sources(exc.field), row=exc.row, field=exc.field)
 
 
 def config_from_dict(data: dict, source: str = "checkpoint") -> TrainConfig:
