@@ -68,3 +68,40 @@ def test_config_sources_name_the_last_override_or_a_section_override():
     assert src("data.batch_size") == "override 'data={batch_size: 0}'"
     assert src("optim.lr") == "built-in default"
     assert ConfigSources("c.yaml", {"optim": {"lr": 1}})("optim.lr") == "c.yaml"
+
+
+@pytest.mark.parametrize("override, rule", [
+    ("train.max_steps=-5", ">= 0 (0 = train.epochs epochs)"),
+    ("train.stop_after=-1", ">= 0"),
+    ("train.save_every_steps=-10", ">= 0"),
+    ("train.epochs=-1", ">= 0"),
+    ("train.epochs=0", ">= 1 (or set train.max_steps)"),
+    ("train.accum_steps=0", ">= 1"),
+    ("train.threads=-2", ">= 0"),
+    ("eval.every_steps=-100", ">= 0"),
+    ("eval.max_items=-1", ">= 0"),
+    ("data.seed=-1", ">= 0"),
+    ("data.prefetch_factor=0", ">= 1"),
+    ("data.val_num_workers=-1", ">= 0"),
+    ("optim.eps=0", "> 0"),
+    ("optim.weight_decay=-0.1", ">= 0"),
+    ("optim.lr=.inf", "finite"),
+    ("loss.space_weight=-1", ">= 0"),
+    ("model.dropout=1.5", "in [0, 1)"),
+])
+def test_out_of_range_numbers_are_refused(override, rule, capsys):
+    line = one_error_line(*run_train(["--config", "demo", "data.train=x", override], capsys))
+    field, value = override.split("=")
+    assert f"override '{override}', field '{field}'" in line and rule in line, line
+    assert "demo.yaml" not in line
+
+
+def test_in_range_edges_are_accepted():
+    from disse.configs import config_path
+    from disse.trainer.training.config import load_train_config
+    cfg = load_train_config(config_path("demo.yaml"), [
+        "train.max_steps=0", "train.stop_after=0", "train.save_every_steps=0", "train.threads=0",
+        "eval.every_steps=0", "eval.max_items=0", "data.num_workers=0", "train.epochs=0", "train.max_steps=3",
+        "data.space_caption_drop=1", "optim.min_lr_ratio=0"])
+    assert cfg.train.max_steps == 3 and cfg.train.epochs == 0
+    load_train_config(config_path("paper.yaml"), ["data.train=x"])
