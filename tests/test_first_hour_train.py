@@ -105,3 +105,57 @@ def test_in_range_edges_are_accepted():
         "data.space_caption_drop=1", "optim.min_lr_ratio=0"])
     assert cfg.train.max_steps == 3 and cfg.train.epochs == 0
     load_train_config(config_path("paper.yaml"), ["data.train=x"])
+
+
+# The demo config shrunk so that a run of a step takes seconds (as tests/test_train.py's SMALL).
+SMALL = ["model.audio.htsat.embed_dim=16", "model.audio.htsat.depths=[1,1,1]", "model.audio.htsat.num_heads=[1,2,4]",
+         "model.audio.htsat.mel_bins=16", "model.audio.htsat.spec_size=64", "model.audio.htsat.hop_size=1920",
+         "model.audio.htsat.window_size=4", "model.audio.spatial.input_pool=[16,2]", "log.progress=false",
+         "train.threads=2", "data.num_workers=0", "data.val_num_workers=0", "data.batch_size=4",
+         "eval.each_epoch=false", "eval.at_start=false"]
+
+
+def _doc_freeze_examples() -> list[str]:
+    """Every train.freeze value docs/training.md shows: ``train.freeze=[...]`` and the field table's row."""
+    doc = (ROOT / "docs" / "training.md").read_text()
+    examples = re.findall(r"train\.freeze=(\[[^\]]*\])", doc)
+    row = next(ln for ln in doc.splitlines() if ln.startswith("| `train.freeze`"))
+    examples += re.findall(r"`(\[[^\]]*\])`", row)
+    return examples
+
+
+def test_every_freeze_example_in_the_docs_works():
+    import yaml
+
+    from disse.configs import config_path
+    from disse.trainer.training.config import load_train_config
+    from disse.trainer.training.loop import apply_freeze, build_model
+    examples = _doc_freeze_examples()
+    assert "[model.text]" in examples and len(examples) >= 4, examples
+    cfg = load_train_config(config_path("demo.yaml"), SMALL)
+    for example in examples:
+        model = build_model(cfg)
+        (prefix,) = yaml.safe_load(example)
+        assert apply_freeze(model, [prefix]) > 0, example
+        own = prefix.removeprefix("model.")
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        assert frozen and {n for n, _ in model.named_parameters() if n.startswith(own + ".")} <= frozen, example
+
+
+def test_doc_freeze_example_trains_through_the_cli(demo_shards, tmp_path, capsys):
+    from disse.trainer.cli.train import main
+    main(["--config", "demo", *SMALL, f"data.train={demo_shards / 'train'}", "data.val=",
+          f"train.out_dir={tmp_path / 'run'}", "train.max_steps=1", "train.freeze=[model.text]"])
+    assert "done: 1/1 steps" in capsys.readouterr().out
+
+
+def test_unknown_freeze_prefix_lists_the_module_names(demo_shards, tmp_path, capsys):
+    args = ["--config", "demo", *SMALL, f"data.train={demo_shards / 'train'}", "data.val=",
+            f"train.out_dir={tmp_path / 'run'}", "train.max_steps=1"]
+    line = one_error_line(*run_train(args + ["train.freeze=[model.audio_encoder]"], capsys))
+    assert "override 'train.freeze=[model.audio_encoder]', field 'train.freeze'" in line
+    assert "did you mean 'model.audio'?" in line and "top-level modules:" in line
+    assert all(f"'{m}'" in line for m in ("audio", "text", "phys_heads")), line
+    line = one_error_line(*run_train(args + ["train.freeze=[model.audio.htsat]"], capsys))
+    assert "modules under 'audio':" in line and "'source'" in line and "'spatial'" in line
+    assert not (tmp_path / "run" / "checkpoints").exists()

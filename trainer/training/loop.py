@@ -78,15 +78,46 @@ def build_loss(cfg: TrainConfig) -> Any:
     return DELSALoss(cfg.loss)
 
 
+def _freeze_targets(names: list[str], prefix: str) -> list[str]:
+    """Parameter names under ``prefix``; ``model.`` in front refers to the model's own names (the config
+    section is ``model``, so ``model.text`` is the parameter prefix ``text``)."""
+    hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+    if not hits and prefix.startswith("model."):
+        return _freeze_targets(names, prefix[len("model."):])
+    return hits
+
+
+def _unknown_freeze_prefix(names: list[str], prefix: str) -> str:
+    """The message for a prefix that matches nothing: the closest module names and the valid ones."""
+    import difflib
+    rel = prefix[len("model."):] if prefix.startswith("model.") else prefix
+    parts = rel.split(".")
+    # the deepest module path that exists, and the names one level below it
+    known, depth = "", 0
+    for i in range(1, len(parts)):
+        if _freeze_targets(names, ".".join(parts[:i])):
+            known, depth = ".".join(parts[:i]), i
+    below = sorted({n.split(".")[depth] for n in names if not known or n.startswith(known + ".")})
+    wrong = parts[depth]
+    close = [b for b in below if wrong.startswith(b) or b.startswith(wrong)]
+    close = close or difflib.get_close_matches(wrong, below, n=1, cutoff=0.6)
+    hint = f"did you mean '{'model.' if prefix.startswith('model.') else ''}{f'{known}.' if known else ''}{close[0]}'? " \
+        if close else ""
+    where = f"modules under '{known}'" if known else "top-level modules"
+    return (f"no parameter matches {prefix!r}; {hint}{where}: {below} (a prefix may start with 'model.', "
+            f"e.g. model.text)")
+
+
 def apply_freeze(model: nn.Module, prefixes: list[str]) -> int:
-    """Freeze parameters whose name starts with any prefix; returns how many tensors were frozen."""
+    """Freeze parameters whose name starts with any prefix (``audio.spatial``, or ``model.audio.spatial``);
+    returns how many tensors were frozen. A prefix that matches nothing is a SchemaError on
+    ``train.freeze`` listing the valid module names."""
     names = [n for n, _ in model.named_parameters()]
     frozen = 0
     for prefix in prefixes:
-        hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        hits = set(_freeze_targets(names, prefix))
         if not hits:
-            tops = sorted({n.split(".")[0] for n in names})
-            raise SchemaError(f"no parameter matches {prefix!r}; top-level modules: {tops}", field="train.freeze")
+            raise SchemaError(_unknown_freeze_prefix(names, prefix), field="train.freeze")
         for n, p in model.named_parameters():
             if n in hits:
                 p.requires_grad_(False)
