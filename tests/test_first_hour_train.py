@@ -142,11 +142,24 @@ def test_every_freeze_example_in_the_docs_works():
         assert frozen and {n for n, _ in model.named_parameters() if n.startswith(own + ".")} <= frozen, example
 
 
-def test_doc_freeze_example_trains_through_the_cli(demo_shards, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def frozen_text_run(demo_shards, tmp_path_factory):
+    """One training step through the CLI with the docs' ``train.freeze=[model.text]`` -> the run folder."""
     from disse.trainer.cli.train import main
+    out = tmp_path_factory.mktemp("frozen") / "run"
     main(["--config", "demo", *SMALL, f"data.train={demo_shards / 'train'}", "data.val=",
-          f"train.out_dir={tmp_path / 'run'}", "train.max_steps=1", "train.freeze=[model.text]"])
-    assert "done: 1/1 steps" in capsys.readouterr().out
+          f"train.out_dir={out}", "train.max_steps=1", "train.freeze=[model.text]"])
+    return out
+
+
+def test_doc_freeze_example_trains_through_the_cli(frozen_text_run):
+    import yaml
+
+    from disse.trainer.training.logging_utils import read_log
+    end = read_log(frozen_text_run / "log.jsonl")[-1]
+    assert end["event"] == "end" and end["step"] == 1
+    assert yaml.safe_load((frozen_text_run / "config.yaml").read_text())["train"]["freeze"] == ["model.text"]
+    assert (frozen_text_run / "checkpoints" / "latest.pt").is_file()
 
 
 def test_unknown_freeze_prefix_lists_the_module_names(demo_shards, tmp_path, capsys):
@@ -159,3 +172,27 @@ def test_unknown_freeze_prefix_lists_the_module_names(demo_shards, tmp_path, cap
     line = one_error_line(*run_train(args + ["train.freeze=[model.audio.htsat]"], capsys))
     assert "modules under 'audio':" in line and "'source'" in line and "'spatial'" in line
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_folder_of_split_folders_suggests_the_split(demo_shards, tmp_path, capsys):
+    """data.train=shards where shards/ holds train/ val/ test/: the error says which folder was meant."""
+    base = ["--config", "demo", *SMALL, f"train.out_dir={tmp_path / 'run'}", "train.max_steps=1"]
+    line = one_error_line(*run_train(base + [f"data.train={demo_shards}", "data.val="], capsys))
+    assert f"error: {demo_shards}, field 'data.train': directory holds no .tar shards" in line
+    assert f"did you mean data.train={demo_shards / 'train'}?" in line and str(demo_shards / "test") in line
+    line = one_error_line(*run_train(base + [f"data.train={demo_shards / 'train'}", f"data.val={demo_shards}"],
+                                     capsys))
+    assert "field 'data.val'" in line and f"did you mean data.val={demo_shards / 'val'}?" in line
+    line = one_error_line(*run_train(base + [f"data.train={demo_shards / 'trian'}", "data.val="], capsys))
+    assert "field 'data.train': folder not found" in line and f"data.train={demo_shards / 'train'}?" in line
+
+
+def test_eval_shards_folder_of_split_folders_suggests_the_split(demo_shards, frozen_text_run, tmp_path):
+    from click.testing import CliRunner
+
+    from disse.trainer.cli.eval import main as eval_main
+    ckpt = frozen_text_run / "checkpoints" / "latest.pt"
+    res = CliRunner().invoke(eval_main, ["--checkpoint", str(ckpt), "--shards", str(demo_shards),
+                                         "--out", str(tmp_path / "eval")])
+    line = one_error_line(res.exit_code, res.output)
+    assert "field '--shards'" in line and f"did you mean --shards {demo_shards / 'test'}?" in line
