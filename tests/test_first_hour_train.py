@@ -196,3 +196,51 @@ def test_eval_shards_folder_of_split_folders_suggests_the_split(demo_shards, fro
                                          "--out", str(tmp_path / "eval")])
     line = one_error_line(res.exit_code, res.output)
     assert "field '--shards'" in line and f"did you mean --shards {demo_shards / 'test'}?" in line
+
+
+@pytest.fixture(scope="module")
+def official_shards(tmp_path_factory):
+    """Two samples rendered with ``disse-synth render --features official`` (as tests/test_render_official.py)."""
+    import numpy as np
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from disse.pipeline.cli import main as synth
+    d = tmp_path_factory.mktemp("official")
+    rng = np.random.default_rng(0)
+    (d / "audio").mkdir()
+    (d / "rirs").mkdir()
+    sf.write(d / "audio" / "a.wav", rng.standard_normal(48000 * 2) * 0.1, 48000)
+    (d / "clips.csv").write_text("audiocap_id,caption\na,Rain is falling continuously\n")
+    rows = []
+    for i, az in enumerate((60.0, -60.0)):
+        rir = np.zeros((4, 960), np.float32)
+        rir[0, 20] = 0.5
+        rir[1, 20] = 0.5 * np.sin(np.radians(az))   # AmbiX (W, Y, Z, X), SN3D: a plane wave from az
+        rir[3, 20] = 0.5 * np.cos(np.radians(az))
+        sf.write(d / "rirs" / f"r{i}.wav", rir.T, 48000, subtype="FLOAT")
+        rows.append(f"rirs/r{i}.wav,{az},0,1.5,60,400")
+    (d / "rirs.csv").write_text("rir_path,azimuth_deg,elevation_deg,source_distance_m,area_m2,fullband_T30_ms\n"
+                                + "\n".join(rows) + "\n")
+    res = CliRunner().invoke(synth, [
+        "render", "--clips", str(d / "clips.csv"), "--audio-dir", str(d / "audio"), "--rirs", str(d / "rirs.csv"),
+        "--out", str(d / "out"), "--features", "official", "--val-fraction", "0", "--test-fraction", "0",
+        "--rirs-per-clip", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return d / "out"
+
+
+def test_official_feature_shards_are_one_error_naming_features_preset(official_shards, demo_shards, tmp_path,
+                                                                       capsys):
+    base = ["--config", "demo", *SMALL, f"train.out_dir={tmp_path / 'run'}", "train.max_steps=1"]
+    code, text = run_train(base + [f"data.train={official_shards / 'train'}", "data.val="], capsys)
+    line = one_error_line(code, text)   # no warnings per sample, no "the loader yielded no samples"
+    shard = sorted((official_shards / "train").glob("*.tar"))[0]
+    assert line.startswith(f"error: {shard}:") and "field 'features.preset'" in line
+    assert "'official' feature preset" in line and "without --features official" in line and "data.train" in line
+    # the validation shards are checked as well, before any training step
+    code, text = run_train(base + [f"data.train={demo_shards / 'train'}", f"data.val={official_shards / 'train'}"],
+                           capsys)
+    line = one_error_line(code, text)
+    assert "field 'features.preset'" in line and "data.val shards" in line
+    assert not (tmp_path / "run" / "checkpoints").exists()

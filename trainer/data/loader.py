@@ -575,9 +575,9 @@ def eval_loader(spec: str | os.PathLike | list[str] | ShardList, batch_size: int
     return DataLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=num_workers)
 
 
-def shard_features(shards: ShardList) -> tuple[dict, str]:
+def shard_features(shards: ShardList, *, what: str = "shards") -> tuple[dict, str]:
     """The ``features`` block of the first readable sample of ``shards`` and where it is (a preflight: which
-    preset the shards carry, before a model is run over them)."""
+    preset the shards carry, before a model is run over them). ``what`` names the shards in an error."""
     errors = ErrorLog()
     for url in shards.urls:
         for sample in _raw_samples(url, errors):
@@ -587,7 +587,21 @@ def shard_features(shards: ShardList) -> tuple[dict, str]:
                     return dict(decode_meta(sample["json"], where=where).features or {}), where
                 except SchemaError:
                     continue  # an unreadable sample is the loader's to skip and count
-    raise SchemaError("no readable sample in the shards", field="shards")
+    raise SchemaError("no readable sample in the shards", field=what)
+
+
+def check_training_preset(shards: ShardList, *, what: str = "data.train") -> None:
+    """The trainer's model (DELSA) reads this project's feature preset (mel intensity vectors): shards of
+    another preset (``disse-synth render --features official``) are one SchemaError naming the shard and
+    ``features.preset`` before training starts, instead of every sample being skipped as undecodable."""
+    features, where = shard_features(shards, what=what)
+    have = features.get("preset", "project")
+    if have != "project":
+        raise SchemaError(
+            f"the {what} shards carry the {have!r} feature preset, but disse-train's model (DELSA) reads "
+            f"'project' (mel intensity vectors): render them with this project's features (disse-synth render "
+            f"without --features {have}, or disse-synth demo); {have!r} shards are for the released model "
+            f"(disse-eval --metrics official)", file=where, field="features.preset")
 
 
 def steps_per_epoch(shards: ShardList, global_batch: int) -> int:

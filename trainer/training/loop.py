@@ -28,8 +28,8 @@ from disse.schemas import SchemaError, load_caption_rules
 from disse.schemas.config import config_to_dict, dump_config
 from disse.trainer.training import checkpoint as ckpt
 from disse.trainer.training.config import TrainConfig
-from disse.trainer.data.loader import (ShardList, StreamPosition, eval_loader, resolve_shards, steps_per_epoch,
-                                train_loader)
+from disse.trainer.data.loader import (ShardList, StreamPosition, check_training_preset, eval_loader,
+                                       resolve_shards, steps_per_epoch, train_loader)
 from disse.trainer.training.distributed import DistInfo, barrier, cleanup, gather_tree, init_distributed
 from disse.trainer.training.logging_utils import RunLogger
 
@@ -318,6 +318,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
     resume_path = ckpt.resolve_resume(resume, out_dir)
     shards = resolve_shards(cfg.data.train, what="data.train")
     val = resolve_shards(cfg.data.val, what="data.val") if cfg.data.val else None
+    check_training_preset(shards, what="data.train")  # before building the model: one error, not a warning per sample
+    if val is not None:
+        check_training_preset(val, what="data.val")
     rules = load_caption_rules(cfg.eval.caption_rules) if cfg.eval.caption_rules else load_caption_rules()
 
     torch.manual_seed(t.seed)
