@@ -101,8 +101,8 @@ def _unknown_freeze_prefix(names: list[str], prefix: str) -> str:
     wrong = parts[depth]
     close = [b for b in below if wrong.startswith(b) or b.startswith(wrong)]
     close = close or difflib.get_close_matches(wrong, below, n=1, cutoff=0.6)
-    hint = f"did you mean '{'model.' if prefix.startswith('model.') else ''}{f'{known}.' if known else ''}{close[0]}'? " \
-        if close else ""
+    lead = ("model." if prefix.startswith("model.") else "") + (f"{known}." if known else "")
+    hint = f"did you mean '{lead}{close[0]}'? " if close else ""
     where = f"modules under '{known}'" if known else "top-level modules"
     return (f"no parameter matches {prefix!r}; {hint}{where}: {below} (a prefix may start with 'model.', "
             f"e.g. model.text)")
