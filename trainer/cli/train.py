@@ -41,15 +41,18 @@ def resolve_config_path(name: str) -> Path:
 def cli(config: str, resume: str | None, print_config: bool, overrides: tuple[str, ...]) -> None:
     """Train DELSA. OVERRIDES are ``section.field=value`` pairs, e.g. ``optim.lr=3e-4 data.batch_size=32``."""
     from disse.schemas.config import config_to_dict
-    from disse.trainer.training.config import load_train_config
+    from disse.trainer.training.config import locate_error, read_train_config
 
-    cfg = load_train_config(resolve_config_path(config), list(overrides))
+    cfg, sources = read_train_config(resolve_config_path(config), list(overrides))
     if print_config:
         import yaml
         click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), nl=False)
         return
     from disse.trainer.training.loop import train
-    result = train(cfg, resume=resume)
+    try:
+        result = train(cfg, resume=resume)
+    except SchemaError as exc:  # e.g. train.freeze, data.train: name the override or file that set it
+        raise locate_error(exc, sources) from None
     if int(os.environ.get("RANK", "0")) == 0:
         best = result.best
         best_txt = f", best {best['metric']}={best['value']:.4f} at step {best['step']}" if best.get("value") is not None else ""

@@ -35,6 +35,7 @@ Design (why it looks like this):
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -116,10 +117,42 @@ def _read_sizes(directory: Path) -> dict[str, int]:
     return {Path(k).name: int(v) for k, v in data.items()}
 
 
+# which split folder each place that names shards most likely means (a folder of split folders)
+_SPLIT_HINTS = {"data.train": ("train",), "data.val": ("val", "valid", "validation"),
+                "--shards": ("test", "val", "valid", "validation"), "shards": ("test", "val")}
+
+
+def _shard_folders(directory: Path, depth: int = 2) -> list[Path]:
+    """Folders below ``directory`` (``depth`` levels at most) that hold ``*.tar`` shards, nearest first."""
+    found: list[Path] = []
+    level = [directory]
+    for _ in range(depth):
+        level = sorted(x for d in level for x in d.iterdir() if x.is_dir() and not x.name.startswith("."))
+        found += [x for x in level if any(x.glob("*.tar"))]
+        if found:
+            break
+    return found
+
+
+def _suggest(what: str, candidates: list[Path], missing: str | None = None) -> str:
+    """``"; did you mean data.train=shards/train? (...)"`` for ``candidates`` (the likeliest split first)."""
+    if not candidates:
+        return ""
+    prefer = _SPLIT_HINTS.get(what, ())
+    ranked = sorted(candidates, key=lambda x: (prefer.index(x.name) if x.name in prefer else len(prefer), str(x)))
+    best = str(ranked[0])
+    usage = f"{what}={best}" if "." in what and not what.startswith("-") else \
+        f"{what} {best}" if what.startswith("-") else best
+    others = f" (folders with shards: {', '.join(str(x) for x in ranked)})" if len(ranked) > 1 else ""
+    return f"; did you mean {usage}?{others}"
+
+
 def resolve_shards(spec: str | os.PathLike | list[str], *, what: str = "data.train") -> ShardList:
     """Expand a brace pattern, a directory (all ``*.tar`` in it) or a list of either.
 
-    Missing files or sizes are a :class:`SchemaError` naming ``what`` (the config field).
+    Missing files or sizes are a :class:`SchemaError` naming ``what`` (the config field). A folder that
+    holds split folders (``shards/`` with ``train/ val/ test/``) but no shards itself, or a folder that
+    does not exist beside ones that hold shards, is an error suggesting the folder meant.
     """
     specs = [str(spec)] if isinstance(spec, (str, os.PathLike)) else [str(s) for s in spec]
     if not specs or not all(specs):
@@ -130,8 +163,15 @@ def resolve_shards(spec: str | os.PathLike | list[str], *, what: str = "data.tra
         if p.is_dir():
             found = sorted(str(x) for x in p.glob("*.tar"))
             if not found:
-                raise SchemaError("directory holds no .tar shards", file=str(p), field=what)
+                raise SchemaError(f"directory holds no .tar shards{_suggest(what, _shard_folders(p))}",
+                                  file=str(p), field=what)
             urls.extend(found)
+        elif "{" not in s and p.suffix != ".tar" and not p.exists():
+            # meant as a folder: a misspelt one, beside folders that do hold shards?
+            near = _shard_folders(p.parent, depth=1) if p.parent.is_dir() else []
+            close = difflib.get_close_matches(p.name, [x.name for x in near], n=3, cutoff=0.6)
+            raise SchemaError(f"folder not found{_suggest(what, [p.parent / c for c in close])}",
+                              file=str(p), field=what)
         else:
             urls.extend(braceexpand.braceexpand(s))
     missing = [u for u in urls if not Path(u).is_file()]
@@ -535,9 +575,9 @@ def eval_loader(spec: str | os.PathLike | list[str] | ShardList, batch_size: int
     return DataLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=num_workers)
 
 
-def shard_features(shards: ShardList) -> tuple[dict, str]:
+def shard_features(shards: ShardList, *, what: str = "shards") -> tuple[dict, str]:
     """The ``features`` block of the first readable sample of ``shards`` and where it is (a preflight: which
-    preset the shards carry, before a model is run over them)."""
+    preset the shards carry, before a model is run over them). ``what`` names the shards in an error."""
     errors = ErrorLog()
     for url in shards.urls:
         for sample in _raw_samples(url, errors):
@@ -547,7 +587,21 @@ def shard_features(shards: ShardList) -> tuple[dict, str]:
                     return dict(decode_meta(sample["json"], where=where).features or {}), where
                 except SchemaError:
                     continue  # an unreadable sample is the loader's to skip and count
-    raise SchemaError("no readable sample in the shards", field="shards")
+    raise SchemaError("no readable sample in the shards", field=what)
+
+
+def check_training_preset(shards: ShardList, *, what: str = "data.train") -> None:
+    """The trainer's model (DELSA) reads this project's feature preset (mel intensity vectors): shards of
+    another preset (``disse-synth render --features official``) are one SchemaError naming the shard and
+    ``features.preset`` before training starts, instead of every sample being skipped as undecodable."""
+    features, where = shard_features(shards, what=what)
+    have = features.get("preset", "project")
+    if have != "project":
+        raise SchemaError(
+            f"the {what} shards carry the {have!r} feature preset, but disse-train's model (DELSA) reads "
+            f"'project' (mel intensity vectors): render them with this project's features (disse-synth render "
+            f"without --features {have}, or disse-synth demo); {have!r} shards are for the released model "
+            f"(disse-eval --metrics official)", file=where, field="features.preset")
 
 
 def steps_per_epoch(shards: ShardList, global_batch: int) -> int:

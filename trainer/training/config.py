@@ -6,12 +6,17 @@ The resolved config is written to the run folder as ``config.yaml`` and into eve
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from disse.schemas import SchemaError
-from disse.schemas.config import _build, load_config
+from disse.schemas.config import ConfigSources, Source, _build, _src, load_config_sources
 from disse.trainer.data.loader import DataConfig
 from disse.trainer.training.losses import LossConfig
 from disse.trainer.model.delsa import ModelConfig
@@ -83,33 +88,101 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def _check(ok: bool, field_name: str, message: str, source: str) -> None:
+def _check(ok: bool, field_name: str, message: str, source: Source) -> None:
     if not ok:
-        raise SchemaError(message, file=source, field=field_name)
+        raise SchemaError(message, file=_src(source, field_name), field=field_name)
 
 
-def check_config(cfg: TrainConfig, source: str = "config") -> TrainConfig:
-    """Value checks the type system cannot express; each error names its field."""
-    d, o, t, lg, e = cfg.data, cfg.optim, cfg.train, cfg.log, cfg.eval
+# Numeric fields with a meaningful range: (field, low, high, what 0 / the bound means). A bound in
+# square brackets is included, in round ones excluded; None = unbounded.
+_RANGES: tuple[tuple[str, str, str], ...] = (
+    ("data.batch_size", "[1", ""),
+    ("data.num_workers", "[0", "0 = decode in the main process"),
+    ("data.shuffle_buffer", "[0", "0 = no shuffle buffer"),
+    ("data.seed", "[0", ""),
+    ("data.prefetch_factor", "[1", ""),
+    ("data.val_batch_size", "[1", ""),
+    ("data.val_num_workers", "[0", "0 = decode in the main process"),
+    ("data.space_caption_drop", "[0, 1]", ""),
+    ("optim.lr", "(0", ""),
+    ("optim.weight_decay", "[0", ""),
+    ("optim.eps", "(0", ""),
+    ("optim.warmup_steps", "[0", "0 = no warm-up"),
+    ("optim.min_lr_ratio", "[0, 1]", ""),
+    ("optim.grad_clip", "[0", "0 = off"),
+    ("train.max_steps", "[0", "0 = train.epochs epochs"),
+    ("train.epochs", "[0", ""),
+    ("train.stop_after", "[0", "0 = run to the end"),
+    ("train.accum_steps", "[1", ""),
+    ("train.seed", "[0", ""),
+    ("train.save_every_steps", "[0", "0 = only latest.pt and best.pt"),
+    ("train.threads", "[0", "0 = torch's default"),
+    ("log.every_steps", "[1", ""),
+    ("eval.every_steps", "[0", "0 = at epoch ends only (eval.each_epoch)"),
+    ("eval.max_items", "[0", "0 = every item of data.val"),
+    ("loss.source_weight", "[0", "0 = off"),
+    ("loss.space_weight", "[0", "0 = off"),
+    ("loss.direction_weight", "[0", "0 = off"),
+    ("loss.area_weight", "[0", "0 = off"),
+    ("loss.distance_weight", "[0", "0 = off"),
+    ("loss.t30_weight", "[0", "0 = off"),
+    ("loss.attribute_weight", "[0", "0 = off"),
+    ("loss.descriptor_weight", "[0", "0 = off"),
+    ("loss.min_logit_scale", "(0", ""),
+    ("model.shared_dim", "[1", ""),
+    ("model.source_dim", "[1", ""),
+    ("model.space_dim", "[1", ""),
+    ("model.head_hidden", "[0", "0 = a single linear layer"),
+    ("model.phys_hidden", "[1", ""),
+    ("model.dropout", "[0, 1)", ""),
+    ("model.audio.dropout", "[0, 1)", ""),
+    ("model.init_temperature", "(0", ""),
+    ("model.text.max_length", "[1", ""),
+)
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for k in dotted.split("."):
+        node = getattr(node, k, None)
+    return node
+
+
+def _in_range(value: float, interval: str) -> tuple[bool, str]:
+    """``value`` against ``"[1"`` (>= 1), ``"(0"`` (> 0) or ``"[0, 1)"`` -> (ok, the rule in words)."""
+    lo_text, _, hi_text = interval.partition(",")
+    lo = float(lo_text[1:])
+    ok = value >= lo if lo_text[0] == "[" else value > lo
+    words = f"{'>=' if lo_text[0] == '[' else '>'} {lo_text[1:]}"
+    if hi_text:
+        hi = float(hi_text.strip()[:-1])
+        ok = ok and (value <= hi if hi_text.strip()[-1] == "]" else value < hi)
+        words = f"in {interval}"
+    return ok, words
+
+
+def check_config(cfg: TrainConfig, source: Source = "config") -> TrainConfig:
+    """Value checks the type system cannot express; each error names its field and where its value came
+    from (``source``: a name, or the :class:`ConfigSources` of the loaded config)."""
+    d, o, t, lg, e, loss = cfg.data, cfg.optim, cfg.train, cfg.log, cfg.eval, cfg.loss
     _check(bool(d.train), "data.train", "give the training shards (brace pattern or directory)", source)
-    _check(d.batch_size >= 1, "data.batch_size", "must be >= 1", source)
-    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0", source)
-    _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0", source)
-    _check(0.0 <= d.space_caption_drop <= 1.0, "data.space_caption_drop", "must be in [0, 1]", source)
-    _check(d.val_batch_size >= 1, "data.val_batch_size", "must be >= 1", source)
-    _check(o.lr > 0, "optim.lr", "must be > 0", source)
-    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "need two values in [0, 1)",
-           source)
-    _check(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0", source)
-    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]", source)
-    _check(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)", source)
-    _check(t.epochs >= 1 or t.max_steps > 0, "train.epochs", "must be >= 1 (or set train.max_steps)", source)
-    _check(t.accum_steps >= 1, "train.accum_steps", "must be >= 1", source)
+    for name, interval, note in _RANGES:
+        value = _get(cfg, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue  # a field a model preset does not have (None = its default)
+        _check(math.isfinite(value), name, f"must be a finite number, got {value!r}", source)
+        ok, words = _in_range(value, interval)
+        _check(ok, name, f"must be {words}{f' ({note})' if note else ''}, got {value!r}", source)
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
+           f"need two values in [0, 1), got {o.betas!r}", source)
+    _check(t.epochs >= 1 or t.max_steps > 0, "train.epochs",
+           f"must be >= 1 (or set train.max_steps), got {t.epochs!r}", source)
+    _check(loss.max_logit_scale >= loss.min_logit_scale, "loss.max_logit_scale",
+           f"must be >= loss.min_logit_scale ({loss.min_logit_scale!r}), got {loss.max_logit_scale!r}", source)
     _check(t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
            f"must be auto, fp32, bf16 or fp16, got {t.precision!r}", source)
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
            f"must be auto, cpu or cuda, got {t.device!r}", source)
-    _check(lg.every_steps >= 1, "log.every_steps", "must be >= 1", source)
     _check(lg.wandb_mode in ("offline", "online", "disabled"), "log.wandb_mode",
            "must be offline, online or disabled", source)
     _check(e.best_mode in ("max", "min"), "eval.best_mode", "must be max or min", source)
@@ -120,20 +193,33 @@ def check_config(cfg: TrainConfig, source: str = "config") -> TrainConfig:
 _SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-def _fix_scientific(item: str) -> str:
-    key, sep, value = item.partition("=")
-    if not (sep and _SCI.fullmatch(value.strip())):
-        return item
-    text = repr(float(value))  # exact; '1e-08' -> '1.0e-08', a form YAML 1.1 reads as a float
-    if "e" in text and "." not in text.split("e")[0]:
-        text = text.replace("e", ".0e", 1)
-    return f"{key}={text}"
+def _parse_value(raw: str) -> Any:
+    """An override's value: YAML, except that ``3e-4`` is a float (as in YAML 1.2)."""
+    return float(raw) if _SCI.fullmatch(raw.strip()) else yaml.safe_load(raw)
+
+
+def read_train_config(path: str | Path | None,
+                      overrides: list[str] | tuple[str, ...] = ()) -> tuple[TrainConfig, ConfigSources]:
+    """:func:`load_train_config`, also returning which input set each field (:func:`locate_error` uses it)."""
+    cfg, sources = load_config_sources(TrainConfig, path, list(overrides), parse_value=_parse_value)
+    return check_config(cfg, sources), sources
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a YAML preset, apply ``section.field=value`` overrides, check values."""
-    cfg = load_config(TrainConfig, path, [_fix_scientific(o) for o in overrides])
-    return check_config(cfg, str(path) if path else "defaults")
+    """Read a YAML preset, apply ``section.field=value`` overrides, check values. Errors name the
+    override (``override 'data.batch_size=0'``) when one set the bad value, else the file."""
+    return read_train_config(path, overrides)[0]
+
+
+_SECTIONS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def locate_error(exc: SchemaError, sources: ConfigSources) -> SchemaError:
+    """An error raised later (training) about a config field, e.g. ``train.freeze``, that names no file:
+    the same error naming the override or file that set the field. Other errors are returned as they are."""
+    if exc.file is not None or not exc.field or exc.field.split(".")[0] not in _SECTIONS:
+        return exc
+    return SchemaError(exc.reason, file=sources(exc.field), row=exc.row, field=exc.field)
 
 
 def config_from_dict(data: dict, source: str = "checkpoint") -> TrainConfig:

@@ -28,8 +28,8 @@ from disse.schemas import SchemaError, load_caption_rules
 from disse.schemas.config import config_to_dict, dump_config
 from disse.trainer.training import checkpoint as ckpt
 from disse.trainer.training.config import TrainConfig
-from disse.trainer.data.loader import (ShardList, StreamPosition, eval_loader, resolve_shards, steps_per_epoch,
-                                train_loader)
+from disse.trainer.data.loader import (ShardList, StreamPosition, check_training_preset, eval_loader,
+                                       resolve_shards, steps_per_epoch, train_loader)
 from disse.trainer.training.distributed import DistInfo, barrier, cleanup, gather_tree, init_distributed
 from disse.trainer.training.logging_utils import RunLogger
 
@@ -78,15 +78,46 @@ def build_loss(cfg: TrainConfig) -> Any:
     return DELSALoss(cfg.loss)
 
 
+def _freeze_targets(names: list[str], prefix: str) -> list[str]:
+    """Parameter names under ``prefix``; ``model.`` in front refers to the model's own names (the config
+    section is ``model``, so ``model.text`` is the parameter prefix ``text``)."""
+    hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+    if not hits and prefix.startswith("model."):
+        return _freeze_targets(names, prefix[len("model."):])
+    return hits
+
+
+def _unknown_freeze_prefix(names: list[str], prefix: str) -> str:
+    """The message for a prefix that matches nothing: the closest module names and the valid ones."""
+    import difflib
+    rel = prefix[len("model."):] if prefix.startswith("model.") else prefix
+    parts = rel.split(".")
+    # the deepest module path that exists, and the names one level below it
+    known, depth = "", 0
+    for i in range(1, len(parts)):
+        if _freeze_targets(names, ".".join(parts[:i])):
+            known, depth = ".".join(parts[:i]), i
+    below = sorted({n.split(".")[depth] for n in names if not known or n.startswith(known + ".")})
+    wrong = parts[depth]
+    close = [b for b in below if wrong.startswith(b) or b.startswith(wrong)]
+    close = close or difflib.get_close_matches(wrong, below, n=1, cutoff=0.6)
+    lead = ("model." if prefix.startswith("model.") else "") + (f"{known}." if known else "")
+    hint = f"did you mean '{lead}{close[0]}'? " if close else ""
+    where = f"modules under '{known}'" if known else "top-level modules"
+    return (f"no parameter matches {prefix!r}; {hint}{where}: {below} (a prefix may start with 'model.', "
+            f"e.g. model.text)")
+
+
 def apply_freeze(model: nn.Module, prefixes: list[str]) -> int:
-    """Freeze parameters whose name starts with any prefix; returns how many tensors were frozen."""
+    """Freeze parameters whose name starts with any prefix (``audio.spatial``, or ``model.audio.spatial``);
+    returns how many tensors were frozen. A prefix that matches nothing is a SchemaError on
+    ``train.freeze`` listing the valid module names."""
     names = [n for n, _ in model.named_parameters()]
     frozen = 0
     for prefix in prefixes:
-        hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        hits = set(_freeze_targets(names, prefix))
         if not hits:
-            tops = sorted({n.split(".")[0] for n in names})
-            raise SchemaError(f"no parameter matches {prefix!r}; top-level modules: {tops}", field="train.freeze")
+            raise SchemaError(_unknown_freeze_prefix(names, prefix), field="train.freeze")
         for n, p in model.named_parameters():
             if n in hits:
                 p.requires_grad_(False)
@@ -289,6 +320,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
     resumed = ckpt.load_checkpoint(resume_path) if resume_path is not None else None
     shards = resolve_shards(cfg.data.train, what="data.train")
     val = resolve_shards(cfg.data.val, what="data.val") if cfg.data.val else None
+    check_training_preset(shards, what="data.train")  # before building the model: one error, not a warning per sample
+    if val is not None:
+        check_training_preset(val, what="data.val")
     rules = load_caption_rules(cfg.eval.caption_rules) if cfg.eval.caption_rules else load_caption_rules()
 
     torch.manual_seed(t.seed)
