@@ -31,6 +31,7 @@ from typing import Mapping
 import numpy as np
 
 from disse.schemas import SchemaError
+from disse.schemas.atomic import atomic_write
 
 TETRA_RADIUS_M = 0.05
 _V = TETRA_RADIUS_M / math.sqrt(3.0)
@@ -165,7 +166,6 @@ def regenerate_catalogue_rirs(catalogue: str | Path, out_dir: str | Path, *, for
         if target.is_file() and not force:
             continue
         rir, fs = simulate_catalogue_rir(row, where)
-        tmp = target.with_name(target.name + ".part")
-        sf.write(tmp, rir.T, fs, subtype="PCM_16", format="WAV")
-        tmp.replace(target)
+        with atomic_write(target) as f:
+            sf.write(f, rir.T, fs, subtype="PCM_16", format="WAV")
     return paths

@@ -38,20 +38,19 @@ import soundfile as sf
 from scipy.signal import lfilter
 
 from disse.pipeline.splits import stable_uint
+from disse.schemas.atomic import atomic_write
 
 SR = 48000
 N = 480000
 
 
 def _write_csv_atomic(path: Path, rows: list[dict]) -> Path:
-    """``rows`` as CSV (header from the first row), written to ``path.part`` then renamed: a CSV that
+    """``rows`` as CSV (header from the first row), written atomically: a CSV that
     exists is complete, so an interrupted demo generation is redone, never half-used."""
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
     return path
 
 

@@ -43,11 +43,12 @@ from __future__ import annotations
 import csv
 import math
 import multiprocessing as mp
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from disse.schemas.atomic import atomic_write
 
 SPEED_OF_SOUND = 343.0  # m/s
 LN_1E6 = math.log(1e6)  # 60 dB of energy decay
@@ -419,14 +420,13 @@ def room_rng(seed: int, room_index: int) -> np.random.Generator:
 def _write_audio(path: Path, rir: np.ndarray, sr: int, fmt: str) -> None:
     import soundfile as sf
 
-    tmp = path.with_name(path.name + ".part")
-    if fmt == "flac":
-        if np.abs(rir).max() >= 1.0:
-            raise ValueError(f"{path}: RIR peak {np.abs(rir).max():.3f} >= 1 cannot be stored as FLAC")
-        sf.write(tmp, rir.T, sr, format="FLAC", subtype="PCM_24")
-    else:
-        sf.write(tmp, rir.T.astype(np.float32), sr, format="WAV", subtype="FLOAT")
-    os.replace(tmp, path)  # no half-written file under the final name
+    if fmt == "flac" and np.abs(rir).max() >= 1.0:
+        raise ValueError(f"{path}: RIR peak {np.abs(rir).max():.3f} >= 1 cannot be stored as FLAC")
+    with atomic_write(path) as f:  # no half-written file under the final name
+        if fmt == "flac":
+            sf.write(f, rir.T, sr, format="FLAC", subtype="PCM_24")
+        else:
+            sf.write(f, rir.T.astype(np.float32), sr, format="WAV", subtype="FLOAT")
 
 
 def simulate_room(job: _RoomJob) -> list[dict]:
@@ -518,12 +518,10 @@ def simulate_bank(out_dir: str | Path, n_rooms: int, positions_per_room: int, se
     bar.close()
 
     csv_path = out / "rirs.csv"
-    tmp = csv_path.with_name("rirs.csv.part")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, csv_path)
     return csv_path
 
 

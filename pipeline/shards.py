@@ -9,36 +9,20 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import re
-import socket
 import tarfile
 from pathlib import Path
 from typing import Iterable
 
+from disse.schemas.atomic import atomic_write, stale_tmp_files  # noqa: F401  (stale_tmp_files: render imports it here)
 from disse.schemas.shard import group_tar_members
 
 # 2024-01-01T00:00:00Z: any constant works; a plausible date keeps tar tools from warning.
 FIXED_MTIME = 1704067200
-TMP_PREFIX = "."
-TMP_SUFFIX = ".tmp"
 
 
 def shard_name(split: str, index: int) -> str:
     """``{split}-{index:06d}.tar`` (the brace pattern ``{split}-{000000..N}.tar`` lists a split)."""
     return f"{split}-{index:06d}.tar"
-
-
-def tmp_path_for(path: Path) -> Path:
-    """The temporary name a file is written under: hidden, same directory (so the rename is
-    atomic), tagged with host and pid (jobs of an array may share a network file system)."""
-    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
-    return path.with_name(f"{TMP_PREFIX}{path.name}.{host}-{os.getpid()}{TMP_SUFFIX}")
-
-
-def stale_tmp_files(path: Path) -> list[Path]:
-    """Temporary files left by killed writers of this shard (any pid)."""
-    return sorted(path.parent.glob(f"{TMP_PREFIX}{path.name}.*{TMP_SUFFIX}"))
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -57,39 +41,22 @@ def write_tar_atomic(path: str | Path, samples: Iterable[dict]) -> int:
 
     Members are named ``{key}.{ext}``; within a sample the extensions are sorted.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(path)
     n = 0
-    try:
-        with open(tmp, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for sample in samples:
-                    key = sample["__key__"]
-                    for ext in sorted(k for k in sample if not k.startswith("__")):
-                        data = sample[ext]
-                        tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
-                    n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for sample in samples:
+                key = sample["__key__"]
+                for ext in sorted(k for k in sample if not k.startswith("__")):
+                    data = sample[ext]
+                    tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
+                n += 1
     return n
 
 
 def write_json_atomic(path: str | Path, obj: object) -> None:
-    """JSON with sorted keys and a trailing newline, written to a temporary name then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(path)
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """JSON with sorted keys and a trailing newline, written atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def read_tar_samples(path: str | Path) -> list[dict]:

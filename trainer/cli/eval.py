@@ -18,6 +18,8 @@ import click
 import numpy as np
 
 from disse.schemas import SchemaError, load_caption_rules
+from disse.trainer.model.device import resolve_device
+from disse.schemas.atomic import atomic_write
 from disse.trainer.evaluation.metrics import DEFAULT_CHUNK
 from disse.trainer.model.weights import Checkpoint, read_checkpoint
 
@@ -35,13 +37,7 @@ def _version() -> str:
 
 
 def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SchemaError("CUDA is not available on this machine", field="--device")
-    return name
+    return str(resolve_device(name, field="--device"))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -212,8 +208,8 @@ def _official(data: dict, out: str, chunk_size: int) -> dict:
         nested = evaluate_official(data, chunk_size=chunk_size)
     except ValueError as exc:
         raise SchemaError(str(exc), field="--metrics official") from None
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "official_metrics.json").write_text(json.dumps(json_safe(nested), indent=2) + "\n")
+    with atomic_write(Path(out) / "official_metrics.json", "w") as f:
+        f.write(json.dumps(json_safe(nested), indent=2) + "\n")
     return flatten(nested)
 
 

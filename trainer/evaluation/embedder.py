@@ -39,7 +39,8 @@ import torch
 from disse.schemas import SchemaError, load_caption_rules
 from disse.pipeline.frontend import FOA_FORMATS, SEGMENTS, read_foa, windows  # noqa: F401  (documented here too)
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, load_feature_params
-from disse.trainer.evaluation.embeddings import EMBEDDING_ARRAYS, PROMPT_EMB_PREFIX, PROMPT_LABEL_PREFIX, Embeddings
+from disse.trainer.evaluation.embeddings import EMBEDDING_ARRAYS, PROMPT_EMB_PREFIX, PROMPT_LABEL_PREFIX, Embeddings, \
+    write_npz
 from disse.trainer.evaluation.inference import encoder_for, run, zero_shot_prototypes
 from disse.trainer.model.factory import load_delsa, load_official
 from disse.trainer.model.official import OfficialConfig
@@ -264,13 +265,7 @@ class Embedder:
         --embeddings`` accepts it."""
         if all(k in arrays for k in EMBEDDING_ARRAYS) and len(arrays["audio_source"]) >= 2:
             Embeddings.from_arrays(arrays, where=str(path))
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        tmp.replace(path)
-        return path
+        return write_npz(path, arrays)
 
 
 def read_manifest(path: str | Path) -> list[dict[str, str]]:

@@ -13,6 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from disse.schemas import CaptionRules, SchemaError
+from disse.schemas.atomic import atomic_write
 from disse.trainer.evaluation import metrics as M
 
 FORMAT_VERSION = 1
@@ -100,9 +101,7 @@ class Embeddings:
 
     def save(self, path: str | Path) -> None:
         """Write the ``.npz`` (uncompressed: embeddings do not compress and loading stays fast)."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz" to the name
-            np.savez(f, **self.to_arrays())
+        write_npz(path, self.to_arrays())
 
     @classmethod
     def load(cls, path: str | Path) -> "Embeddings":
@@ -213,6 +212,14 @@ class Embeddings:
 _CHECK_ROWS = 8192
 
 
+def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray], *, compressed: bool = False) -> Path:
+    """The one ``.npz`` writer of both layouts, atomic (:func:`disse.schemas.atomic.atomic_write`); a file object
+    keeps numpy from appending ``.npz`` to the name."""
+    with atomic_write(path) as f:
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
+    return Path(path)
+
+
 def _check_float(x: np.ndarray, where: str, name: str) -> None:
     if x.dtype.kind != "f":
         raise SchemaError(f"expected floats, got dtype {x.dtype}", file=where, field=name)
@@ -267,20 +274,12 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
 
 def save_npz(path: str | Path, data: Mapping[str, np.ndarray]) -> Path:
     """Write the release's layout: the embeddings present, ``source_id`` and ``spatial_id`` as numpy
-    unicode arrays; ``savez_compressed`` through a ``.part`` file renamed into place."""
-    import os
-
+    unicode arrays, compressed."""
     data = validate_embeddings(data, where=str(path))
     out = {k: np.asarray(data[k], dtype=np.float32) for k in EMBEDDING_KEYS if k in data}
     for k in ID_KEYS:
         out[k] = np.asarray([str(v) for v in data[k]], dtype=np.str_)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **out)
-    os.replace(tmp, path)
-    return path
+    return write_npz(path, out, compressed=True)
 
 
 def to_official_arrays(emb: Embeddings) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from disse.schemas import CaptionRules, SchemaError
+from disse.schemas.atomic import atomic_write
 from disse.trainer.evaluation.evaluate import IV_MIN_DIRECTIVITY, Embeddings, finite_or_none, per_item_direction_error
 from disse.trainer.evaluation.metrics import RANDOM_DIRECTION_ERROR_DEG
 
@@ -41,10 +42,9 @@ def write_metrics_json(metrics: dict[str, float], meta: dict[str, Any], path: st
     """``{"format", "version", "meta", "metrics"}``; non-finite values are written as null."""
     doc = {"format": METRICS_FORMAT, "version": METRICS_VERSION, "meta": meta,
            "metrics": {k: finite_or_none(v) for k, v in metrics.items()}}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
-    return path
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    return Path(path)
 
 
 def read_metrics_json(path: str | Path) -> dict[str, Any]:
@@ -397,7 +397,8 @@ def write_report(metrics: dict[str, float], emb: Embeddings | None, out_dir: str
     made = write_plots(emb, rules, out_dir) if (plots and emb is not None) else {}
     paths.update({name: out_dir / name for name in made.values()})
     report = out_dir / "report.md"
-    report.write_text(render_markdown(metrics, meta, made) + "\n")
+    with atomic_write(report, "w") as f:
+        f.write(render_markdown(metrics, meta, made) + "\n")
     paths["report"] = report
     return paths
 

@@ -6,9 +6,7 @@ so it always loads with ``weights_only=True`` (nothing is unpickled but tensors 
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import numpy as np
 import torch
 
 from disse.schemas import SchemaError
+from disse.schemas.atomic import atomic_write
 from disse.trainer.model.delsa import DELSA
 from disse.trainer.model.factory import load_delsa
 from disse.trainer.model.weights import read_checkpoint
@@ -27,24 +26,11 @@ BEST = "best.pt"
 
 
 def save_atomic(state: dict, path: str | Path) -> Path:
-    """Write ``state`` to a temporary file in the target folder, fsync it, then rename over ``path``.
-
-    A crash mid-write leaves the previous file intact: readers see the old or the new one, never half.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """``torch.save`` through :func:`disse.schemas.atomic.atomic_write`: a crash mid-write leaves the previous
+    file intact, so readers see the old or the new one, never half."""
+    with atomic_write(path) as f:
+        torch.save(state, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict:

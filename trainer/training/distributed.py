@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from disse.trainer.model.device import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -34,14 +36,8 @@ class DistInfo:
 
 
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's GPU when there is one, else CPU; or an explicit ``cpu`` / ``cuda[:i]``."""
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if pref == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no GPU is visible")
-        return torch.device("cuda", local_rank)
-    return torch.device(pref)
+    """``train.device`` -> this rank's device (:func:`disse.trainer.model.device.resolve_device`)."""
+    return resolve_device(pref, local_rank, field="train.device")
 
 
 def init_distributed(device_pref: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
