@@ -26,7 +26,10 @@ from disse.pipeline.rirs import SimParams, simulate_bank
 from disse.pipeline.shards import write_json_atomic
 from disse.pipeline.splits import SPLITS
 from disse.pipeline.upgrade import upgrade_tree
+from disse.configs import config_path
 from disse.schemas import SchemaError
+from disse.schemas.captions import RULE_SETS
+from disse.schemas.features import FEATURE_PRESETS
 from disse.schemas.shard import SCHEMA_VERSION
 
 
@@ -45,6 +48,40 @@ class _Group(click.Group):
 @click.version_option(package_name="disse")
 def main() -> None:
     """Render spatial audio-text datasets: RIR banks, FOA mixtures, intensity features, captions, shards."""
+
+
+class PresetOrFile(click.ParamType):
+    """A packaged preset's name or the path of a YAML file.
+
+    A preset name is resolved first, to the packaged file's path, before any path check: ``official``
+    means the preset even where the working folder holds a file or folder of that name (write
+    ``./official`` for such a file). Any other value is checked as a file path (``click.Path``)."""
+
+    name = "preset or file"
+
+    def __init__(self, presets: dict[str, str]) -> None:
+        self.presets = dict(presets)
+        self._path = click.Path(dir_okay=False)
+
+    def get_metavar(self, param, ctx=None) -> str:  # ctx: click >= 8.2
+        return "[" + "|".join(self.presets) + "|FILE.yaml]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value in self.presets:
+            return str(config_path(self.presets[value]))
+        return self._path.convert(value, param, ctx)
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return ([CompletionItem(n) for n in self.presets if n.startswith(incomplete)]
+                + [CompletionItem(incomplete, type="file")])
+
+
+FEATURES_OPTION_HELP = ("Feature parameters: a preset or a YAML file. Presets: project (configs/features.yaml, "
+                        "the default), official (the DISSE release's 16 kHz intensity vectors; docs/official.md).")
+RULES_OPTION_HELP = ("Caption rule table: a preset or a YAML file. Presets: project = v1 (configs/caption_rules_v1.yaml, "
+                     "the default), official (the DISSE release's rule set, +azimuth = right; docs/official.md).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,10 +187,9 @@ def rirs_command(out_dir, rooms, positions_per_room, workers, seed, area_range, 
 @click.option("--shard-range", default=None, metavar="A:B",
               help="Render global shards A..B-1 only (see --plan-only for the numbering).")
 @click.option("--plan-only", is_flag=True, help="Print the plan (shards per split) and exit.")
-@click.option("--features", "features_yaml", type=click.Path(dir_okay=False), default=None,
-              help="Feature parameters YAML (default: the packaged configs/features.yaml).")
-@click.option("--rules", "rules_yaml", type=click.Path(dir_okay=False), default=None,
-              help="Caption rule table YAML (default: configs/caption_rules_v1.yaml).")
+@click.option("--features", "features_yaml", type=PresetOrFile(FEATURE_PRESETS), default=None,
+              help=FEATURES_OPTION_HELP)
+@click.option("--rules", "rules_yaml", type=PresetOrFile(RULE_SETS), default=None, help=RULES_OPTION_HELP)
 @click.option("--no-progress", is_flag=True)
 def render_command(clips_csv, audio_dir, rirs_csv, out_dir, workers, seed, split_seed, room_column, shard_size,
                    rirs_per_clip, clips_per_rir, val_fraction, test_fraction, target_rms_dbfs,
@@ -245,8 +281,7 @@ def render_command(clips_csv, audio_dir, rirs_csv, out_dir, workers, seed, split
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--source-caption", default="A dog barks.", show_default=True,
               help="Source caption to merge into the full caption.")
-@click.option("--rules", "rules_yaml", type=click.Path(dir_okay=False), default=None,
-              help="Caption rule table YAML (default: configs/caption_rules_v1.yaml).")
+@click.option("--rules", "rules_yaml", type=PresetOrFile(RULE_SETS), default=None, help=RULES_OPTION_HELP)
 def captions_command(rirs_csv, limit, seed, source_caption, rules_yaml):
     """Preview metadata -> language: descriptors, space_id and captions of the first RIRs."""
     from disse.pipeline.splits import per_sample_rng
