@@ -419,7 +419,14 @@ def upgrade_command(src: str, dst: str, workers: int, no_progress: bool) -> None
 @click.option("--force", is_flag=True, help="Regenerate files that exist.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N rows only.")
 def official_rirs_command(catalogue, out_dir, force, limit):
-    """Regenerate the release's A-format evaluation RIRs from rir_fixed.csv with pyroomacoustics."""
+    """Regenerate the release's A-format evaluation RIRs from rir_fixed.csv with pyroomacoustics.
+
+    The catalogue (the release's evaluation/rir_fixed.csv) needs the columns rir_path (output file
+    name: its base name), dims (room size [x, y, z] in m), alpha (wall absorption), fs (Hz),
+    source_distance_m, azimuth_deg, elevation_deg (the source seen from the array at the room
+    centre) and source_pos_xyz ([x, y, z] in m, checked against the polar position); other
+    columns are ignored. Rows whose file exists in --out are kept unless --force.
+    """
     paths = regenerate_catalogue_rirs(catalogue, out_dir, force=force, limit=limit, progress=True)
     click.echo(f"{len(paths)} A-format RIRs in {out_dir} (foa_format: aformat)")
 

@@ -95,3 +95,36 @@ def test_preset_options_still_take_a_yaml_path_and_help_lists_the_presets(tmp_pa
     assert "--rules [project|v1|official|FILE.yaml]" in help_text
     assert "configs/features.yaml" in " ".join(help_text.split())
     assert "[project|v1|official|FILE.yaml]" in invoke(["captions", "--help"]).output
+
+
+# ---------------------------------------------------------------------------------------------
+# b) official-rirs: a catalogue without the columns it needs
+# ---------------------------------------------------------------------------------------------
+
+def test_official_rirs_catalogue_without_dims_is_one_error(tmp_path):
+    from disse.pipeline.aformat import CATALOGUE_RIR_COLUMNS
+
+    cat = tmp_path / "rir_fixed.csv"
+    cat.write_text("rir_path,alpha,fs,source_distance_m,azimuth_deg,elevation_deg,source_pos_xyz\n"
+                   'test/auto_000000.wav,0.9,48000,1.0,0,0,"[3.0, 2.5, 1.5]"\n')
+    res = invoke(["official-rirs", "--catalogue", cat, "--out", tmp_path / "rirs"])
+    assert res.exit_code == 2, res.output
+    line = one_error_line(res.output)
+    assert str(cat) in line and "missing column(s) dims" in line and "rir_fixed.csv" in line
+    assert not (tmp_path / "rirs").exists()
+    # no rir_path at all: named too
+    cat.write_text("name,dims\nx,\"[1, 2, 3]\"\n")
+    res = invoke(["official-rirs", "--catalogue", cat, "--out", tmp_path / "rirs"])
+    assert res.exit_code == 2 and "missing column(s) rir_path" in one_error_line(res.output)
+    help_text = " ".join(invoke(["official-rirs", "--help"]).output.split())
+    assert all(c in help_text for c in CATALOGUE_RIR_COLUMNS)
+
+
+def test_official_rirs_catalogue_without_dims_is_fine_when_every_file_exists(tmp_path):
+    cat = tmp_path / "rir_fixed.csv"
+    cat.write_text("rir_path,azimuth_deg\ntest/auto_000000.wav,0\n")
+    (tmp_path / "rirs").mkdir()
+    (tmp_path / "rirs" / "auto_000000.wav").write_bytes(b"kept")
+    res = invoke(["official-rirs", "--catalogue", cat, "--out", tmp_path / "rirs"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "rirs" / "auto_000000.wav").read_bytes() == b"kept"
