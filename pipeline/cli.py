@@ -20,7 +20,7 @@ from disse.pipeline.inspect import (collect_metas, dataset_stats, export_wav, fi
                                     plot_stats, summarise)
 from disse.pipeline.official_grid import GRID_SIZE, build_grid, plan_grid
 from disse.pipeline.render import (CAPTION_CONFLICT_POLICIES, RenderOptions, RirCheckFailed, parse_shard_range,
-                                   plan_from_files, run_plan, select_shards)
+                                   plan_from_files, run_plan, select_shards, skip_report, worst_failure)
 from disse.pipeline.rir_checks import AZIMUTH_CONVENTIONS
 from disse.pipeline.rirs import SimParams, simulate_bank
 from disse.pipeline.shards import write_json_atomic
@@ -264,9 +264,12 @@ def render_command(clips_csv, audio_dir, rirs_csv, out_dir, workers, seed, split
     click.echo(f"{out_dir}: {manifest['rendered_samples']} samples rendered, "
                f"{manifest['skipped_samples']} skipped, {len(manifest['skipped_rows'])} bad rows "
                f"({done}); manifest: {Path(out_dir) / 'manifest.json'}")
+    for line in skip_report(manifest):
+        click.echo(f"skipped: {line}", err=True)
     if manifest["failure_rate"] > max_failure_rate:
-        click.echo(f"error: failure rate {manifest['failure_rate']:.1%} exceeds "
-                   f"--max-failure-rate {max_failure_rate:.1%}; see the manifest's 'skipped'", err=True)
+        click.echo(f"error: failure rate {worst_failure(manifest)} exceeds --max-failure-rate "
+                   f"{max_failure_rate:.1%}; reasons above, every skipped sample in "
+                   f"{Path(out_dir) / 'manifest.json'} ('skipped')", err=True)
         raise SystemExit(1)
 
 

@@ -525,13 +525,6 @@ def run_plan(plan: RenderPlan, out_dir: str | Path, *, workers: int = 1,
     return write_summary(plan, out)
 
 
-def rir_failure_rate(plan: RenderPlan) -> float:
-    """Share of the RIR CSV's rows that are unusable (bad rows plus RIRs failing the check): counted
-    against the RIRs alone, so a bad bank is not hidden by a large clip list."""
-    n = plan.inputs.get("rir_rows", 0)
-    return plan.inputs.get("rir_failures", 0) / n if n else 0.0
-
-
 def write_summary(plan: RenderPlan, out: Path) -> dict:
     """(Re)write ``{split}/sizes.json`` and ``manifest.json`` from the complete shards on disk.
 
@@ -546,7 +539,18 @@ def write_summary(plan: RenderPlan, out: Path) -> dict:
         sizes[rec["split"]][rec["shard"]] = rec["samples"]
     for split, table in sizes.items():
         write_json_atomic(out / split / "sizes.json", table)
-    skipped = [dict(s, split=r["split"], shard=r["shard"]) for r in records for s in r["skipped"]]
+    done = {r["shard"] for r in records}
+    done_specs = [x for t in plan.shards if t.name in done for x in t.samples]
+    rir_files = {x.rir.rir_id: str(x.rir.rir_path) for x in done_specs}
+    # each failed sample is blamed on the input that failed: its RIR when the error names the RIR's
+    # file, else its clip (a missing, corrupt or silent clip, or a silent mixture)
+    skipped = [dict(s, split=r["split"], shard=r["shard"],
+                    input="rir" if s.get("file") is not None and s["file"] == rir_files.get(s.get("rir_id"))
+                    else "clip")
+               for r in records for s in r["skipped"]]
+    failed_clips = {s["source_id"] for s in skipped if s["input"] == "clip"}
+    failed_rirs = {s["rir_id"] for s in skipped if s["input"] == "rir"}
+    n_clips = len({x.clip.audiocap_id for x in done_specs})
     # bytes on disk per split (tars are byte-identical however rendered, so this is reproducible too)
     split_bytes = {s: sum((out / s / r["shard"]).stat().st_size for r in records if r["split"] == s)
                    for s in SPLITS}
@@ -554,7 +558,14 @@ def write_summary(plan: RenderPlan, out: Path) -> dict:
     rendered = sum(r["samples"] for r in records)
     n_rows = plan.inputs.get("rows", 0)
     row_rate = len(plan.skipped_rows) / n_rows if n_rows else 0.0
-    rir_rate = rir_failure_rate(plan)
+    # Failure rates count inputs, not samples, so they do not depend on --rirs-per-clip / --clips-per-rir:
+    # clips that failed over the clips of the complete shards; RIRs unusable (bad CSV rows, failed
+    # checks, unreadable at render time) over the RIR CSV's rows, so a bad bank is not hidden by a
+    # long clip list; bad CSV rows over all rows.
+    n_rir_rows = plan.inputs.get("rir_rows", 0)
+    n_bad_rirs = plan.inputs.get("rir_failures", 0) + len(failed_rirs)
+    rir_rate = n_bad_rirs / n_rir_rows if n_rir_rows else 0.0
+    clip_rate = len(failed_clips) / n_clips if n_clips else 0.0
     sample_rate = len(skipped) / planned_done if planned_done else 0.0
     reasons: dict[str, int] = {}
     for s in skipped + plan.skipped_rows:
@@ -579,8 +590,15 @@ def write_summary(plan: RenderPlan, out: Path) -> dict:
         "skipped_rows": plan.skipped_rows,
         "skipped": skipped,
         "skip_reasons": dict(sorted(reasons.items())),
-        "failure_rate": round(max(row_rate, sample_rate, rir_rate), 6),
+        "failure_rate": round(max(row_rate, clip_rate, rir_rate), 6),
         "rir_failure_rate": round(rir_rate, 6),
+        "clip_failure_rate": round(clip_rate, 6),
+        "sample_failure_rate": round(sample_rate, 6),
+        "failures": {  # what failure_rate is the largest of: failed / counted, per kind of input
+            "clips": {"failed": len(failed_clips), "of": n_clips, "rate": round(clip_rate, 6)},
+            "rirs": {"failed": n_bad_rirs, "of": n_rir_rows, "rate": round(rir_rate, 6)},
+            "rows": {"failed": len(plan.skipped_rows), "of": n_rows, "rate": round(row_rate, 6)},
+        },
         "caption_conflicts": plan.caption_conflicts,
         "warnings": plan.warnings,
         "max_failure_rate": plan.options.max_failure_rate,
@@ -588,6 +606,41 @@ def write_summary(plan: RenderPlan, out: Path) -> dict:
     }
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
+
+
+def worst_failure(manifest: dict) -> str:
+    """The largest of the manifest's failure rates in words, e.g. ``25.0% of clips (2 of 8 clips failed)``."""
+    words = {"clips": "clips failed", "rirs": "RIRs unusable", "rows": "CSV rows bad"}
+    kind, f = max(manifest["failures"].items(), key=lambda kv: kv[1]["rate"])
+    return f"{f['rate']:.1%} of {'RIRs' if kind == 'rirs' else kind} ({f['failed']} of {f['of']} {words[kind]})"
+
+
+def skip_report(manifest: dict, examples: int = 3) -> list[str]:
+    """One line per reason a render skipped something: the reason, how many clips / RIRs / rows and
+    samples it cost, and the first ``examples`` files (in manifest order)."""
+    groups: dict[tuple[str, str], dict] = {}
+    for s in manifest["skipped"]:
+        kind = s.get("input", "clip")
+        g = groups.setdefault((kind, s["reason"]), {"items": set(), "samples": 0, "files": []})
+        g["items"].add(s.get("source_id") if kind == "clip" else s.get("rir_id"))
+        g["samples"] += 1
+        if s.get("file") and s["file"] not in g["files"]:
+            g["files"].append(s["file"])
+    for s in manifest["skipped_rows"]:
+        g = groups.setdefault(("row", s["reason"]), {"items": set(), "samples": 0, "files": []})
+        g["items"].add((s.get("file"), s.get("row"), s.get("rir_id")))
+        where = f"{s['file']} row {s['row']}" if s.get("row") is not None else s.get("file")
+        if where and where not in g["files"]:
+            g["files"].append(where)
+    lines = []
+    for (kind, reason), g in sorted(groups.items(), key=lambda kv: (-len(kv[1]["items"]), kv[0])):
+        n = len(g["items"])
+        what = {"clip": "clip", "rir": "RIR", "row": "row"}[kind] + ("s" if n != 1 else "")
+        cost = f" ({g['samples']} sample{'s' if g['samples'] != 1 else ''})" if kind != "row" else ""
+        shown = g["files"][:examples]
+        more = f" and {len(g['files']) - len(shown)} more" if len(g["files"]) > len(shown) else ""
+        lines.append(f"{n} {what}{cost}: {reason}" + (f": {', '.join(shown)}{more}" if shown else ""))
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------

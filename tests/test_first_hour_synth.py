@@ -128,3 +128,57 @@ def test_official_rirs_catalogue_without_dims_is_fine_when_every_file_exists(tmp
     res = invoke(["official-rirs", "--catalogue", cat, "--out", tmp_path / "rirs"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "rirs" / "auto_000000.wav").read_bytes() == b"kept"
+
+
+# ---------------------------------------------------------------------------------------------
+# c) a render with bad clips names them, and counts failures per clip
+# ---------------------------------------------------------------------------------------------
+
+def _two_bad_clips(root: Path) -> tuple[Path, Path, Path]:
+    clips, audio, rirs = write_inputs(root, n_clips=8, n_rooms=4)
+    (audio / "c3.wav").unlink()                                   # missing
+    (audio / "c5.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")  # corrupt
+    return clips, audio, rirs
+
+
+def test_render_with_a_missing_and_a_corrupt_clip_names_them_and_counts_clips(tmp_path):
+    import json
+
+    clips, audio, rirs = _two_bad_clips(tmp_path)
+    rates = {}
+    for k in (1, 2):
+        out = tmp_path / f"out_k{k}"
+        res = invoke(render_args(clips, audio, rirs, out, "--rirs-per-clip", k, "--val-fraction", "0",
+                                 "--test-fraction", "0"))
+        assert res.exit_code == 1, res.output
+        line = one_error_line(res.output)
+        assert "25.0% of clips (2 of 8 clips failed)" in line and "--max-failure-rate 5.0%" in line
+        assert str(out / "manifest.json") in line
+        skips = [ln for ln in res.output.splitlines() if ln.startswith("skipped: ")]
+        n = f"1 clip ({k} sample{'s' if k > 1 else ''})"
+        assert any(ln.startswith(f"skipped: {n}: audio file not found: {audio / 'c3.'}") for ln in skips), res.output
+        assert any(ln.startswith(f"skipped: {n}: cannot decode audio") and ln.endswith(str(audio / "c5.wav"))
+                   for ln in skips), res.output
+        m = json.loads((out / "manifest.json").read_text())
+        assert {s["source_id"] for s in m["skipped"]} == {"c3", "c5"}
+        assert all(s["input"] == "clip" and s["file"] and s["reason"] for s in m["skipped"])
+        assert len(m["skipped"]) == 2 * k and m["skipped_samples"] == 2 * k
+        rates[k] = (m["failure_rate"], m["clip_failure_rate"], m["failures"]["clips"])
+    assert rates[1] == rates[2] == (0.25, 0.25, {"failed": 2, "of": 8, "rate": 0.25})
+
+
+def test_an_unreadable_rir_counts_against_the_rirs_not_the_clips(tmp_path):
+    import json
+
+    clips, audio, rirs = write_inputs(tmp_path, n_clips=4, n_rooms=4)
+    (tmp_path / "rirs" / "pw2.wav").write_bytes(b"not audio")
+    out = tmp_path / "out"
+    res = invoke(render_args(clips, audio, rirs, out, "--rirs-per-clip", "2", "--val-fraction", "0",
+                             "--test-fraction", "0"))
+    assert res.exit_code == 1, res.output
+    assert "25.0% of RIRs (1 of 4 RIRs unusable)" in one_error_line(res.output)
+    assert any(ln.startswith("skipped: 1 RIR (") and ln.endswith(str(tmp_path / "rirs" / "pw2.wav"))
+               for ln in res.output.splitlines()), res.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["clip_failure_rate"] == 0 and m["rir_failure_rate"] == 0.25
+    assert {s["input"] for s in m["skipped"]} == {"rir"}
