@@ -345,7 +345,9 @@ def make_plan(clips: list[DryClip], rirs: list[RirRecord], options: RenderOption
             fp = _digest({**base, "samples": [_spec_identity(x) for x in chunk]})
             shards.append(ShardTask(len(shards), split, s, chunk, fp))
         counts[split] = {"clips": len(c_ids), "rirs": len(r_ids), "samples": len(specs),
-                         "shards": n_shards}
+                         "shards": n_shards,
+                         "recordings": len({clip_by_id[i].source_id for i in c_ids}),
+                         "rooms": len({rir_group(rir_by_id[i], options.room_column) for i in r_ids})}
     fingerprint = _digest({**base, "shards": [t.fingerprint for t in shards]})
     flagged_samples = sum(1 for t in shards for x in t.samples if x.clip.audiocap_id in conflicts)
     words: dict[str, int] = {}
@@ -374,10 +376,11 @@ def caption_conflicts(clips: list[DryClip], rules: CaptionRules) -> dict[str, li
 
 
 def pairing_warnings(options: RenderOptions, counts: dict) -> list[str]:
-    """What a pairing leaves undefined. With one RIR per clip (``--rirs-per-clip 1``, or a split
-    holding a single RIR) no two samples share a source in different spaces: X-SRC and AX-SRC (which
-    leave the query's own pair out) have no positives, IR_space has no same-source pairs, and the
-    source contrastive loss has no positive beyond the sample's own caption."""
+    """What a plan leaves undefined, one line each (``plan.warnings``). With one RIR per clip
+    (``--rirs-per-clip 1``, or a split holding a single RIR) no two samples share a source in different
+    spaces: X-SRC and AX-SRC (which leave the query's own pair out) have no positives, IR_space has no
+    same-source pairs, and the source contrastive loss has no positive beyond the sample's own caption.
+    Then one line per split too small to measure (:func:`small_split_warning`)."""
     out = []
     undefined = ("X-SRC and AX-SRC (no other sample of the same source), IR_space (no same-source, "
                  "different-space pairs) and the source loss's multi-positives")
@@ -389,7 +392,49 @@ def pairing_warnings(options: RenderOptions, counts: dict) -> list[str]:
         if thin:
             out.append(f"split(s) {', '.join(thin)} hold a single RIR: their clips are heard in one space "
                        f"only, which leaves {undefined} undefined there; add RIRs (rooms) to those splits")
-    return out
+    return out + [w for s in SPLITS if (w := small_split_warning(s, counts.get(s, {})))]
+
+
+#: Below these an evaluation split (val, test) is too small to measure a model (docs/synthesis.md,
+#: "Small splits"): each recording or room moves a figure by more than a tenth, and a gallery of
+#: ``MAX_K`` samples or fewer makes R@10 1 for any model.
+MIN_EVAL_RECORDINGS = 10
+MIN_EVAL_ROOMS = 10
+MAX_K = 10
+
+
+def small_split_warning(split: str, c: dict) -> str | None:
+    """One line saying what a split is too small to measure, or None. Every split: fewer than 2
+    recordings (every item is a positive of every query for SRC, X-SRC and AX-SRC; the source loss has
+    no negatives) or fewer than 2 rooms (room figures, or the space loss, see a single room); an item
+    assigned to a split that gets no sample. val and test also: at most ``MAX_K`` samples, fewer than
+    ``MIN_EVAL_RECORDINGS`` recordings or ``MIN_EVAL_ROOMS`` rooms."""
+    if not c or not (c.get("clips") or c.get("rirs")):
+        return None
+    size = (f"{c['clips']} clip{'s' if c['clips'] != 1 else ''} ({c['recordings']} recording"
+            f"{'s' if c['recordings'] != 1 else ''}), {c['rirs']} RIR{'s' if c['rirs'] != 1 else ''} "
+            f"({c['rooms']} room{'s' if c['rooms'] != 1 else ''}), {c['samples']} sample{'s' if c['samples'] != 1 else ''}")
+    if not c["samples"]:
+        return (f"small split {split}: {size}: it holds " + ("clips but no RIR" if c["clips"] else "RIRs but no clip")
+                + ", so nothing is rendered for it; add the missing inputs to it (a split column or the fractions)")
+    evaluation = split != "train"
+    why = []
+    if c["recordings"] < 2:
+        why.append("with under 2 recordings R@K / mAP of SRC, X-SRC and AX-SRC are undefined (every item is a "
+                   "positive)" + ("" if evaluation else " and the source loss has no negatives"))
+    if c["rooms"] < 2:
+        why.append("with one room its room figures (size, reverberation, held-out rooms) describe that room only")
+    if evaluation:
+        if c["samples"] <= MAX_K:
+            why.append(f"with {MAX_K} samples or fewer R@{MAX_K} is 1 for any model")
+        few = [f"{n} {what} (under {lo})" for n, what, lo in ((c["recordings"], "recordings", MIN_EVAL_RECORDINGS),
+                                                              (c["rooms"], "rooms", MIN_EVAL_ROOMS)) if 2 <= n < lo]
+        if few:
+            why.append(f"with {' and '.join(few)} each one moves a figure by over a tenth")
+    if not why:
+        return None
+    fix = (f"add clips / rooms or raise --{split}-fraction" if evaluation else "add clips / rooms")
+    return f"small split {split}: {size}, too small to measure: " + "; ".join(why) + f"; {fix}"
 
 
 def select_shards(n_shards: int, shard_range: tuple[int, int | None] | None = None,

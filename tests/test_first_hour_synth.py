@@ -182,3 +182,43 @@ def test_an_unreadable_rir_counts_against_the_rirs_not_the_clips(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["clip_failure_rate"] == 0 and m["rir_failure_rate"] == 0.25
     assert {s["input"] for s in m["skipped"]} == {"rir"}
+
+
+# ---------------------------------------------------------------------------------------------
+# d) splits too small to measure anything are said, one line each
+# ---------------------------------------------------------------------------------------------
+
+def test_small_splits_are_warned_one_line_each_with_their_sizes(tmp_path):
+    clips, audio, rirs = write_inputs(tmp_path, n_clips=10, n_rooms=12)
+    res = invoke(render_args(clips, audio, rirs, tmp_path / "out", "--plan-only", "--rirs-per-clip", "3"))
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    small = {ln.split(":")[1].split()[-1]: ln for ln in res.stderr.splitlines()
+             if ln.startswith("warning: small split ")}
+    assert set(small) == {"val", "test"}, res.stderr
+    for split, line in small.items():
+        assert line.startswith(f"warning: small split {split}: 1 clip (1 recording), 1 RIR (1 room), 1 sample,")
+        assert "R@K / mAP of SRC, X-SRC and AX-SRC are undefined" in line and "R@10 is 1" in line
+        assert f"--{split}-fraction" in line
+    # the single-RIR warning is said once, by its own line, not repeated per split
+    assert sum("hold a single RIR" in ln for ln in res.stderr.splitlines()) == 1
+
+
+def test_split_sizes_are_counted_and_a_corpus_large_enough_gets_no_warning():
+    from disse.pipeline.render import RenderOptions, make_plan
+    from disse.schemas import DryClip, RirRecord, load_caption_rules, load_feature_params
+
+    clips = [DryClip(f"c{i}", f"Sound number {i}.", Path(f"/x/c{i}.wav")) for i in range(300)]
+    rirs = [RirRecord(f"r{i}", Path(f"/x/r{i}.wav"), 0.9 * i - 180, 0.0, 1.5, 40.0, 400.0,
+                      extra={"room_index": str(i // 2)}) for i in range(400)]
+    plan = make_plan(clips, rirs, RenderOptions(rirs_per_clip=2, val_fraction=0.1, test_fraction=0.1),
+                     load_feature_params(), load_caption_rules())
+    assert not plan.warnings, plan.warnings
+    for split in ("val", "test"):
+        c = plan.counts[split]
+        assert c["recordings"] == c["clips"] >= 10 and 10 <= c["rooms"] == c["rirs"] // 2
+    # three held-out rooms: too few to measure, said even with many clips
+    plan = make_plan(clips, rirs[:24], RenderOptions(rirs_per_clip=2, val_fraction=0.25, test_fraction=0.25),
+                     load_feature_params(), load_caption_rules())
+    lines = [w for w in plan.warnings if w.startswith("small split ")]
+    assert lines and all("rooms (under 10)" in w or "with one room" in w for w in lines), plan.warnings
