@@ -593,10 +593,22 @@ def _inputs_fingerprint(cfg: DemoConfig) -> str:
 def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, workers: int = 1,
              progress: bool = True) -> dict:
     """Generate the corpus and RIR bank under ``{out}/inputs`` (reused when already complete)
-    and render ``{out}/{train,val,test}``; returns the render manifest."""
-    from disse.pipeline.render import RenderOptions, plan_from_files, run_plan
+    and render ``{out}/{train,val,test}``; returns the render manifest. The folder is locked for the
+    whole run (:class:`~disse.pipeline.lock.RenderLock`): a second demo or render into it is refused."""
+    import sys
+
+    from disse.pipeline.lock import RenderLock
 
     out = Path(out_dir)
+    with RenderLock(out) as guard:
+        if guard.note:
+            print(f"note: {guard.note}", file=sys.stderr, flush=True)
+        return _run_demo_locked(out, cfg, workers, progress)
+
+
+def _run_demo_locked(out: Path, cfg: DemoConfig, workers: int, progress: bool) -> dict:
+    from disse.pipeline.render import RenderOptions, plan_from_files, run_plan
+
     inputs = out / "inputs"
     stamp = inputs / "inputs.txt"
     clips_csv, rirs_csv = inputs / "dry" / "clips.csv", inputs / "rirs" / "rirs.csv"
@@ -615,7 +627,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, workers: in
     # Inputs recorded relative to the output folder, so the manifest does not depend on where it lives.
     plan.inputs.update(clips_csv="inputs/dry/clips.csv", rirs_csv="inputs/rirs/rirs.csv")
     _drop_stale_render(out, plan, progress)
-    return run_plan(plan, out, workers=workers, progress=progress)
+    return run_plan(plan, out, workers=workers, progress=progress, lock=False)  # run_demo holds the lock
 
 
 def _drop_stale_render(out: Path, plan, progress: bool) -> None:

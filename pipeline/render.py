@@ -543,31 +543,60 @@ def _worker_task(args: tuple[ShardTask, str]) -> dict:
 
 def run_plan(plan: RenderPlan, out_dir: str | Path, *, workers: int = 1,
              shard_range: tuple[int, int | None] | None = None, job: tuple[int, int] | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, lock: bool = True, on_note: Callable[[str], None] | None = None) -> dict:
     """Render this job's shards that are not complete yet, then write sizes.json and the
-    manifest from every complete shard on disk. Returns the manifest."""
+    manifest from every complete shard on disk. Returns the manifest.
+
+    With ``lock`` (default) the job's shard range is locked for the run
+    (:class:`~disse.pipeline.lock.RenderLock`): a live render writing overlapping shards into
+    ``out_dir`` makes this one raise :class:`~disse.pipeline.lock.LockHeld` before anything is
+    written; a stale lock is taken over, and ``on_note`` (default: print to stderr) is told so."""
+    import sys
+
     from tqdm import tqdm
+
+    from disse.pipeline.lock import REFRESH_EVERY_S, RenderLock
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    chosen = [plan.shards[i] for i in select_shards(len(plan.shards), shard_range, job)]
-    todo = [t for t in chosen if read_part(out, t) is None]
-    bar = tqdm(total=sum(len(t.samples) for t in todo), unit="sample", desc="render",
-               disable=not progress, dynamic_ncols=True)
-    if workers <= 1 or len(todo) <= 1:
-        _init_worker(plan.params, plan.rules, plan.options)
-        for task in todo:
-            render_shard(task, out, _WORKER["renderer"], on_sample=lambda: bar.update())
-    else:
-        ctx = pool_context()
-        with ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
-                      initargs=(plan.params, plan.rules, plan.options), maxtasksperchild=None) as pool:
-            for record in pool.imap_unordered(_worker_task, [(t, str(out)) for t in todo]):
-                bar.update(record["planned"])
-            pool.close()  # let workers exit cleanly (terminate() would leak their semaphores)
-            pool.join()
-    bar.close()
-    return write_summary(plan, out)
+    selected = select_shards(len(plan.shards), shard_range, job)
+    guard = (RenderLock(out, shards=None if job is None and shard_range is None else (selected.start, selected.stop),
+                        job=job, shard_range=shard_range) if lock else None)
+    if guard is not None:
+        guard.acquire()
+        if guard.note:
+            (on_note or (lambda s: print(f"note: {s}", file=sys.stderr, flush=True)))(guard.note)
+    try:
+        chosen = [plan.shards[i] for i in selected]
+        todo = [t for t in chosen if read_part(out, t) is None]
+        bar = tqdm(total=sum(len(t.samples) for t in todo), unit="sample", desc="render",
+                   disable=not progress, dynamic_ncols=True)
+        alive = guard.refresh if guard is not None else (lambda force=False: None)
+        if workers <= 1 or len(todo) <= 1:
+            _init_worker(plan.params, plan.rules, plan.options)
+            for task in todo:
+                render_shard(task, out, _WORKER["renderer"], on_sample=lambda: (bar.update(), alive()))
+        else:
+            ctx = pool_context()
+            with ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
+                          initargs=(plan.params, plan.rules, plan.options), maxtasksperchild=None) as pool:
+                results = pool.imap_unordered(_worker_task, [(t, str(out)) for t in todo])
+                for _ in range(len(todo)):
+                    while True:  # wake up now and then to keep the lock fresh while shards render
+                        try:
+                            record = results.next(timeout=REFRESH_EVERY_S)
+                            break
+                        except mp.TimeoutError:
+                            alive(force=True)
+                    bar.update(record["planned"])
+                    alive()
+                pool.close()  # let workers exit cleanly (terminate() would leak their semaphores)
+                pool.join()
+        bar.close()
+        return write_summary(plan, out)
+    finally:
+        if guard is not None:
+            guard.release()
 
 
 def write_summary(plan: RenderPlan, out: Path) -> dict:

@@ -222,3 +222,103 @@ def test_split_sizes_are_counted_and_a_corpus_large_enough_gets_no_warning():
                      load_feature_params(), load_caption_rules())
     lines = [w for w in plan.warnings if w.startswith("small split ")]
     assert lines and all("rooms (under 10)" in w or "with one room" in w for w in lines), plan.warnings
+
+
+# ---------------------------------------------------------------------------------------------
+# e) two renders into one folder: the second is refused, a stale lock is taken over
+# ---------------------------------------------------------------------------------------------
+
+def _lock(out: Path, name: str, pid: int, host: str | None = None, **extra) -> Path:
+    import json
+    import socket
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    path.write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid, "started": "2025-01-01T00:00:00Z",
+                                "shards": None, "job": None, **extra}))
+    return path
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_a_live_lock_refuses_a_second_render_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    clips, audio, rirs = write_inputs(tmp_path, n_clips=4, n_rooms=4)
+    out = tmp_path / "out"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = _lock(out, ".render.lock", sleeper.pid)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        proc = subprocess.run([sys.executable, "-m", "disse.pipeline.cli",
+                               *map(str, render_args(clips, audio, rirs, out, "--rirs-per-clip", "2"))],
+                              capture_output=True, text=True, env=env, cwd=tmp_path)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert line.startswith(f"error: {lock}: another render writes to {out}")
+    assert f"pid {sleeper.pid}" in line and "host " in line and "--job-index" in line
+    assert not list(out.glob("*/*.tar")) and lock.is_file()  # nothing written, the owner's lock kept
+
+
+def test_a_dead_owners_lock_is_taken_over_with_a_note(tmp_path):
+    clips, audio, rirs = write_inputs(tmp_path, n_clips=4, n_rooms=4)
+    out = tmp_path / "out"
+    pid = _dead_pid()
+    _lock(out, ".render.lock", pid)
+    res = invoke(render_args(clips, audio, rirs, out, "--rirs-per-clip", "2", "--max-failure-rate", "1"))
+    assert res.exit_code == 0, res.output
+    assert f"note: took over the stale lock {out / '.render.lock'}" in res.stderr
+    assert f"pid {pid} is no longer running" in res.stderr
+    assert not (out / ".render.lock").exists() and list(out.glob("*/*.tar"))
+
+
+def test_job_array_locks_per_job_index(tmp_path):
+    import os
+
+    clips, audio, rirs = write_inputs(tmp_path, n_clips=6, n_rooms=6)
+    out = tmp_path / "out"
+    args = render_args(clips, audio, rirs, out, "--rirs-per-clip", "2", "--shard-size", "2")
+    # job 0 of 2 is running (this very process stands in for it): job 1 renders beside it
+    _lock(out, ".render-job-0-of-2.lock", os.getpid(), shards=[0, 3], job=[0, 2])
+    res = invoke(args + ["--job-index", "1", "--num-jobs", "2"])
+    assert res.exit_code == 0, res.output
+    assert not (out / ".render-job-1-of-2.lock").exists()
+    # a second task given index 0, and a whole-folder run, overlap job 0's shards: refused
+    for extra, held in ((["--job-index", "0", "--num-jobs", "2"], ".render-job-0-of-2.lock"),
+                        ([], ".render-job-0-of-2.lock")):
+        res = invoke(args + extra)
+        assert res.exit_code == 2, res.output
+        line = one_error_line(res.output)
+        assert line.startswith(f"error: {out / held}: another render writes to {out}")
+        assert f"pid {os.getpid()}" in line and "job 0 of 2, shards 0..2" in line
+    assert not (out / ".render.lock").exists()  # the refused run left no lock of its own
+
+
+def test_another_hosts_lock_is_stale_only_when_not_refreshed(tmp_path):
+    import os
+    import time
+
+    clips, audio, rirs = write_inputs(tmp_path, n_clips=4, n_rooms=4)
+    out = tmp_path / "out"
+    lock = _lock(out, ".render.lock", 4242, host="elsewhere.example")
+    res = invoke(render_args(clips, audio, rirs, out, "--plan-only"))
+    assert res.exit_code == 0  # planning writes nothing and takes no lock
+    res = invoke(render_args(clips, audio, rirs, out, "--rirs-per-clip", "2"))
+    assert res.exit_code == 2 and "on another host" in one_error_line(res.output)
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    res = invoke(render_args(clips, audio, rirs, out, "--rirs-per-clip", "2", "--max-failure-rate", "1"))
+    assert res.exit_code == 0, res.output
+    assert "not refreshed for 60 min" in res.stderr
