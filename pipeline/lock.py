@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -123,9 +124,12 @@ class RenderLock:
                         "is gone", file=str(path))
 
     # -- acquiring and releasing
+    def _tag(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]", "_", self.owner["host"]) + f"-{self.owner['pid']}"
+
     def _create(self) -> bool:
         data = json.dumps(self.owner, sort_keys=True) + "\n"
-        tmp = self.path.with_name(f"{self.path.name}.{self.owner['host']}-{self.owner['pid']}.tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{self._tag()}.tmp")
         tmp.write_text(data)
         try:
             os.link(tmp, self.path)
@@ -145,7 +149,7 @@ class RenderLock:
 
     def _take_over(self, owner: dict) -> bool:
         """Move a stale lock aside atomically; False if it changed meanwhile (someone else took it)."""
-        aside = self.path.with_name(f"{self.path.name}.{self.owner['host']}-{self.owner['pid']}.stale")
+        aside = self.path.with_name(f"{self.path.name}.{self._tag()}.stale")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
