@@ -74,6 +74,11 @@ def coincident_capsule_gains(azimuth_deg: float, elevation_deg: float, p: float 
 
 # --------------------------------------------------------------------------- the release's catalogue
 
+#: Columns of the release's ``rir_fixed.csv`` that regenerating a RIR reads (docs/official.md); other
+#: columns are ignored. ``dims`` and ``source_pos_xyz`` are lists of three numbers (``[6.0, 5.0, 3.0]``).
+CATALOGUE_RIR_COLUMNS = ("rir_path", "dims", "alpha", "fs", "source_distance_m", "azimuth_deg",
+                         "elevation_deg", "source_pos_xyz")
+
 def _three(value: str, field: str, where: str) -> tuple[float, float, float]:
     try:
         out = tuple(float(v) for v in ast.literal_eval(str(value)))
@@ -145,6 +150,11 @@ def read_catalogue(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
+def _missing_columns(missing: list[str], header: list[str], why: str = "") -> str:
+    return (f"missing column(s) {', '.join(missing)} (found: {', '.join(header)}){why}; give the release's "
+            f"evaluation/rir_fixed.csv, with columns {', '.join(CATALOGUE_RIR_COLUMNS)} (docs/official.md)")
+
+
 def regenerate_catalogue_rirs(catalogue: str | Path, out_dir: str | Path, *, force: bool = False,
                               limit: int | None = None, progress: bool = False) -> list[Path]:
     """Write ``<out_dir>/<basename of rir_path>`` (PCM_16 WAV, [T, 4] A-format) for every catalogue row;
@@ -154,6 +164,14 @@ def regenerate_catalogue_rirs(catalogue: str | Path, out_dir: str | Path, *, for
 
     rows = read_catalogue(catalogue)[:limit]
     out = Path(out_dir)
+    header = list(rows[0])
+    if "rir_path" not in header:
+        raise SchemaError(_missing_columns(["rir_path"], header), file=str(catalogue))
+    todo = [r for r in rows if force or not (out / Path(str(r.get("rir_path") or "").strip()).name).is_file()]
+    missing = [c for c in CATALOGUE_RIR_COLUMNS if c not in header]
+    if todo and missing:  # a catalogue whose files all exist needs no simulation columns
+        raise SchemaError(_missing_columns(missing, header, f", needed to simulate {len(todo)} RIR(s) not in {out}"),
+                          file=str(catalogue))
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, row in enumerate(tqdm(rows, desc="official RIRs", unit="RIR", disable=not progress), start=1):

@@ -1,4 +1,5 @@
-"""`disse-synth captions`: preview what the rule table makes of a RIR bank's metadata.
+"""Captions on the synthesis side: spatial words in source captions (:class:`SpatialWordMatcher`);
+`disse-synth captions` (pipeline/cli.py) previews what the rule table makes of a RIR bank's metadata.
 
 The sentence builder itself (:func:`make_captions`: one phrase per descriptor from the rule table,
 drawn with the sample's seeded RNG, joined by a template) lives in :mod:`disse.schemas.captions`,
@@ -12,7 +13,7 @@ from disse.schemas.captions import CaptionRules
 
 # The caption builder lives in disse.schemas.captions: the trainer rebuilds captions too (rotation
 # augmentation), and pipeline and trainer share only schemas.
-from disse.schemas.captions import make_captions  # noqa: E402
+from disse.schemas.captions import make_captions  # noqa: E402, F401 (re-exported for render)
 
 #: Words and phrases that, in a *source* caption, already say where the sound is or what the room
 #: does (direction, elevation, distance, room, reverberation). Matched whole-word and
@@ -55,39 +56,3 @@ class SpatialWordMatcher:
         """The spatial words of ``caption``, lower-case, sorted, each once (``[]`` when none)."""
         text = self._ignore.sub(" ", caption)
         return sorted({" ".join(m.group(1).lower().split()) for m in self._pattern.finditer(text)})
-
-
-def _make_command():
-    import click
-
-    @click.command("captions")
-    @click.option("--rirs", "rirs_csv", required=True, type=click.Path(dir_okay=False),
-                  help="RIR CSV whose metadata to describe.")
-    @click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True)
-    @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--source-caption", default="A dog barks.", show_default=True,
-                  help="Source caption to merge into the full caption.")
-    @click.option("--rules", "rules_yaml", type=click.Path(dir_okay=False), default=None,
-                  help="Caption rule table YAML (default: configs/caption_rules_v1.yaml).")
-    def captions_command(rirs_csv, limit, seed, source_caption, rules_yaml):
-        """Preview metadata -> language: descriptors, space_id and captions of the first RIRs."""
-        from disse.pipeline.splits import per_sample_rng
-        from disse.schemas import load_caption_rules, read_rirs_csv
-
-        rules = load_caption_rules(rules_yaml)
-        for rir in read_rirs_csv(rirs_csv)[:limit]:
-            values = {"azimuth_deg": rir.azimuth_deg, "elevation_deg": rir.elevation_deg,
-                      "source_distance_m": rir.source_distance_m, "area_m2": rir.area_m2,
-                      "t30_ms": rir.t30_ms}
-            descriptors = rules.describe(values)
-            caps = make_captions(rules, descriptors, source_caption, per_sample_rng(seed, rir.rir_id))
-            click.echo(f"{rir.rir_id}: az {rir.azimuth_deg:.1f} deg, el {rir.elevation_deg:.1f} deg, "
-                       f"{rir.source_distance_m:.2f} m, {rir.area_m2:.1f} m2, T30 {rir.t30_ms:.0f} ms")
-            click.echo(f"  space_id: {rules.space_id(descriptors)}")
-            click.echo(f"  spatial:  {caps.spatial_caption}")
-            click.echo(f"  caption:  {caps.caption}")
-
-    return captions_command
-
-
-captions_command = _make_command()

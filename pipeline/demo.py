@@ -592,10 +592,22 @@ def _inputs_fingerprint(cfg: DemoConfig) -> str:
 def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, workers: int = 1,
              progress: bool = True) -> dict:
     """Generate the corpus and RIR bank under ``{out}/inputs`` (reused when already complete)
-    and render ``{out}/{train,val,test}``; returns the render manifest."""
-    from disse.pipeline.render import RenderOptions, plan_from_files, run_plan
+    and render ``{out}/{train,val,test}``; returns the render manifest. The folder is locked for the
+    whole run (:class:`~disse.pipeline.lock.RenderLock`): a second demo or render into it is refused."""
+    import sys
+
+    from disse.pipeline.lock import RenderLock
 
     out = Path(out_dir)
+    with RenderLock(out) as guard:
+        if guard.note:
+            print(f"note: {guard.note}", file=sys.stderr, flush=True)
+        return _run_demo_locked(out, cfg, workers, progress)
+
+
+def _run_demo_locked(out: Path, cfg: DemoConfig, workers: int, progress: bool) -> dict:
+    from disse.pipeline.render import RenderOptions, plan_from_files, run_plan
+
     inputs = out / "inputs"
     stamp = inputs / "inputs.txt"
     clips_csv, rirs_csv = inputs / "dry" / "clips.csv", inputs / "rirs" / "rirs.csv"
@@ -614,7 +626,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, workers: in
     # Inputs recorded relative to the output folder, so the manifest does not depend on where it lives.
     plan.inputs.update(clips_csv="inputs/dry/clips.csv", rirs_csv="inputs/rirs/rirs.csv")
     _drop_stale_render(out, plan, progress)
-    return run_plan(plan, out, workers=workers, progress=progress)
+    return run_plan(plan, out, workers=workers, progress=progress, lock=False)  # run_demo holds the lock
 
 
 def _drop_stale_render(out: Path, plan, progress: bool) -> None:
@@ -642,44 +654,3 @@ def _drop_stale_render(out: Path, plan, progress: bool) -> None:
     for name in ("train", "val", "test", "_parts"):
         shutil.rmtree(out / name, ignore_errors=True)
     manifest.unlink(missing_ok=True)
-
-
-def _make_command():
-    import click
-
-    d = DemoConfig()
-
-    @click.command("demo")
-    @click.option("--out", "out_dir", default="demo", show_default=True, type=click.Path(file_okay=False))
-    @click.option("--types", type=click.IntRange(1, len(SOUND_TYPES)), default=d.types, show_default=True,
-                  help="Number of sound types (the first N of the built-in list).")
-    @click.option("--clips-per-type", type=click.IntRange(min=3), default=d.clips_per_type, show_default=True,
-                  help="Variants per type: the last goes to test, the one before to val.")
-    @click.option("--rooms", type=click.IntRange(min=3), default=d.rooms, show_default=True,
-                  help="Simulated rooms: a quarter are held out for test, an eighth for validation.")
-    @click.option("--positions-per-room", type=click.IntRange(min=1), default=d.positions_per_room,
-                  show_default=True, help="Source/receiver positions per room.")
-    @click.option("--rirs-per-clip", type=click.IntRange(min=1), default=d.rirs_per_clip, show_default=True)
-    @click.option("--clips-per-rir", type=click.IntRange(min=1), default=d.clips_per_rir, show_default=True)
-    @click.option("--shard-size", type=click.IntRange(min=1), default=d.shard_size, show_default=True)
-    @click.option("--seed", type=int, default=d.seed, show_default=True)
-    @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1,
-                  show_default="all cores")
-    @click.option("--no-progress", is_flag=True)
-    def demo_command(out_dir, types, clips_per_type, rooms, positions_per_room, rirs_per_clip,
-                     clips_per_rir, shard_size, seed, workers, no_progress):
-        """Build the embedded demo: synthetic sounds x simulated rooms -> train/val/test shards."""
-        cfg = DemoConfig(types, clips_per_type, rooms, positions_per_room, rirs_per_clip,
-                         clips_per_rir, shard_size, seed)
-        m = run_demo(out_dir, cfg, workers=workers, progress=not no_progress)
-        s = m["splits"]
-        click.echo(f"{out_dir}: train {s['train']['rendered']}, val {s['val']['rendered']}, "
-                   f"test {s['test']['rendered']} samples; shards in {out_dir}/{{train,val,test}}/")
-        if m["failure_rate"] > 0:
-            click.echo(f"error: {m['skipped_samples']} samples failed; see {out_dir}/manifest.json", err=True)
-            raise SystemExit(1)
-
-    return demo_command
-
-
-demo_command = _make_command()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import sys
 import tarfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -479,53 +478,3 @@ def plot_stats(metas: list[ShardMeta], out: str | Path, title: str = "") -> Path
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-
-def _make_command():
-    import click
-
-    @click.command("inspect")
-    @click.argument("target")
-    @click.option("--show", "show_key", metavar="KEY", help="Print one sample's metadata and captions.")
-    @click.option("--stats", is_flag=True, help="Distributions over all samples (a table).")
-    @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="OUT.png",
-                  help="With --stats (implied): histograms as a PNG.")
-    @click.option("--export", nargs=2, metavar="KEY OUT.wav", default=None,
-                  help="Write a sample's 4-channel AmbiX FOA as a WAV.")
-    @click.option("--plot-sample", "sample_plot", nargs=2, metavar="KEY OUT.png", default=None,
-                  help="Draw a sample's W spectrogram and intensity features.")
-    def inspect_command(target, show_key, stats, plot_path, export, sample_plot):
-        """Summarise shards: TARGET is a folder (all *.tar below), a brace pattern
-        ('shards/train/train-{000000..000003}.tar') or one tar."""
-        try:
-            shards = find_shards(target)
-            if show_key:
-                click.echo(format_sample(find_sample(shards, show_key)))
-            if export:
-                out = export_wav(find_sample(shards, export[0]), export[1])
-                click.echo(f"wrote {out} (4-channel AmbiX W, Y, Z, X)")
-            if sample_plot:
-                out = plot_sample(find_sample(shards, sample_plot[0]), sample_plot[1])
-                click.echo(f"wrote {out}")
-            if stats or plot_path:
-                metas, bad = collect_metas(shards)
-                click.echo(format_stats(dataset_stats(metas)))
-                click.echo(format_bytes(summarise(shards)))
-                if bad:
-                    click.echo(f"skipped {len(bad)} unreadable sample(s), e.g. {bad[0]}")
-                if plot_path:
-                    click.echo(f"wrote {plot_stats(metas, plot_path, title=str(target))}")
-            if not (show_key or export or sample_plot or stats or plot_path):
-                click.echo(format_summary(summarise(shards), str(target)))
-        except SchemaError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(2)
-
-    return inspect_command
-
-
-inspect_command = _make_command()

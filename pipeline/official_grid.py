@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from disse.pipeline.aformat import aformat_to_ambix, read_catalogue, regenerate_catalogue_rirs
+from disse.pipeline.aformat import aformat_to_ambix, read_catalogue
 from disse.pipeline.official_features import fit_repeat, official_iv, resample_torchaudio
 from disse.pipeline.shards import shard_name, write_json_atomic, write_tar_atomic
 from disse.pipeline.splits import sample_key
@@ -249,53 +249,6 @@ def build_grid(items: list[GridItem], out: str | Path, *, seed: int = 42, shard_
                "features": OfficialFeatureParams().to_dict(), "rules_version": "official-1"}
     write_json_atomic(out / "grid.json", summary)
     return summary
-
-
-def _make_commands():
-    import click
-
-    @click.command("official-rirs")
-    @click.option("--catalogue", "catalogue", required=True, type=click.Path(dir_okay=False),
-                  help="The release's evaluation/rir_fixed.csv.")
-    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-    @click.option("--force", is_flag=True, help="Regenerate files that exist.")
-    @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N rows only.")
-    def official_rirs_command(catalogue, out_dir, force, limit):
-        """Regenerate the release's A-format evaluation RIRs from rir_fixed.csv with pyroomacoustics."""
-        paths = regenerate_catalogue_rirs(catalogue, out_dir, force=force, limit=limit, progress=True)
-        click.echo(f"{len(paths)} A-format RIRs in {out_dir} (foa_format: aformat)")
-
-    @click.command("official-grid")
-    @click.option("--audio-catalogue", required=True, type=click.Path(dir_okay=False),
-                  help="The release's evaluation/audio_fixed.csv.")
-    @click.option("--rir-catalogue", required=True, type=click.Path(dir_okay=False),
-                  help="The release's evaluation/rir_fixed.csv.")
-    @click.option("--dry-root", required=True, type=click.Path(file_okay=False),
-                  help="Folder of the downloaded AudioCaps test clips ({audiocap_id}.mp3, also in test/ or val/).")
-    @click.option("--rir-root", type=click.Path(file_okay=False), default=None,
-                  help="Folder of the A-format RIRs (default: {out}/rirs, regenerated if missing).")
-    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-    @click.option("--seed", type=int, default=42, show_default=True, help="The release's caption seed.")
-    @click.option("--shard-size", type=click.IntRange(min=1), default=GRID_SIZE, show_default=True)
-    @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
-    @click.option("--any-size", is_flag=True, help="Accept catalogues other than 96 x 96 (subsets, tests).")
-    @click.option("--no-progress", is_flag=True)
-    def official_grid_command(audio_catalogue, rir_catalogue, dry_root, rir_root, out_dir, seed, shard_size,
-                              workers, any_size, no_progress):
-        """Build the release's 96 x 96 evaluation grid as test shards (official features and captions)."""
-        rir_root = Path(rir_root) if rir_root else Path(out_dir) / "rirs"
-        regenerate_catalogue_rirs(rir_catalogue, rir_root, progress=not no_progress)  # keeps existing files
-        items = plan_grid(audio_catalogue, rir_catalogue, dry_root, rir_root, seed=seed, any_size=any_size)
-        summary = build_grid(items, out_dir, seed=seed, shard_size=shard_size, workers=workers,
-                             progress=not no_progress)
-        click.echo(f"{out_dir}: {summary['samples']} samples ({summary['sources']} sources x "
-                   f"{summary['spatial']} RIRs) in {summary['shards']} shards; "
-                   f"evaluate with disse-eval --metrics official (docs/official.md)")
-
-    return official_rirs_command, official_grid_command
-
-
-official_rirs_command, official_grid_command = _make_commands()
 
 
 def read_grid_summary(out: str | Path) -> dict:

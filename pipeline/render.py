@@ -333,7 +333,9 @@ def make_plan(clips: list[DryClip], rirs: list[RirRecord], options: RenderOption
             fp = _digest({**base, "samples": [_spec_identity(x) for x in chunk]})
             shards.append(ShardTask(len(shards), split, s, chunk, fp))
         counts[split] = {"clips": len(c_ids), "rirs": len(r_ids), "samples": len(specs),
-                         "shards": n_shards}
+                         "shards": n_shards,
+                         "recordings": len({clip_by_id[i].source_id for i in c_ids}),
+                         "rooms": len({rir_group(rir_by_id[i], options.room_column) for i in r_ids})}
     fingerprint = _digest({**base, "shards": [t.fingerprint for t in shards]})
     flagged_samples = sum(1 for t in shards for x in t.samples if x.clip.audiocap_id in conflicts)
     words: dict[str, int] = {}
@@ -362,10 +364,11 @@ def caption_conflicts(clips: list[DryClip], rules: CaptionRules) -> dict[str, li
 
 
 def pairing_warnings(options: RenderOptions, counts: dict) -> list[str]:
-    """What a pairing leaves undefined. With one RIR per clip (``--rirs-per-clip 1``, or a split
-    holding a single RIR) no two samples share a source in different spaces: X-SRC and AX-SRC (which
-    leave the query's own pair out) have no positives, IR_space has no same-source pairs, and the
-    source contrastive loss has no positive beyond the sample's own caption."""
+    """What a plan leaves undefined, one line each (``plan.warnings``). With one RIR per clip
+    (``--rirs-per-clip 1``, or a split holding a single RIR) no two samples share a source in different
+    spaces: X-SRC and AX-SRC (which leave the query's own pair out) have no positives, IR_space has no
+    same-source pairs, and the source contrastive loss has no positive beyond the sample's own caption.
+    Then one line per split too small to measure (:func:`small_split_warning`)."""
     out = []
     undefined = ("X-SRC and AX-SRC (no other sample of the same source), IR_space (no same-source, "
                  "different-space pairs) and the source loss's multi-positives")
@@ -377,7 +380,49 @@ def pairing_warnings(options: RenderOptions, counts: dict) -> list[str]:
         if thin:
             out.append(f"split(s) {', '.join(thin)} hold a single RIR: their clips are heard in one space "
                        f"only, which leaves {undefined} undefined there; add RIRs (rooms) to those splits")
-    return out
+    return out + [w for s in SPLITS if (w := small_split_warning(s, counts.get(s, {})))]
+
+
+#: Below these an evaluation split (val, test) is too small to measure a model (docs/synthesis.md,
+#: "Small splits"): each recording or room moves a figure by more than a tenth, and a gallery of
+#: ``MAX_K`` samples or fewer makes R@10 1 for any model.
+MIN_EVAL_RECORDINGS = 10
+MIN_EVAL_ROOMS = 10
+MAX_K = 10
+
+
+def small_split_warning(split: str, c: dict) -> str | None:
+    """One line saying what a split is too small to measure, or None. Every split: fewer than 2
+    recordings (every item is a positive of every query for SRC, X-SRC and AX-SRC; the source loss has
+    no negatives) or fewer than 2 rooms (room figures, or the space loss, see a single room); an item
+    assigned to a split that gets no sample. val and test also: at most ``MAX_K`` samples, fewer than
+    ``MIN_EVAL_RECORDINGS`` recordings or ``MIN_EVAL_ROOMS`` rooms."""
+    if not c or not (c.get("clips") or c.get("rirs")):
+        return None
+    size = (f"{c['clips']} clip{'s' if c['clips'] != 1 else ''} ({c['recordings']} recording"
+            f"{'s' if c['recordings'] != 1 else ''}), {c['rirs']} RIR{'s' if c['rirs'] != 1 else ''} "
+            f"({c['rooms']} room{'s' if c['rooms'] != 1 else ''}), {c['samples']} sample{'s' if c['samples'] != 1 else ''}")
+    if not c["samples"]:
+        return (f"small split {split}: {size}: it holds " + ("clips but no RIR" if c["clips"] else "RIRs but no clip")
+                + ", so nothing is rendered for it; add the missing inputs to it (a split column or the fractions)")
+    evaluation = split != "train"
+    why = []
+    if c["recordings"] < 2:
+        why.append("with under 2 recordings R@K / mAP of SRC, X-SRC and AX-SRC are undefined (every item is a "
+                   "positive)" + ("" if evaluation else " and the source loss has no negatives"))
+    if c["rooms"] < 2:
+        why.append("with one room its room figures (size, reverberation, held-out rooms) describe that room only")
+    if evaluation:
+        if c["samples"] <= MAX_K:
+            why.append(f"with {MAX_K} samples or fewer R@{MAX_K} is 1 for any model")
+        few = [f"{n} {what} (under {lo})" for n, what, lo in ((c["recordings"], "recordings", MIN_EVAL_RECORDINGS),
+                                                              (c["rooms"], "rooms", MIN_EVAL_ROOMS)) if 2 <= n < lo]
+        if few:
+            why.append(f"with {' and '.join(few)} each one moves a figure by over a tenth")
+    if not why:
+        return None
+    fix = (f"add clips / rooms or raise --{split}-fraction" if evaluation else "add clips / rooms")
+    return f"small split {split}: {size}, too small to measure: " + "; ".join(why) + f"; {fix}"
 
 
 def select_shards(n_shards: int, shard_range: tuple[int, int | None] | None = None,
@@ -486,38 +531,60 @@ def _worker_task(args: tuple[ShardTask, str]) -> dict:
 
 def run_plan(plan: RenderPlan, out_dir: str | Path, *, workers: int = 1,
              shard_range: tuple[int, int | None] | None = None, job: tuple[int, int] | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, lock: bool = True, on_note: Callable[[str], None] | None = None) -> dict:
     """Render this job's shards that are not complete yet, then write sizes.json and the
-    manifest from every complete shard on disk. Returns the manifest."""
+    manifest from every complete shard on disk. Returns the manifest.
+
+    With ``lock`` (default) the job's shard range is locked for the run
+    (:class:`~disse.pipeline.lock.RenderLock`): a live render writing overlapping shards into
+    ``out_dir`` makes this one raise :class:`~disse.pipeline.lock.LockHeld` before anything is
+    written; a stale lock is taken over, and ``on_note`` (default: print to stderr) is told so."""
+    import sys
+
     from tqdm import tqdm
+
+    from disse.pipeline.lock import REFRESH_EVERY_S, RenderLock
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    chosen = [plan.shards[i] for i in select_shards(len(plan.shards), shard_range, job)]
-    todo = [t for t in chosen if read_part(out, t) is None]
-    bar = tqdm(total=sum(len(t.samples) for t in todo), unit="sample", desc="render",
-               disable=not progress, dynamic_ncols=True)
-    if workers <= 1 or len(todo) <= 1:
-        _init_worker(plan.params, plan.rules, plan.options)
-        for task in todo:
-            render_shard(task, out, _WORKER["renderer"], on_sample=lambda: bar.update())
-    else:
-        ctx = pool_context()
-        with ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
-                      initargs=(plan.params, plan.rules, plan.options), maxtasksperchild=None) as pool:
-            for record in pool.imap_unordered(_worker_task, [(t, str(out)) for t in todo]):
-                bar.update(record["planned"])
-            pool.close()  # let workers exit cleanly (terminate() would leak their semaphores)
-            pool.join()
-    bar.close()
-    return write_summary(plan, out)
-
-
-def rir_failure_rate(plan: RenderPlan) -> float:
-    """Share of the RIR CSV's rows that are unusable (bad rows plus RIRs failing the check): counted
-    against the RIRs alone, so a bad bank is not hidden by a large clip list."""
-    n = plan.inputs.get("rir_rows", 0)
-    return plan.inputs.get("rir_failures", 0) / n if n else 0.0
+    selected = select_shards(len(plan.shards), shard_range, job)
+    guard = (RenderLock(out, shards=None if job is None and shard_range is None else (selected.start, selected.stop),
+                        job=job, shard_range=shard_range) if lock else None)
+    if guard is not None:
+        guard.acquire()
+        if guard.note:
+            (on_note or (lambda s: print(f"note: {s}", file=sys.stderr, flush=True)))(guard.note)
+    try:
+        chosen = [plan.shards[i] for i in selected]
+        todo = [t for t in chosen if read_part(out, t) is None]
+        bar = tqdm(total=sum(len(t.samples) for t in todo), unit="sample", desc="render",
+                   disable=not progress, dynamic_ncols=True)
+        alive = guard.refresh if guard is not None else (lambda force=False: None)
+        if workers <= 1 or len(todo) <= 1:
+            _init_worker(plan.params, plan.rules, plan.options)
+            for task in todo:
+                render_shard(task, out, _WORKER["renderer"], on_sample=lambda: (bar.update(), alive()))
+        else:
+            ctx = pool_context()
+            with ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
+                          initargs=(plan.params, plan.rules, plan.options), maxtasksperchild=None) as pool:
+                results = pool.imap_unordered(_worker_task, [(t, str(out)) for t in todo])
+                for _ in range(len(todo)):
+                    while True:  # wake up now and then to keep the lock fresh while shards render
+                        try:
+                            record = results.next(timeout=REFRESH_EVERY_S)
+                            break
+                        except mp.TimeoutError:
+                            alive(force=True)
+                    bar.update(record["planned"])
+                    alive()
+                pool.close()  # let workers exit cleanly (terminate() would leak their semaphores)
+                pool.join()
+        bar.close()
+        return write_summary(plan, out)
+    finally:
+        if guard is not None:
+            guard.release()
 
 
 def write_summary(plan: RenderPlan, out: Path) -> dict:
@@ -534,7 +601,18 @@ def write_summary(plan: RenderPlan, out: Path) -> dict:
         sizes[rec["split"]][rec["shard"]] = rec["samples"]
     for split, table in sizes.items():
         write_json_atomic(out / split / "sizes.json", table)
-    skipped = [dict(s, split=r["split"], shard=r["shard"]) for r in records for s in r["skipped"]]
+    done = {r["shard"] for r in records}
+    done_specs = [x for t in plan.shards if t.name in done for x in t.samples]
+    rir_files = {x.rir.rir_id: str(x.rir.rir_path) for x in done_specs}
+    # each failed sample is blamed on the input that failed: its RIR when the error names the RIR's
+    # file, else its clip (a missing, corrupt or silent clip, or a silent mixture)
+    skipped = [dict(s, split=r["split"], shard=r["shard"],
+                    input="rir" if s.get("file") is not None and s["file"] == rir_files.get(s.get("rir_id"))
+                    else "clip")
+               for r in records for s in r["skipped"]]
+    failed_clips = {s["source_id"] for s in skipped if s["input"] == "clip"}
+    failed_rirs = {s["rir_id"] for s in skipped if s["input"] == "rir"}
+    n_clips = len({x.clip.audiocap_id for x in done_specs})
     # bytes on disk per split (tars are byte-identical however rendered, so this is reproducible too)
     split_bytes = {s: sum((out / s / r["shard"]).stat().st_size for r in records if r["split"] == s)
                    for s in SPLITS}
@@ -542,7 +620,14 @@ def write_summary(plan: RenderPlan, out: Path) -> dict:
     rendered = sum(r["samples"] for r in records)
     n_rows = plan.inputs.get("rows", 0)
     row_rate = len(plan.skipped_rows) / n_rows if n_rows else 0.0
-    rir_rate = rir_failure_rate(plan)
+    # Failure rates count inputs, not samples, so they do not depend on --rirs-per-clip / --clips-per-rir:
+    # clips that failed over the clips of the complete shards; RIRs unusable (bad CSV rows, failed
+    # checks, unreadable at render time) over the RIR CSV's rows, so a bad bank is not hidden by a
+    # long clip list; bad CSV rows over all rows.
+    n_rir_rows = plan.inputs.get("rir_rows", 0)
+    n_bad_rirs = plan.inputs.get("rir_failures", 0) + len(failed_rirs)
+    rir_rate = n_bad_rirs / n_rir_rows if n_rir_rows else 0.0
+    clip_rate = len(failed_clips) / n_clips if n_clips else 0.0
     sample_rate = len(skipped) / planned_done if planned_done else 0.0
     reasons: dict[str, int] = {}
     for s in skipped + plan.skipped_rows:
@@ -567,8 +652,15 @@ def write_summary(plan: RenderPlan, out: Path) -> dict:
         "skipped_rows": plan.skipped_rows,
         "skipped": skipped,
         "skip_reasons": dict(sorted(reasons.items())),
-        "failure_rate": round(max(row_rate, sample_rate, rir_rate), 6),
+        "failure_rate": round(max(row_rate, clip_rate, rir_rate), 6),
         "rir_failure_rate": round(rir_rate, 6),
+        "clip_failure_rate": round(clip_rate, 6),
+        "sample_failure_rate": round(sample_rate, 6),
+        "failures": {  # what failure_rate is the largest of: failed / counted, per kind of input
+            "clips": {"failed": len(failed_clips), "of": n_clips, "rate": round(clip_rate, 6)},
+            "rirs": {"failed": n_bad_rirs, "of": n_rir_rows, "rate": round(rir_rate, 6)},
+            "rows": {"failed": len(plan.skipped_rows), "of": n_rows, "rate": round(row_rate, 6)},
+        },
         "caption_conflicts": plan.caption_conflicts,
         "warnings": plan.warnings,
         "max_failure_rate": plan.options.max_failure_rate,
@@ -576,6 +668,41 @@ def write_summary(plan: RenderPlan, out: Path) -> dict:
     }
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
+
+
+def worst_failure(manifest: dict) -> str:
+    """The largest of the manifest's failure rates in words, e.g. ``25.0% of clips (2 of 8 clips failed)``."""
+    words = {"clips": "clips failed", "rirs": "RIRs unusable", "rows": "CSV rows bad"}
+    kind, f = max(manifest["failures"].items(), key=lambda kv: kv[1]["rate"])
+    return f"{f['rate']:.1%} of {'RIRs' if kind == 'rirs' else kind} ({f['failed']} of {f['of']} {words[kind]})"
+
+
+def skip_report(manifest: dict, examples: int = 3) -> list[str]:
+    """One line per reason a render skipped something: the reason, how many clips / RIRs / rows and
+    samples it cost, and the first ``examples`` files (in manifest order)."""
+    groups: dict[tuple[str, str], dict] = {}
+    for s in manifest["skipped"]:
+        kind = s.get("input", "clip")
+        g = groups.setdefault((kind, s["reason"]), {"items": set(), "samples": 0, "files": []})
+        g["items"].add(s.get("source_id") if kind == "clip" else s.get("rir_id"))
+        g["samples"] += 1
+        if s.get("file") and s["file"] not in g["files"]:
+            g["files"].append(s["file"])
+    for s in manifest["skipped_rows"]:
+        g = groups.setdefault(("row", s["reason"]), {"items": set(), "samples": 0, "files": []})
+        g["items"].add((s.get("file"), s.get("row"), s.get("rir_id")))
+        where = f"{s['file']} row {s['row']}" if s.get("row") is not None else s.get("file")
+        if where and where not in g["files"]:
+            g["files"].append(where)
+    lines = []
+    for (kind, reason), g in sorted(groups.items(), key=lambda kv: (-len(kv[1]["items"]), kv[0])):
+        n = len(g["items"])
+        what = {"clip": "clip", "rir": "RIR", "row": "row"}[kind] + ("s" if n != 1 else "")
+        cost = f" ({g['samples']} sample{'s' if g['samples'] != 1 else ''})" if kind != "row" else ""
+        shown = g["files"][:examples]
+        more = f" and {len(g['files']) - len(shown)} more" if len(g["files"]) > len(shown) else ""
+        lines.append(f"{n} {what}{cost}: {reason}" + (f": {', '.join(shown)}{more}" if shown else ""))
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -721,142 +848,3 @@ def parse_shard_range(text: str | None) -> tuple[int, int | None] | None:
         return int(text), int(text) + 1
     except ValueError:
         raise SchemaError(f"expected A:B with integers, got {text!r}", field="--shard-range") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-
-def _make_command():
-    import click
-
-    @click.command("render")
-    @click.option("--clips", "clips_csv", required=True, type=click.Path(dir_okay=False),
-                  help="Dry-clip CSV: audiocap_id, caption [, path] [, split].")
-    @click.option("--audio-dir", type=click.Path(file_okay=False), default=None,
-                  help="Folder of {audiocap_id}.{flac,wav,mp3,ogg} (or base of relative paths).")
-    @click.option("--rirs", "rirs_csv", required=True, type=click.Path(dir_okay=False),
-                  help="RIR CSV (disse-synth rirs writes one) [, split].")
-    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-    @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
-    @click.option("--seed", type=int, default=0, show_default=True,
-                  help="Render seed: phrasings, gains, pairing order (never the splits).")
-    @click.option("--split-seed", type=int, default=0, show_default=True,
-                  help="Seed of the train/val/test assignment (by recording and by room).")
-    @click.option("--room-column", default="room_index", show_default=True,
-                  help="RIR CSV column naming each RIR's room: all positions of a room share a split. "
-                       "Without it every RIR is its own group (a warning says so).")
-    @click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
-                  help="Samples per shard.")
-    @click.option("--rirs-per-clip", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="K: every clip is rendered with at least K RIRs of its split. Use 2 or more: "
-                       "K = 1 leaves X-SRC, IR_space and the source loss's positives undefined (a warning says so).")
-    @click.option("--clips-per-rir", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="L: every RIR is used with at least L clips of its split.")
-    @click.option("--val-fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True)
-    @click.option("--test-fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True)
-    @click.option("--target-rms-dbfs", type=float, default=-26.0, show_default=True)
-    @click.option("--max-failure-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True,
-                  help="Exit with status 1 if a larger share of rows or samples failed.")
-    @click.option("--azimuth-convention", type=click.Choice(AZIMUTH_CONVENTIONS), default="ccw", show_default=True,
-                  help="How the RIR CSV's azimuth_deg turns: ccw (the project's: positive = left) or cw "
-                       "(positive = right; negated on read). Recorded in the manifest.")
-    @click.option("--rir-tolerance-deg", type=click.FloatRange(0, 180, min_open=True), default=20.0,
-                  show_default=True, help="Skip a RIR whose first arrival is further than this from its metadata.")
-    @click.option("--no-rir-check", is_flag=True,
-                  help="Do not check RIRs against their metadata at plan time (docs/synthesis.md).")
-    @click.option("--caption-conflicts", type=click.Choice(CAPTION_CONFLICT_POLICIES), default="keep",
-                  show_default=True, help="Source captions that already carry spatial words: keep them "
-                  "(flagged per sample and counted) or skip those clips.")
-    @click.option("--job-index", type=int, default=None, help="0-based index of this job in an array.")
-    @click.option("--num-jobs", type=int, default=None, help="Number of jobs in the array.")
-    @click.option("--shard-range", default=None, metavar="A:B",
-                  help="Render global shards A..B-1 only (see --plan-only for the numbering).")
-    @click.option("--plan-only", is_flag=True, help="Print the plan (shards per split) and exit.")
-    @click.option("--features", "features_yaml", type=click.Path(dir_okay=False), default=None,
-                  help="Feature parameters YAML (default: the packaged configs/features.yaml).")
-    @click.option("--rules", "rules_yaml", type=click.Path(dir_okay=False), default=None,
-                  help="Caption rule table YAML (default: configs/caption_rules_v1.yaml).")
-    @click.option("--no-progress", is_flag=True)
-    def render_command(clips_csv, audio_dir, rirs_csv, out_dir, workers, seed, split_seed, room_column, shard_size,
-                       rirs_per_clip, clips_per_rir, val_fraction, test_fraction, target_rms_dbfs,
-                       max_failure_rate, azimuth_convention, rir_tolerance_deg, no_rir_check,
-                       caption_conflicts, job_index, num_jobs, shard_range, plan_only,
-                       features_yaml, rules_yaml, no_progress):
-        """Render dry clips x FOA RIRs into train/val/test WebDataset shards.
-
-        Re-running the same command skips complete shards and redoes partial ones. For a job
-        array, give every job the same arguments plus --job-index/--num-jobs (or --shard-range);
-        the union of their outputs equals a single run's, byte for byte.
-        """
-        from disse.schemas import load_caption_rules, load_feature_params
-
-        if (job_index is None) != (num_jobs is None):
-            raise click.UsageError("--job-index and --num-jobs go together")
-        options = RenderOptions(seed=seed, split_seed=split_seed, room_column=room_column,
-                                shard_size=shard_size, rirs_per_clip=rirs_per_clip,
-                                clips_per_rir=clips_per_rir, val_fraction=val_fraction,
-                                test_fraction=test_fraction, target_rms_dbfs=target_rms_dbfs,
-                                max_failure_rate=max_failure_rate, azimuth_convention=azimuth_convention,
-                                rir_check=not no_rir_check, rir_tolerance_deg=rir_tolerance_deg,
-                                caption_conflicts=caption_conflicts)
-        try:
-            plan = plan_from_files(clips_csv, rirs_csv, options, audio_dir=audio_dir,
-                                   params=load_feature_params(features_yaml),
-                                   rules=load_caption_rules(rules_yaml), workers=workers)
-        except RirCheckFailed as err:  # a bad bank is known before any rendering: stop here
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            report = Path(out_dir) / "rir_check.json"
-            write_json_atomic(report, {"rirs_csv": str(rirs_csv), "checked": err.checked,
-                                       "options": options.plan_dict(), "rejected": err.rejected})
-            click.echo(f"error: {err}", err=True)
-            click.echo(f"error: nothing rendered; reasons per RIR in {report}. Fix the bank (a foa_format "
-                       f"column, --azimuth-convention cw), or use --rir-tolerance-deg / --no-rir-check if "
-                       f"the check is wrong for it (docs/synthesis.md)", err=True)
-            raise SystemExit(1)
-        for line in plan.warnings:
-            click.echo(f"warning: {line}", err=True)
-        check = plan.inputs.get("rir_check")
-        if isinstance(check, dict) and check["rejected"]:
-            rejected = [r for r in plan.skipped_rows if r.get("field") == "rir_check"]
-            click.echo(f"warning: {check['rejected']} of {check['checked']} RIRs fail the sanity check "
-                       f"({', '.join(f'{k} {v}' for k, v in check['by_kind'].items())}) and are skipped; "
-                       f"e.g. {rejected[0]['file']}: {rejected[0]['reason']}", err=True)
-        if plan.caption_conflicts.get("clips_flagged"):
-            cc = plan.caption_conflicts
-            click.echo(f"note: {cc['clips_flagged']} source captions already carry spatial words "
-                       f"({', '.join(list(cc['words'])[:5])}, ...): "
-                       + ("skipped (--caption-conflicts skip)" if cc["policy"] == "skip" else
-                          f"kept and flagged in {cc['samples_flagged']} samples (--caption-conflicts keep)"),
-                       err=True)
-        if not plan.inputs["rir_split_groups"].startswith("room"):
-            click.echo(f"warning: {rirs_csv} has no {room_column!r} column: RIRs are split one by one, so "
-                       "positions of one room can land in train and test; add a room column "
-                       "(or --room-column NAME) for held-out rooms", err=True)
-        job = None if job_index is None else (job_index, num_jobs)
-        selected = select_shards(len(plan.shards), parse_shard_range(shard_range), job)
-        if plan_only:
-            for split in SPLITS:
-                c = plan.counts[split]
-                first = next((t.index for t in plan.shards if t.split == split), None)
-                click.echo(f"{split:5s}: {c['samples']} samples in {c['shards']} shards"
-                           + (f" (global {first}..{first + c['shards'] - 1})" if c["shards"] else "")
-                           + f", {c['clips']} clips, {c['rirs']} RIRs")
-            click.echo(f"total: {plan.n_samples} samples, {len(plan.shards)} shards; "
-                       f"this job: shards {selected.start}..{selected.stop - 1}")
-            return
-        manifest = run_plan(plan, out_dir, workers=workers, shard_range=parse_shard_range(shard_range),
-                            job=job, progress=not no_progress)
-        done = "complete" if manifest["complete"] else f"{len(manifest['missing_shards'])} shards still missing"
-        click.echo(f"{out_dir}: {manifest['rendered_samples']} samples rendered, "
-                   f"{manifest['skipped_samples']} skipped, {len(manifest['skipped_rows'])} bad rows "
-                   f"({done}); manifest: {Path(out_dir) / 'manifest.json'}")
-        if manifest["failure_rate"] > max_failure_rate:
-            click.echo(f"error: failure rate {manifest['failure_rate']:.1%} exceeds "
-                       f"--max-failure-rate {max_failure_rate:.1%}; see the manifest's 'skipped'", err=True)
-            raise SystemExit(1)
-
-    return render_command
-
-
-render_command = _make_command()

@@ -22,8 +22,6 @@ import json
 import tarfile
 from pathlib import Path
 
-import click
-
 from disse.pipeline.inspect import find_shards
 from disse.pipeline.shards import read_tar_samples, write_json_atomic, write_tar_atomic
 from disse.schemas import SchemaError
@@ -122,26 +120,3 @@ def upgrade_tree(src: str | Path, dst: str | Path, *, workers: int = 1, progress
         "upgraded": sum(r["upgraded"] for r in results),
         "skipped": [dict(s, shard=r["shard"]) for r in results for s in r["skipped"]],
     }
-
-
-@click.command("upgrade")
-@click.argument("src")
-@click.argument("dst", type=click.Path(file_okay=False))
-@click.option("--workers", type=int, default=1, show_default=True, help="processes (one shard each at a time)")
-@click.option("--no-progress", is_flag=True, help="no progress bar")
-def upgrade_command(src: str, dst: str, workers: int, no_progress: bool) -> None:
-    """Rewrite the shards under SRC (a folder, brace pattern or tar) as schema v3 into DST.
-
-    Each FOA channel once at 16 bits (W as w.wav, Y, Z, X as yzx.flac), int8 intensity features:
-    about half of a v2 sample. Samples that cannot be read are left out and listed;
-    DST's sizes.json counts what was written. Exit status 1 if any was left out.
-    """
-    report = upgrade_tree(src, dst, workers=workers, progress=not no_progress)
-    click.echo(f"{report['shards']} shard(s), {report['samples']} sample(s) written to {dst}; "
-               f"{report['upgraded']} upgraded to v{SCHEMA_VERSION}, "
-               f"{report['samples'] - report['upgraded']} already v{SCHEMA_VERSION}")
-    for s in report["skipped"]:
-        click.echo(f"left out: {s['shard']}:{s['key']}, field '{s['field']}': {s['reason']}", err=True)
-    if report["skipped"]:
-        click.echo(f"{len(report['skipped'])} sample(s) left out", err=True)
-        raise SystemExit(1)

@@ -86,13 +86,14 @@ def test_make_plan_mixes_and_keeps_held_out_rooms():
     room_split = {}
     for x in specs:
         assert room_split.setdefault(x.rir.extra["room_index"], x.split) == x.split
-    assert not plan.warnings
+    # no pairing warning (18 rooms leave val and test too few rooms to measure: test_first_hour_synth.py)
+    assert not [w for w in plan.warnings if not w.startswith("small split ")]
 
 
 def test_one_rir_per_clip_warns_and_names_the_undefined_metrics(tmp_path):
     clips, rirs = _records(40, 10)
     plan = make_plan(clips, rirs, RenderOptions(rirs_per_clip=1), load_feature_params(), load_caption_rules())
-    (warning,) = plan.warnings
+    (warning,) = [w for w in plan.warnings if not w.startswith("small split ")]
     for name in ("X-SRC", "IR_space", "source loss"):
         assert name in warning
     # a split holding a single RIR leaves the same metrics undefined there
@@ -100,7 +101,8 @@ def test_one_rir_per_clip_warns_and_names_the_undefined_metrics(tmp_path):
     own_rooms = [RirRecord(**{**r.__dict__, "extra": {"room_index": r.rir_id}}) for r in rirs[:4]]
     plan = make_plan(clips, own_rooms, RenderOptions(rirs_per_clip=2, val_fraction=0.25, test_fraction=0.25),
                      load_feature_params(), load_caption_rules(), rir_splits=rooms)
-    assert len(plan.warnings) == 1 and "val, test" in plan.warnings[0] and "IR_space" in plan.warnings[0]
+    (thin,) = [w for w in plan.warnings if not w.startswith("small split ")]
+    assert "val, test" in thin and "IR_space" in thin
 
 
 def test_readme_render_commands_use_at_least_two_rirs_per_clip():
