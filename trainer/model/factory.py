@@ -41,9 +41,11 @@ def load_delsa(ckpt: str | Path | Checkpoint, device: str | torch.device = "cpu"
 
 
 def load_official(ckpt: str | Path | Checkpoint, cfg: OfficialConfig | None = None,
-                  device: str | torch.device = "cpu") -> DISSEOfficial:
-    """The official DISSE model of a release-layout checkpoint, loaded (strictly unless ``cfg.strict`` is off)."""
+                  device: str | torch.device = "cpu", *, audio_config_overrides: dict | None = None) -> DISSEOfficial:
+    """The official DISSE model of a release-layout checkpoint, loaded (strictly unless ``cfg.strict`` is off).
+    ``audio_config_overrides`` shrinks the HTSAT (tests only, as in :class:`DISSEOfficial`)."""
     ckpt = as_checkpoint(ckpt, expect=("official",))
     cfg = copy.copy(cfg) if cfg is not None else OfficialConfig()
     cfg.checkpoint = str(ckpt.path)
-    return build_official(cfg, state=(ckpt.state, ckpt.entries)).to(device)
+    return build_official(cfg, state=(ckpt.state, ckpt.entries),
+                          audio_config_overrides=audio_config_overrides).to(device)
