@@ -141,6 +141,15 @@ def load_caption_rules(path: str | Path | None = None) -> "CaptionRules | Offici
     return _parse(d, str(path))
 
 
+def rule_set_of_version(version: object) -> str | None:
+    """The packaged rule set (``"v1"``, ``"official"``) whose table has ``version`` (what a shard's
+    ``render.rules_version`` records), or None for a table that is not packaged."""
+    for name in ("v1", "official"):
+        if str(load_caption_rules(name).version) == str(version):
+            return name
+    return None
+
+
 # ------------------------------------------------------------------------------------------------
 # The DISSE release's rule set (reference §3.1), reproduced exactly
 

@@ -9,7 +9,10 @@ import sys
 import click
 import numpy as np
 
+from disse.pipeline.cli import PresetOrFile
 from disse.schemas import SchemaError
+from disse.schemas.captions import RULE_SETS
+from disse.schemas.features import FEATURE_PRESETS
 from disse.trainer.model.device import resolve_device
 from disse.trainer.evaluation.embedder import FOA_FORMATS, SEGMENTS, TARGETS, Embedder, read_manifest
 
@@ -38,9 +41,10 @@ def _device(name: str) -> str:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz.")
 @click.option("--roberta-dir", type=click.Path(file_okay=False),
               help="Official checkpoint: local roberta-base folder (needed for captions and zero-shot).")
-@click.option("--features", type=click.Path(dir_okay=False),
+@click.option("--features", type=PresetOrFile(FEATURE_PRESETS),
               help="Project checkpoint: feature-parameter YAML of its shards (default: packaged).")
-@click.option("--rules", help="Caption rule table or set name for zero-shot prompts (default: the model's).")
+@click.option("--rules", type=PresetOrFile(RULE_SETS),
+              help="Caption rule table for zero-shot prompts: a preset (v1, official) or a YAML file (default: the model's).")
 @click.option("--zero-shot-prompts", type=click.Choice(["ensemble", "single"]), default=None,
               help="Default: ensemble for project models, single for the official one.")
 @click.option("--mirror-left-right", is_flag=True,

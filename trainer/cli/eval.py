@@ -20,6 +20,9 @@ import numpy as np
 from disse.schemas import SchemaError, load_caption_rules
 from disse.trainer.model.device import resolve_device
 from disse.schemas.atomic import atomic_write
+from disse.pipeline.cli import PresetOrFile
+from disse.schemas.captions import RULE_SETS
+from disse.trainer.data.loader import check_shard_rules, resolve_shards, shard_rules
 from disse.trainer.evaluation.metrics import DEFAULT_CHUNK
 from disse.trainer.model.weights import Checkpoint, read_checkpoint
 
@@ -54,7 +57,9 @@ def _device(name: str) -> str:
                                       "official_metrics.json; docs/official.md), or both.")
 @click.option("--save-official-embeddings", type=click.Path(dir_okay=False),
               help="Also write the embeddings in the release's .npz layout (audio_spatial, spatial_id, ...).")
-@click.option("--rules", type=click.Path(dir_okay=False), help="Caption rule table (default: packaged v1).")
+@click.option("--rules", type=PresetOrFile(RULE_SETS), help="Caption rule table for descriptors and zero-shot "
+              "prompts: a preset (v1, official) or a YAML file. Default: the checkpoint's (what it was trained with), "
+              "else the one the shards were captioned with, else v1.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True, help="Data loader workers.")
 @click.option("--max-items", type=click.IntRange(1), help="Embed only the first N items of the shards.")
@@ -114,10 +119,10 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
     if (roberta_dir or official_config) and official is None:
         raise SchemaError("only apply to the released checkpoint (the official model)",
                           field="--roberta-dir" if roberta_dir else "--official-config")
-    # the released model's captions and zero-shot prompts are the release's rule set
-    rules = load_caption_rules(rules_path or ("official" if official is not None else None))
+    rules_path = rules_path or _default_rules(ckpt, official, shards)
+    rules = load_caption_rules(rules_path)
     meta: dict = {"disse_version": _version(), "chunk_size": chunk_size,
-                  "caption_rules": rules_path or ("official" if official is not None else "packaged v1"),
+                  "caption_rules": rules_path or "packaged v1",
                   "rules_version": rules.version}
     meta["metric_set"] = metric_set
     t0 = time.perf_counter()
@@ -213,6 +218,23 @@ def _official(data: dict, out: str, chunk_size: int) -> dict:
     return flatten(nested)
 
 
+def _default_rules(ckpt: Checkpoint | None, official, shards: str | None) -> str | None:
+    """The rule table a command can know: the release's for the released model; the one a project checkpoint
+    was trained with (its config); else the one the shards were captioned with; else None (packaged v1)."""
+    if official is not None:
+        return "official"
+    if ckpt is not None:
+        cfg = ckpt.config
+        name = (cfg.get("eval") or {}).get("caption_rules") or (cfg.get("data") or {}).get("caption_rules")
+        if name:
+            return name
+    if shards:
+        name, _version, _where = shard_rules(resolve_shards(shards, what="--shards"), what="--shards")
+        if name and name != "v1":
+            return name
+    return None
+
+
 def _official_options(ckpt: Checkpoint, roberta_dir, official_config, metric_set):
     """The released model's options (``OfficialConfig``) when ``ckpt`` has the release's layout, else
     None. Checked before anything is embedded: the project metrics need the text side (``--roberta-dir``)."""
@@ -238,7 +260,7 @@ def _embed_official_checkpoint(ckpt: Checkpoint, cfg, shards: str, device: str, 
     """The released checkpoint over official-preset shards -> ``(Embeddings | None, release arrays, skipped)``."""
     import torch
 
-    from disse.trainer.data.loader import eval_loader, resolve_shards
+    from disse.trainer.data.loader import eval_loader
     from disse.trainer.evaluation.embedder import Embedder
     from disse.trainer.evaluation.evaluate import embed_official
 
@@ -274,12 +296,13 @@ def _embed_checkpoint(ckpt: Checkpoint, shards: str, device: str, batch_size: in
                       max_items: int | None, rules, zero_shot_prompts: str = "ensemble"):
     import torch
 
-    from disse.trainer.data.loader import eval_loader, resolve_shards
+    from disse.trainer.data.loader import eval_loader
     from disse.trainer.evaluation.evaluate import embed
     from disse.trainer.model.factory import load_delsa
 
     shard_list = resolve_shards(shards, what="--shards")  # fail fast, before building the model
     _check_preset(shard_list, "project")
+    check_shard_rules(shard_list, rules, field="--rules", what="--shards")
     dev = _device(device)
     model = load_delsa(ckpt, dev)
     loader = eval_loader(shard_list, batch_size, num_workers)

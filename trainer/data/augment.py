@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from disse.schemas import CaptionRules, SchemaError
-from disse.schemas.captions import make_captions
+from disse.schemas.captions import make_captions, rule_set_of_version
 from disse.schemas.records import wrap_azimuth
 from disse.schemas.shard import ShardMeta, stable_id_int
 
@@ -57,10 +57,12 @@ def rotate_meta(meta: ShardMeta, angle_deg: float, rules: CaptionRules, rng: np.
 def check_rules(meta: ShardMeta, rules: CaptionRules, where: str) -> None:
     """The trainer's rule table must be the one the shards were captioned with."""
     version = meta.render.get("rules_version")
-    if version is not None and version != rules.version:
-        raise SchemaError(f"shards were captioned with rule table version {version}, the trainer has "
-                          f"version {rules.version}; set data.caption_rules to the render's table",
-                          file=where, field="data.rotate_azimuth")
+    if version is not None and str(version) != str(rules.version):
+        name = rule_set_of_version(version)
+        hint = f"set data.caption_rules={name}" if name else "set data.caption_rules to the render's table"
+        raise SchemaError(f"shards were captioned with rule table version {version!r}, the trainer has "
+                          f"version {rules.version!r} (data.rotate_azimuth rebuilds captions with it): {hint}",
+                          file=where, field="data.caption_rules")
 
 
 def sample_rng(purpose: str, key: str, seed: int, pass_: int) -> np.random.Generator:

@@ -51,9 +51,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from disse.schemas import SchemaError, load_caption_rules, stable_id_int
+from disse.schemas import CaptionRules, SchemaError, load_caption_rules, stable_id_int
+from disse.schemas.captions import rule_set_of_version
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, feature_params_from_dict
-from disse.schemas.shard import (W_MEMBER, decode_iv, decode_meta, decode_w, group_tar_members,
+from disse.schemas.shard import (W_MEMBER, ShardMeta, decode_iv, decode_meta, decode_w, group_tar_members,
                                  iv_member)
 from disse.trainer.data.augment import check_rules, drop_source_clause, rotate_sample
 from disse.trainer.model.physics import direction_from_angles, iv_to_float
@@ -575,19 +576,44 @@ def eval_loader(spec: str | os.PathLike | list[str] | ShardList, batch_size: int
     return DataLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=num_workers)
 
 
-def shard_features(shards: ShardList, *, what: str = "shards") -> tuple[dict, str]:
-    """The ``features`` block of the first readable sample of ``shards`` and where it is (a preflight: which
-    preset the shards carry, before a model is run over them). ``what`` names the shards in an error."""
+def shard_meta(shards: ShardList, *, what: str = "shards") -> tuple[ShardMeta, str]:
+    """The metadata of the first readable sample of ``shards`` and where it is (a preflight: which feature
+    preset and caption rule table the shards carry, before a model is run over them). ``what`` names the
+    shards in an error."""
     errors = ErrorLog()
     for url in shards.urls:
         for sample in _raw_samples(url, errors):
             if "json" in sample:
                 where = f"{url}:{sample['__key__']}"
                 try:
-                    return dict(decode_meta(sample["json"], where=where).features or {}), where
+                    return decode_meta(sample["json"], where=where), where
                 except SchemaError:
                     continue  # an unreadable sample is the loader's to skip and count
     raise SchemaError("no readable sample in the shards", field=what)
+
+
+def shard_features(shards: ShardList, *, what: str = "shards") -> tuple[dict, str]:
+    """The ``features`` block of the first readable sample of ``shards`` and where it is."""
+    meta, where = shard_meta(shards, what=what)
+    return dict(meta.features or {}), where
+
+
+def shard_rules(shards: ShardList, *, what: str = "shards") -> tuple[str | None, object, str]:
+    """``(packaged rule-set name or None, the rules_version the shards were captioned with, where)``."""
+    meta, where = shard_meta(shards, what=what)
+    version = (meta.render or {}).get("rules_version")
+    return (rule_set_of_version(version) if version is not None else None), version, where
+
+
+def check_shard_rules(shards: ShardList, rules: CaptionRules, *, field: str = "data.caption_rules",
+                      what: str = "data.train") -> None:
+    """The rule table a command uses must be the one the shards were captioned with (descriptors, prompts and
+    rotated captions depend on it): else one SchemaError naming ``field`` and the value to set."""
+    name, version, where = shard_rules(shards, what=what)
+    if version is not None and str(version) != str(rules.version):
+        hint = f"set {field}={name}" if name else f"set {field} to the rule table the shards were rendered with"
+        raise SchemaError(f"the shards were captioned with rule table version {version!r}, but {field} gives "
+                          f"version {rules.version!r}: {hint}", file=where, field=field)
 
 
 def check_training_preset(shards: ShardList, *, what: str = "data.train") -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from disse.schemas import CaptionRules, SchemaError
+from disse.schemas.captions import NO_DESCRIPTOR
 from disse.trainer.evaluation import metrics as M
 from disse.trainer.evaluation.inference import (  # noqa: F401  (the documented disse.trainer.evaluate names)
     ZERO_SHOT_PROMPTS,
@@ -136,11 +137,21 @@ def zero_shot_metrics(emb: Embeddings, rules: CaptionRules | None, chunk_size: i
         truth = emb.descriptor_labels(attr, rules)
         if truth is None:
             continue
+        # the release's rules label a value no rule matches "none" (no words, no prompt): such items have no
+        # class to find, so they are left out of that attribute's zero-shot figures and counted
+        described = np.asarray(truth).astype(str) != NO_DESCRIPTOR
+        if NO_DESCRIPTOR in np.asarray(labels).astype(str):
+            described[:] = True
+        if not described.any():
+            continue
         try:
-            r = M.zero_shot_accuracy(emb.audio_space, prompt_emb, labels, truth, chunk_size)
+            r = M.zero_shot_accuracy(emb.audio_space[described], prompt_emb, labels, np.asarray(truth)[described],
+                                     chunk_size)
         except ValueError as exc:
             raise SchemaError(str(exc), field=DESC_PREFIX + attr) from None
         out.update({f"zeroshot/{attr}/{k}": v for k, v in r.items()})
+        if not described.all():
+            out[f"zeroshot/{attr}/n_undescribed"] = int((~described).sum())
     return out
 
 

@@ -151,8 +151,8 @@ def read_checkpoint(path: str | Path, *, expect: tuple[str, ...] | None = None, 
     one error naming the file, what it is and what was wanted); ``what`` names the option in that error."""
     path = Path(path)
     if not path.is_file():
-        raise SchemaError(f"{what} not found" if path.exists() is False else f"{what} is not a file",
-                          file=str(path))
+        raise SchemaError("file not found" if not path.exists() else "not a file (a folder?)", file=str(path),
+                          field=None if what == "checkpoint" else what)
     obj = _load_container(path)
     if not isinstance(obj, dict):
         raise _not_a_checkpoint(path, f"it holds a {type(obj).__name__}, not a dict of tensors")

@@ -24,12 +24,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from disse.schemas import SchemaError, load_caption_rules
+from disse.schemas import CaptionRules, SchemaError, load_caption_rules
 from disse.schemas.config import config_to_dict, dump_config
 from disse.trainer.training import checkpoint as ckpt
 from disse.trainer.training.config import TrainConfig
-from disse.trainer.data.loader import (ShardList, StreamPosition, check_training_preset, eval_loader,
-                                       resolve_shards, steps_per_epoch, train_loader)
+from disse.trainer.data.loader import (ShardList, StreamPosition, check_shard_rules, check_training_preset,
+                                       eval_loader, resolve_shards, shard_rules, steps_per_epoch, train_loader)
 from disse.trainer.training.distributed import DistInfo, barrier, cleanup, gather_tree, init_distributed
 from disse.trainer.training.logging_utils import RunLogger
 
@@ -60,6 +60,22 @@ class DualEncoder(nn.Module):
             text["descriptors"] = self.model.descriptor_logits(text["space"])
         return {"audio": audio, "text": text,
                 "scales": {"source": self.model.logit_scale_source, "space": self.model.logit_scale_space}}
+
+
+def resolve_caption_rules(cfg: TrainConfig, shards: ShardList) -> CaptionRules:
+    """The rule table of the run: ``data.caption_rules`` when given, else the packaged table the training shards
+    were captioned with (``render.rules_version``; v1 for shards that do not say). ``eval.caption_rules`` defaults
+    to it. Both are written into ``cfg`` (so config.yaml and the checkpoints carry them); a table that is not
+    the shards' is one SchemaError naming ``data.caption_rules``, before any worker starts."""
+    if not cfg.data.caption_rules:
+        name, _version, _where = shard_rules(shards, what="data.train")
+        if name and name != "v1":
+            cfg.data.caption_rules = name
+    rules = load_caption_rules(cfg.data.caption_rules or None)
+    check_shard_rules(shards, rules, field="data.caption_rules")
+    if not cfg.eval.caption_rules:
+        cfg.eval.caption_rules = cfg.data.caption_rules
+    return load_caption_rules(cfg.eval.caption_rules or None)
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -323,7 +339,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
     check_training_preset(shards, what="data.train")  # before building the model: one error, not a warning per sample
     if val is not None:
         check_training_preset(val, what="data.val")
-    rules = load_caption_rules(cfg.eval.caption_rules) if cfg.eval.caption_rules else load_caption_rules()
+    rules = resolve_caption_rules(cfg, shards)
 
     torch.manual_seed(t.seed)
     model = build_model(cfg)
