@@ -169,3 +169,42 @@ def finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+# ----------------------------------------------------------------------------------------------
+# the disentanglement rule (DESIGN.md, "Evaluation")
+
+LEAK_FACTOR = 1.5   # a leakage check passes within this multiple of its chance level
+IR_MIN = 3.5        # and the embedding's invariance ratio must reach this
+# embedding -> (its leakage checks, its invariance ratio)
+DISENTANGLEMENT_CHECKS = {
+    "space": (("X-SRC/t2a/R@1", "X-SRC/a2t/R@1", "AX-SRC/a2a/R@1"), "IR_space"),
+    "source": (("X-SPA/t2a/R@1", "X-SPA/a2t/R@1", "AX-SPA/a2a/R@1"), "IR_source"),
+}
+
+
+def disentanglement(m: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Per embedding (``space``, ``source``): whether it is disentangled by the rule of DESIGN.md — every
+    leakage check's R@1 within ``LEAK_FACTOR`` x its chance level and the invariance ratio at least ``IR_MIN``.
+
+    Returns ``{"disentangled": True | False | None (a figure is missing or undefined), "checks": [(key, value,
+    limit, passed, kind)]}`` with ``kind`` ``"leak"`` (passes when value <= limit) or ``"ir"`` (value >= limit).
+    """
+    out = {}
+    for emb, (leaks, ir) in DISENTANGLEMENT_CHECKS.items():
+        checks = []
+        for key in leaks:
+            value, chance = m.get(key), m.get(f"{key}/chance")
+            limit = LEAK_FACTOR * chance if _finite(chance) else None
+            passed = value <= limit if _finite(value) and limit is not None else None
+            checks.append((key, value, limit, passed, "leak"))
+        value = m.get(ir)
+        checks.append((ir, value, IR_MIN, value >= IR_MIN if _finite(value) else None, "ir"))
+        verdicts = [c[3] for c in checks]
+        out[emb] = {"disentangled": None if None in verdicts else all(verdicts), "checks": checks}
+    return out
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+

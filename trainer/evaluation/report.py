@@ -14,6 +14,7 @@ import numpy as np
 
 from disse.schemas import CaptionRules, SchemaError
 from disse.schemas.atomic import atomic_write
+from disse.trainer.evaluation.evaluate import IR_MIN, LEAK_FACTOR, disentanglement
 from disse.trainer.evaluation.evaluate import IV_MIN_DIRECTIVITY, Embeddings, finite_or_none, per_item_direction_error
 from disse.trainer.evaluation.metrics import RANDOM_DIRECTION_ERROR_DEG
 
@@ -146,11 +147,41 @@ def console_summary(m: dict) -> str:
     add("T30 MAE (ms)", "phys/t30_ms/mae", 0)
     for key in sorted(k for k in m if k.startswith("zeroshot/") and k.endswith("/acc")):
         add(f"zero-shot {key.split('/')[1]} acc", key)
+    if any(k in m for k in ("IR_space", "IR_source")):
+        lines += ["", *(verdict_line(emb, v) for emb, v in disentanglement(m).items())]
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
 # report.md
+
+_EMBEDDING_NAMES = {"space": "spatial embedding", "source": "source embedding"}
+
+
+def verdict_line(emb: str, verdict: dict[str, Any]) -> str:
+    """One sentence: is this embedding disentangled by the rule, and which figures fail it."""
+    name = _EMBEDDING_NAMES[emb]
+    if verdict["disentangled"] is None:
+        return f"{name}: undefined (a figure is missing, e.g. one RIR per clip)"
+    if verdict["disentangled"]:
+        return f"{name}: disentangled"
+    failed = [f"{k} {fmt(v, 4)} {'>' if kind == 'leak' else '<'} {fmt(limit, 4)}"
+              for k, v, limit, ok, kind in verdict["checks"] if ok is False]
+    return f"{name}: not disentangled ({'; '.join(failed)})"
+
+
+def disentanglement_markdown(m: dict) -> list[str]:
+    """The verdict of DESIGN.md's rule per embedding, with the figures that decide it."""
+    verdicts = disentanglement(m)
+    lines = ["## Disentanglement", "",
+             f"An embedding is disentangled when every leakage check's R@1 is within {LEAK_FACTOR}× its chance "
+             f"level and its invariance ratio is at least {IR_MIN}.", ""]
+    lines += [f"- **{verdict_line(emb, v)}**" for emb, v in verdicts.items()] + [""]
+    rows = [[_EMBEDDING_NAMES[emb], key, fmt(value, 4), ("≤ " if kind == "leak" else "≥ ") + fmt(limit, 4),
+             {True: "yes", False: "**no**", None: "—"}[ok]]
+            for emb, v in verdicts.items() for key, value, limit, ok, kind in v["checks"]]
+    return lines + [_table(["embedding", "figure", "value", "needs", "met"], rows), ""]
+
 
 def render_markdown(m: dict, meta: dict[str, Any], plots: dict[str, str]) -> str:
     out = ["# disse-eval report", ""]
@@ -176,6 +207,7 @@ def render_markdown(m: dict, meta: dict[str, Any], plots: dict[str, str]) -> str
             "independently, and at or below it on balanced designs (each source in each space at most "
             "once).", ""]
     out += _retrieval_table(m, LEAKAGE)
+    out += disentanglement_markdown(m)
     out += ["## Invariance ratios", "",
             "Mean cosine distance (1 − cos) over pairs of audio embeddings. IR_space = d(same source, "
             "different space) / d(same space, different source) in the spatial embedding; IR_source is the "
