@@ -13,6 +13,13 @@ ACN_ORDER = ("W", "Y", "Z", "X")
 # FuMa stores W scaled by 1/sqrt(2) and orders the channels W, X, Y, Z. At first order the
 # dipoles X, Y, Z are identical in FuMa and SN3D, so conversion is a reorder plus W * sqrt(2).
 _FUMA_TO_ACN = (0, 2, 3, 1)  # AmbiX channel i comes from FuMa channel _FUMA_TO_ACN[i]
+# Dipole-to-omni level ``rho = sqrt(sum(X² + Y² + Z²) / sum(W²))`` of first-order AmbiX / SN3D: a plane
+# wave has W = 1, (X, Y, Z) = its unit direction, so rho = 1, and so has any mix of mutually incoherent
+# plane waves (a diffuse field: 1/3 of W's energy per axis). FuMa stores W at -3 dB: a FuMa file read
+# as AmbiX gives sqrt(2), an AmbiX file read as FuMa 1/sqrt(2), N3D dipoles sqrt(3). The band's ends
+# are the geometric midpoints between 1 and sqrt(2) ** ±1 (the RIR check and read_foa both use it).
+RHO_BAND = (2 ** -0.25, 2 ** 0.25)  # 0.84 .. 1.19
+LOWPASS_HZ = 2000.0  # levels and directions are judged below this: where FOA microphones are coherent
 
 
 def plane_wave_gains(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
@@ -53,6 +60,21 @@ def ambix_to_fuma(foa: np.ndarray) -> np.ndarray:
         out[fuma] = foa[acn]
     out[0] = foa[0] / math.sqrt(2.0)
     return out
+
+
+def dipole_omni_ratio(foa: np.ndarray) -> float:
+    """``rho = sqrt(sum(X² + Y² + Z²) / sum(W²))`` of AmbiX ``(4, n)`` (ACN W, Y, Z, X): 1 for first-order
+    AmbiX / SN3D (see ``RHO_BAND``); ``inf`` when W is silent, NaN when all four are."""
+    x = np.asarray(foa, dtype=np.float64)
+    e_w, e_d = float(x[0] @ x[0]), float((x[1:] ** 2).sum())
+    if e_w > 0:
+        return math.sqrt(e_d / e_w)
+    return math.inf if e_d > 0 else math.nan
+
+
+def levels_are_ambix(rho: float) -> bool:
+    """Whether a dipole-to-omni ratio (:func:`dipole_omni_ratio`) is that of first-order AmbiX / SN3D."""
+    return RHO_BAND[0] <= rho <= RHO_BAND[1]
 
 
 def direction_of(vector: np.ndarray) -> tuple[float, float]:

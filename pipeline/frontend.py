@@ -8,12 +8,15 @@ renderer's level), with the feature functions of :mod:`disse.pipeline.features` 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.signal import butter, sosfilt
 
 from disse.pipeline.audio_io import read_audio, resample, tile_to_length, to_ambix
+from disse.pipeline.foa import LOWPASS_HZ, dipole_omni_ratio, levels_are_ambix
 from disse.pipeline.features import intensity_features  # noqa: F401  (the front end's feature functions)
 from disse.pipeline.official_features import official_intensity, resample_torchaudio  # noqa: F401
 from disse.schemas import SchemaError
@@ -23,16 +26,68 @@ SEGMENTS = ("first", "all")
 # the renderer's level (RenderOptions defaults), applied to recordings that disse-embed featurises
 TARGET_RMS_DBFS = -26.0   # RMS of W, dBFS
 MAX_PEAK = 0.99           # of full scale, over all 4 channels
+# the level check judges the band HIGHPASS_HZ .. LOWPASS_HZ (pipeline/foa.py, as the RIR check): below 2 kHz
+# real FOA microphones are coherent first-order arrays; above 250 Hz a close source's proximity boost of the
+# dipoles (|1 + 1/(jkr)|: 1.1 at 250 Hz and 0.5 m), rumble and DC stay out
+HIGHPASS_HZ = 250.0
+_LEVEL_CHUNK = 1 << 18    # samples filtered at a time (bounded memory for long recordings)
+_FORMAT_NAMES = {"ambix": "AmbiX (W, Y, Z, X; SN3D)", "fuma": "FuMa (W, X, Y, Z; W at -3 dB)"}
+
+
+class FoaFormatWarning(UserWarning):
+    """A recording's channel levels contradict the FOA format it was read as (:func:`format_mismatch`)."""
+
+
+def format_mismatch(foa: np.ndarray, sample_rate: int, foa_format: str) -> str | None:
+    """Do the levels of ``foa`` (AmbiX ``(4, T)``, already converted from ``foa_format``) contradict that format?
+
+    The criterion of the plan-time RIR check (pipeline/rir_checks.py): the dipole-to-omni ratio
+    ``rho = sqrt(sum(X² + Y² + Z²) / sum(W²))`` is 1 for first-order AmbiX / SN3D (a plane wave, or any
+    mix of incoherent ones), ``sqrt(2)`` for a FuMa file read as AmbiX and ``1 / sqrt(2)`` for an AmbiX
+    file read as FuMa (FuMa's W is at -3 dB; the conversion's channel permutation leaves the dipoles'
+    sum as it is, so the other format's reading has ``rho`` times ``sqrt(2)`` ** ±1). Judged over the
+    whole recording in the band ``HIGHPASS_HZ`` .. ``LOWPASS_HZ``. Returns None when the levels fit
+    (or the recording is silent there), else one line that says what the file looks like.
+    """
+    nyq = 0.5 * sample_rate
+    if LOWPASS_HZ < 0.9 * nyq:
+        sos = butter(2, [HIGHPASS_HZ, LOWPASS_HZ], btype="bandpass", fs=sample_rate, output="sos")
+    else:
+        sos = butter(4, HIGHPASS_HZ, btype="highpass", fs=sample_rate, output="sos")
+    zi = np.zeros((sos.shape[0], 4, 2))
+    energy = np.zeros(4)
+    for s in range(0, foa.shape[1], _LEVEL_CHUNK):
+        part, zi = sosfilt(sos, np.asarray(foa[:, s:s + _LEVEL_CHUNK], dtype=np.float64), axis=-1, zi=zi)
+        energy += np.einsum("ct,ct->c", part, part)
+    rho = dipole_omni_ratio(np.sqrt(energy)[:, None])  # the ratio of the channel energies
+    if math.isnan(rho) or levels_are_ambix(rho):
+        return None
+    other = "fuma" if foa_format == "ambix" else "ambix"
+    rho_other = rho / math.sqrt(2.0) if foa_format == "ambix" else rho * math.sqrt(2.0)
+    measured = f"read as {foa_format}, |XYZ|/W = {rho:.2f} ({HIGHPASS_HZ:g} Hz-{LOWPASS_HZ / 1000:g} kHz)"
+    if levels_are_ambix(rho_other):
+        typical = "an AmbiX file read as FuMa gives 0.71" if foa_format == "fuma" else \
+            "a FuMa file read as AmbiX gives 1.41"
+        return (f"channel levels contradict foa_format={foa_format!r}: {measured}, where first-order AmbiX/SN3D "
+                f"has 1 and {typical}; the file looks like {_FORMAT_NAMES[other]}: read it with "
+                f"foa_format={other!r} (disse-embed --format {other}), or its directions come out wrong")
+    return (f"channel levels are not first-order AmbiX/SN3D: {measured}, where AmbiX/SN3D has 1 (FuMa read "
+            f"as AmbiX 1.41, AmbiX read as FuMa 0.71, N3D 1.73; noise or raw capsule signals other values); "
+            f"its directions may be wrong")
 
 
 def read_foa(path: str | Path, foa_format: str = "ambix", sample_rate: int = 48000,
-             mirror_left_right: bool = False, resampler: str = "poly") -> np.ndarray:
+             mirror_left_right: bool = False, resampler: str = "poly", check_levels: bool = True) -> np.ndarray:
     """A 4-channel FOA file -> AmbiX ``(4, T)`` float32 at ``sample_rate`` (W, Y, Z, X; SN3D).
 
     ``foa_format="fuma"`` converts (W, X, Y, Z; W at -3 dB) on read. ``mirror_left_right`` negates Y
     (left <-> right), e.g. to present real AmbiX recordings in the released model's mirrored frame.
     ``resampler``: ``"poly"`` (scipy polyphase, as ``disse-synth`` reads audio) or ``"torchaudio"``
     (torchaudio's default sinc kernel, as the release resamples its inputs).
+
+    ``check_levels``: warn (:class:`FoaFormatWarning`, naming the file) when the channel levels contradict
+    ``foa_format`` (:func:`format_mismatch`), e.g. an AmbiX file read as FuMa, whose direction comes out
+    tens of degrees off without any error.
     """
     if foa_format not in FOA_FORMATS:
         raise SchemaError(f"must be one of {list(FOA_FORMATS)}, got {foa_format!r}", field="format")
@@ -44,6 +99,9 @@ def read_foa(path: str | Path, foa_format: str = "ambix", sample_rate: int = 480
     else:
         foa = resample(data, sr, sample_rate)
     foa = to_ambix(foa, foa_format, path)
+    problem = format_mismatch(foa, sample_rate, foa_format) if check_levels else None
+    if problem:
+        warnings.warn(f"{path}: {problem}", FoaFormatWarning, stacklevel=2)
     if mirror_left_right:
         foa = foa.copy()
         foa[1] *= -1.0

@@ -45,13 +45,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from disse.pipeline.foa import angular_error_deg, direction_of, fuma_to_ambix
+from disse.pipeline.foa import (LOWPASS_HZ, RHO_BAND, angular_error_deg, dipole_omni_ratio,  # noqa: F401
+                                direction_of, fuma_to_ambix, levels_are_ambix)
 
 DEFAULT_TOLERANCE_DEG = 20.0
-RHO_BAND = (2 ** -0.25, 2 ** 0.25)  # 0.84 .. 1.19: AmbiX plane wave 1, FuMa sqrt(2), N3D sqrt(3)
+# RHO_BAND (pipeline/foa.py, shared with read_foa's level check): AmbiX plane wave 1, FuMa sqrt(2), N3D sqrt(3)
 WINDOW_MS = (-0.5, 1.0)             # around the direct-path onset
 ONSET_DB = -20.0                    # onset: first sample within this of the energy peak
-LOWPASS_HZ = 2000.0                 # judge below this: where FOA microphones are coherent
+# LOWPASS_HZ (pipeline/foa.py, 2 kHz): judge below this, where FOA microphones are coherent
 AZIMUTH_CONVENTIONS = ("ccw", "cw")
 # capsule directions (x front, y left, z up) of a tetrahedral microphone: FLU, FRD, BLD, BRU
 TETRA = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=np.float64) / math.sqrt(3)
@@ -114,8 +115,7 @@ def first_arrival(win: np.ndarray) -> tuple[float, float, float]:
     """
     w, y, z, x = win
     vec = np.array([w @ x, w @ y, w @ z])
-    e_w = float(w @ w)
-    rho = math.sqrt(float((win[1:] ** 2).sum()) / e_w) if e_w > 0 else math.inf
+    rho = dipole_omni_ratio(win) if float(w @ w) > 0 else math.inf
     if not np.any(vec):
         return math.nan, math.nan, rho
     az, el = direction_of(vec)
@@ -129,7 +129,7 @@ def _err(az: float, el: float, meta_az: float, meta_el: float) -> float:
 
 
 def _in_band(rho: float) -> bool:
-    return RHO_BAND[0] <= rho <= RHO_BAND[1]
+    return levels_are_ambix(rho)
 
 
 def check_rir(foa: np.ndarray, sr: int, azimuth_deg: float, elevation_deg: float,

@@ -13,7 +13,7 @@ from disse.schemas import SchemaError
 from disse.schemas.config import config_to_dict
 from disse.trainer.training.config import TrainConfig
 from disse.trainer.cli.embed import _cli
-from disse.trainer.evaluation.embedder import Embedder, read_foa, windows
+from disse.trainer.evaluation.embedder import Embedder, FoaFormatWarning, read_foa, windows
 from disse.trainer.evaluation.evaluate import Embeddings, evaluate_embeddings
 from disse.trainer.model.delsa import DELSA
 
@@ -60,7 +60,8 @@ def test_fuma_file_gives_the_same_embedding_as_the_ambix_file(embedder, files):
     for k in ("audio_source", "audio_space", "est_direction", "est_t30_ms", "iv_direction"):
         assert np.allclose(a[k], f[k], atol=1e-5), k
     # reading FuMa as if it were AmbiX gives something else: the conversion is what makes them agree
-    wrong = embedder.embed_audio([files / "fuma48.wav"])
+    with pytest.warns(FoaFormatWarning, match="looks like FuMa"):  # and the levels say so
+        wrong = embedder.embed_audio([files / "fuma48.wav"])
     assert not np.allclose(a["iv_direction"], wrong["iv_direction"], atol=1e-2)
 
 
@@ -128,7 +129,7 @@ def test_cli_writes_the_npz(project_ckpt, files, tmp_path):
                                       "--audio", str(files / "fuma44.wav"), "--format", "fuma", "--caption", "a hiss",
                                       "--caption", "another hiss", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "2 item(s) embedded with the project model" in res.output
+    assert "2 item(s) embedded with the project model" in res.output and "warning" not in res.output
     assert len(Embeddings.load(out)) == 2
     manifest = tmp_path / "items.csv"
     manifest.write_text(f"audio_path,format,azimuth_deg,elevation_deg\n{files / 'ambix48.wav'},ambix,{AZ},{EL}\n"
@@ -191,3 +192,19 @@ def test_official_checkpoint_is_recognised_and_embeds(files, tmp_path):
     with np.load(tmp_path / "rel.npz") as z:
         assert str(z["model_kind"]) == "official" and z["audio_space"].shape == (2, 512)
         assert np.allclose(z["audio_space"][0], a["audio_space"][0], atol=1e-5)
+
+
+def test_cli_warns_once_when_the_levels_contradict_the_format(project_ckpt, files, tmp_path):
+    """The README's example used to pass --format fuma: on an AmbiX file that is now one warning line."""
+    res = CliRunner().invoke(_cli(), ["--checkpoint", str(project_ckpt), "--audio", str(files / "ambix48.wav"),
+                                      "--audio", str(files / "fuma48.wav"), "--format", "fuma",
+                                      "--out", str(tmp_path / "w.npz")])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(lines) == 1 and "warning" not in res.stdout, res.output
+    assert str(files / "ambix48.wav") in lines[0] and "--format ambix" in lines[0] and "looks like AmbiX" in lines[0]
+    # --segments all reads each file once too
+    res = CliRunner().invoke(_cli(), ["--checkpoint", str(project_ckpt), "--audio", str(files / "ambix44.flac"),
+                                      "--format", "fuma", "--segments", "all", "--out", str(tmp_path / "s.npz")])
+    assert res.exit_code == 0, res.output
+    assert sum(ln.startswith("warning:") for ln in res.stderr.splitlines()) == 1

@@ -4,7 +4,9 @@ The library side is :mod:`disse.trainer.evaluation.embedder` (``Embedder``).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
 
 import click
 import numpy as np
@@ -14,11 +16,32 @@ from disse.schemas import SchemaError
 from disse.schemas.captions import RULE_SETS
 from disse.schemas.features import FEATURE_PRESETS
 from disse.trainer.model.device import resolve_device
-from disse.trainer.evaluation.embedder import FOA_FORMATS, SEGMENTS, TARGETS, Embedder, read_manifest
+from disse.trainer.evaluation.embedder import FOA_FORMATS, SEGMENTS, TARGETS, Embedder, FoaFormatWarning, \
+    read_manifest
 
 
 def _device(name: str) -> str:
     return str(resolve_device(name, field="--device"))
+
+
+@contextlib.contextmanager
+def _format_warnings_as_lines():
+    """The library's :class:`FoaFormatWarning` (a recording whose levels contradict its --format) -> one
+    ``warning: ...`` line on stderr each, as it happens, once per message; other warnings as usual."""
+    shown: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", FoaFormatWarning)
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, FoaFormatWarning):
+                return default(message, category, filename, lineno, file, line)
+            if str(message) not in shown:
+                shown.add(str(message))
+                click.echo(f"warning: {message}", err=True)
+
+        warnings.showwarning = show
+        yield
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,6 +78,13 @@ def _device(name: str) -> str:
 def command(checkpoint, config, audio, captions, manifest, foa_format, segments, source_ids, space_ids, out,
             roberta_dir, features, rules, zero_shot_prompts, mirror_left_right, no_strict, batch_size, device):
     """Embed FOA recordings and/or captions into the .npz layout disse-eval --embeddings reads."""
+    with _format_warnings_as_lines():
+        _embed(checkpoint, config, audio, captions, manifest, foa_format, segments, source_ids, space_ids, out,
+               roberta_dir, features, rules, zero_shot_prompts, mirror_left_right, no_strict, batch_size, device)
+
+
+def _embed(checkpoint, config, audio, captions, manifest, foa_format, segments, source_ids, space_ids, out,
+           roberta_dir, features, rules, zero_shot_prompts, mirror_left_right, no_strict, batch_size, device):
     try:
         modalities, text_max_length, strict = None, 512, not no_strict
         if config:

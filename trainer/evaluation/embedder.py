@@ -22,7 +22,7 @@ Python API::
 
     from disse.trainer.evaluation.embedder import Embedder
     emb = Embedder.load("runs/demo/checkpoints/best.pt")          # or the released disse_epoch20.pt
-    audio = emb.embed_audio(["take1.wav"], foa_format="fuma")     # dict of (N, ...) arrays
+    audio = emb.embed_audio(["take1.wav"], foa_format="ambix")    # dict of (N, ...) arrays; "fuma" for FuMa files
     text = emb.embed_text(["A dog barks to the left of a small room."])
     emb.save("emb.npz", emb.embed(audio_paths=["take1.wav"], captions=["A dog barks ..."]))
 """
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from disse.schemas import SchemaError, load_caption_rules
-from disse.pipeline.frontend import FOA_FORMATS, SEGMENTS, read_foa, windows  # noqa: F401  (documented here too)
+from disse.pipeline.frontend import FOA_FORMATS, SEGMENTS, FoaFormatWarning, read_foa, windows  # noqa: F401
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, load_feature_params
 from disse.trainer.evaluation.embeddings import EMBEDDING_ARRAYS, PROMPT_EMB_PREFIX, PROMPT_LABEL_PREFIX, Embeddings, \
     write_npz

@@ -14,6 +14,7 @@ import numpy as np
 
 from disse.schemas import CaptionRules, SchemaError
 from disse.schemas.atomic import atomic_write
+from disse.schemas.display import display_labels
 from disse.trainer.evaluation.evaluate import IR_MIN, LEAK_FACTOR, disentanglement
 from disse.trainer.evaluation.evaluate import IV_MIN_DIRECTIVITY, Embeddings, finite_or_none, per_item_direction_error
 from disse.trainer.evaluation.metrics import RANDOM_DIRECTION_ERROR_DEG
@@ -290,7 +291,9 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _scatter_by(ax, xy: np.ndarray, labels: np.ndarray, title: str, legend_title: str,
-                order: list[str] | None = None) -> None:
+                order: list[str] | None = None, ids: bool = False) -> None:
+    """One panel, coloured by ``labels`` (the ``MAX_COLOURS`` commonest, or ``order``). ``ids``: the
+    labels are ids (source paths, ...): the legend shows them by :func:`display_labels`, distinct."""
     import matplotlib.pyplot as plt
 
     labels = np.asarray(labels).astype(str)
@@ -301,6 +304,8 @@ def _scatter_by(ax, xy: np.ndarray, labels: np.ndarray, title: str, legend_title
         shown = [str(u) for u in uniq[np.argsort(-counts, kind="stable")]]
     other = len(shown) > MAX_COLOURS
     shown = shown[:MAX_COLOURS]
+    names = dict(zip(shown, display_labels(shown))) if ids else {
+        u: u if len(u) <= 28 else u[:25] + "…" for u in shown}
     cmap = plt.get_cmap("tab10")
     size = float(np.clip(6000.0 / max(len(xy), 1), 5.0, 40.0))  # big dots for small sets, small for large
     rest = ~np.isin(labels, shown)
@@ -309,7 +314,7 @@ def _scatter_by(ax, xy: np.ndarray, labels: np.ndarray, title: str, legend_title
                    linewidths=0)
     for i, u in enumerate(shown):
         sel = labels == u
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=cmap(i % 10), label=u if len(u) <= 28 else u[:25] + "…",
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=cmap(i % 10), label=names[u],
                    linewidths=0, alpha=0.85)
     ax.set_title(title, fontsize=10)
     ax.legend(title=legend_title + (f" ({MAX_COLOURS} most frequent)" if other else ""), fontsize=7,
@@ -340,7 +345,7 @@ def plot_projections(emb: Embeddings, rules: CaptionRules | None, path: Path, wh
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.6 * rows), squeeze=False)
     for ax, (title, labels, legend_title, order) in zip(axes.flat, panels):
-        _scatter_by(ax, xy, labels, title, legend_title, order)
+        _scatter_by(ax, xy, labels, title, legend_title, order, ids=legend_title.endswith("_id"))
         ax.set_xlabel(f"PC1 ({100 * frac[0]:.1f}% of variance)", fontsize=8)
         ax.set_ylabel(f"PC2 ({100 * frac[1]:.1f}% of variance)", fontsize=8)
         ax.tick_params(labelsize=7)
