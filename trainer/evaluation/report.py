@@ -15,8 +15,8 @@ import numpy as np
 from disse.schemas import CaptionRules, SchemaError
 from disse.schemas.atomic import atomic_write
 from disse.schemas.display import display_labels
-from disse.trainer.evaluation.evaluate import IR_MIN, LEAK_FACTOR, disentanglement
-from disse.trainer.evaluation.evaluate import IV_MIN_DIRECTIVITY, Embeddings, finite_or_none, per_item_direction_error
+from disse.trainer.evaluation.evaluate import (IR_MIN, IV_MIN_DIRECTIVITY, LEAK_FACTOR, Embeddings, disentanglement,
+                                              finite_or_none, per_item_direction_error)
 from disse.trainer.evaluation.metrics import RANDOM_DIRECTION_ERROR_DEG
 
 METRICS_FORMAT = "disse-eval metrics"
