@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from disse.schemas.errors import SchemaError
+from disse.trainer.model.adversary import SourceAdversary
 from disse.trainer.model.audio_encoder import AudioConfig, AudioEncoder, HTSATConfig, SpatialConfig, mlp
 from disse.trainer.model.physics import SCALARS
 from disse.trainer.model.spatial import ROOM_STATS_DIM
@@ -60,6 +61,10 @@ class ModelConfig:
     # the audio and the text space embeddings (loss.descriptor_weight). The trainer fills it from the
     # rule table when that weight is > 0; empty = no classifiers.
     descriptor_classes: dict = field(default_factory=dict)
+    # > 0: a source classifier over this many hashed source-id classes reads the audio spatial embedding
+    # through gradient reversal (trainer/model/adversary.py; loss.source_adversary_weight); 0 = none
+    source_adversary_buckets: int = 0
+    source_adversary_hidden: int = 256
 
 
 class DescriptorClassifier(nn.Module):
@@ -116,6 +121,9 @@ class DELSA(nn.Module):
         # classification with text prototypes asks of them (docs/spatial.md).
         self.descriptor_heads = nn.ModuleDict({
             attr: DescriptorClassifier(cfg.space_dim, len(labels)) for attr, labels in sorted(cfg.descriptor_classes.items())})
+        self.source_adversary = (SourceAdversary(cfg.space_dim, cfg.source_adversary_buckets,
+                                                 cfg.source_adversary_hidden)
+                                 if cfg.source_adversary_buckets > 0 else None)
         init = math.log(1.0 / cfg.init_temperature)
         self.logit_scale_source = nn.Parameter(torch.tensor(init))
         self.logit_scale_space = nn.Parameter(torch.tensor(init))

@@ -58,6 +58,8 @@ class DualEncoder(nn.Module):
         if len(getattr(self.model, "descriptor_heads", ())):
             audio["descriptors"] = self.model.descriptor_logits(audio["space"])
             text["descriptors"] = self.model.descriptor_logits(text["space"])
+        if getattr(self.model, "source_adversary", None) is not None:
+            audio["source_adversary"] = self.model.source_adversary(audio["space"])
         return {"audio": audio, "text": text,
                 "scales": {"source": self.model.logit_scale_source, "space": self.model.logit_scale_space}}
 

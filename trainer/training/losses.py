@@ -36,6 +36,9 @@ class LossConfig:
     # land in the same regions of both spaces, what zero-shot prototypes need (docs/spatial.md);
     # class-balanced within the batch (balanced_cross_entropy)
     descriptor_weight: float = 0.0
+    # cross-entropy of the source adversary (model.source_adversary_buckets) on the audio spatial embedding;
+    # its gradient reaches the embedding reversed, so the embedding unlearns which recording it heard
+    source_adversary_weight: float = 0.0
     max_logit_scale: float = 100.0   # exp(log scale) clamped to [min, max] (CLIP: 100)
     min_logit_scale: float = 1.0
 
@@ -126,6 +129,10 @@ class DELSALoss(nn.Module):
             if ce:
                 terms["descriptors"] = torch.stack(ce).mean()
                 total = total + c.descriptor_weight * terms["descriptors"]
+        if c.source_adversary_weight and "source_adversary" in audio_out:
+            logits = audio_out["source_adversary"].float()
+            terms["source_adversary"] = F.cross_entropy(logits, torch.remainder(batch["source_id"], logits.shape[1]))
+            total = total + c.source_adversary_weight * terms["source_adversary"]
         if batch.get("targets") is not None and "phys" in audio_out:
             phys = audio_out["phys"]
             n = phys["direction"].shape[0]
