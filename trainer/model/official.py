@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from disse.schemas.errors import SchemaError
-from disse.schemas.features import OFFICIAL_CLAP_PREPROCESSOR, official_htsat_inputs
 from disse.trainer.model.weights import read_checkpoint
 
 # laion/clap-htsat-fused config.json, "audio_config" (the values the checkpoint's shapes pin, plus
@@ -168,6 +167,40 @@ def clap_audio_config(overrides: dict[str, Any] | None = None):
     return ClapAudioConfig(**values)
 
 
+# The release's HTSAT input (reference §1.4): the hub preprocessor_config.json of
+# laion/clap-htsat-fused, written here so nothing is fetched; the release calls the extractor with
+# truncation="max_length" (Slaney mel, one plane, is_longer all False), never the default "fusion".
+OFFICIAL_CLAP_PREPROCESSOR: dict = {
+    "feature_size": 64, "sampling_rate": 48000, "hop_length": 480, "max_length_s": 10,
+    "fft_window_size": 1024, "padding_value": 0.0, "return_attention_mask": False,
+    "frequency_min": 50, "frequency_max": 14000, "top_db": None,
+    "truncation": "fusion", "padding": "repeatpad",
+}
+OFFICIAL_CLAP_CALL: dict = {"sampling_rate": 48000, "padding": "repeatpad", "truncation": "max_length",
+                            "max_length": 480000, "return_tensors": "pt"}
+
+
+def official_htsat_inputs(omni_48k, extractor=None) -> dict:
+    """W channel(s) at 48 kHz -> the release's HTSAT inputs, via transformers' ClapFeatureExtractor.
+
+    ``omni_48k``: ``(T,)`` or ``(B, T)`` array / tensor, or a list of 1-D arrays (480000 samples each
+    in the release). Returns ``{"input_features": (B, 1, 1001, 64) float32, "is_longer": (B, 1) bool}``
+    as torch tensors on the CPU. ``extractor`` defaults to one built from
+    :data:`OFFICIAL_CLAP_PREPROCESSOR` (no download).
+    """
+    import numpy as np
+
+    if extractor is None:
+        from transformers import ClapFeatureExtractor
+        extractor = ClapFeatureExtractor(**OFFICIAL_CLAP_PREPROCESSOR)
+    if hasattr(omni_48k, "detach"):
+        omni_48k = omni_48k.detach().cpu().numpy()
+    if isinstance(omni_48k, np.ndarray):
+        omni_48k = [omni_48k] if omni_48k.ndim == 1 else list(omni_48k)
+    items = [np.asarray(x, dtype=np.float32) for x in omni_48k]
+    return dict(extractor(items, **OFFICIAL_CLAP_CALL))
+
+
 class ClapHTSAT(nn.Module):
     """``omni_48k (B, T) -> (B, 768)``: CLAP feature extractor (release call) + ``ClapAudioModel`` pooler.
 
@@ -187,7 +220,7 @@ class ClapHTSAT(nn.Module):
 
     def features(self, omni_48k: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, T)`` float W channel at 48 kHz -> ``{"input_features": (B, 1, 1001, 64), "is_longer": (B, 1)}``
-        (:func:`disse.schemas.features.official_htsat_inputs`: the release's ClapProcessor call)."""
+        (:func:`official_htsat_inputs`: the release's ClapProcessor call)."""
         from transformers import ClapFeatureExtractor
 
         if omni_48k.dim() != 2:
