@@ -29,6 +29,7 @@ from torch import nn
 from disse.schemas.errors import SchemaError
 from disse.trainer.model.clap_checkpoint import LoadReport, laion_htsat_to_clap_audio, load_into, read_state_dict, \
     sub_state_dict
+from disse.trainer.model.hf import quiet_transformers
 
 # laion-clap model_configs/HTSAT-{tiny,base}.json "audio_cfg" (identical for both presets).
 LAION_AUDIO_CFG: dict[str, Any] = {"clip_samples": 480000, "mel_bins": 64, "sample_rate": 48000,
@@ -191,9 +192,7 @@ def build_htsat(cfg: HTSATConfig) -> nn.Module:
     from transformers import ClapAudioConfig, ClapAudioModel
     from transformers.models.clap.modeling_clap import ClapAudioAttention
 
-    from disse.trainer.model.text_encoder import _quiet_transformers
-
-    _quiet_transformers()
+    quiet_transformers()
     arch, audio = htsat_arch(cfg), htsat_audio_cfg(cfg)
     n = len(arch["depths"])
     config = ClapAudioConfig(

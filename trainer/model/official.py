@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from disse.schemas.errors import SchemaError
+from disse.trainer.model.hf import quiet_transformers
 from disse.trainer.model.weights import read_checkpoint
 
 # laion/clap-htsat-fused config.json, "audio_config" (the values the checkpoint's shapes pin, plus
@@ -212,9 +213,7 @@ class ClapHTSAT(nn.Module):
         super().__init__()
         from transformers import ClapAudioModel
 
-        from disse.trainer.model.text_encoder import _quiet_transformers
-
-        _quiet_transformers()
+        quiet_transformers()
         self.model = ClapAudioModel(clap_audio_config(audio_config_overrides))
         self._extractor = None
 
@@ -276,9 +275,7 @@ class OfficialTextEncoder(nn.Module):
         super().__init__()
         from transformers import RobertaConfig, RobertaModel
 
-        from disse.trainer.model.text_encoder import _quiet_transformers
-
-        _quiet_transformers()
+        quiet_transformers()
         self.path = resolve_roberta_dir(roberta_dir)
         config = RobertaConfig.from_pretrained(str(self.path), local_files_only=True)
         self.roberta = RobertaModel(config)  # with pooler; weights from the DISSE checkpoint

@@ -25,6 +25,7 @@ from torch import nn
 
 from disse.schemas.errors import SchemaError
 from disse.trainer.model.clap_checkpoint import LoadReport, load_into, read_state_dict, sub_state_dict
+from disse.trainer.model.hf import quiet_transformers
 
 KINDS = ("minilm", "clap_roberta")
 POOLINGS = ("mean", "tokens")
@@ -96,13 +97,6 @@ class Tokenizer:
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 class TextEncoder(nn.Module):
     """``tokens -> (B, out_dim)`` shared text embedding (not normalised)."""
 
@@ -110,7 +104,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         from transformers import AutoConfig, AutoModel, RobertaModel
 
-        _quiet_transformers()
+        quiet_transformers()
         self.cfg = cfg
         path = resolve_hf_dir(cfg)
         self.load_report: LoadReport | None = None
