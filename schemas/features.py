@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from disse.configs import config_path
 from disse.schemas.errors import SchemaError
 
 
@@ -154,8 +155,6 @@ def load_feature_params(path: str | Path | None = None) -> AnyFeatureParams:
 
     ``path`` may also be a preset name (``project`` or ``official``): the packaged YAML of that preset.
     """
-    from disse.configs import config_path
-
     if path is None:
         path = config_path("features.yaml")
     elif str(path) in FEATURE_PRESETS and not Path(path).is_file():
