@@ -28,9 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from transformers import (ClapAudioConfig, ClapAudioModel, ClapFeatureExtractor, RobertaConfig, RobertaModel,
+                          RobertaTokenizer)
 
+from disse.configs import config_path
+from disse.schemas.config import load_config
 from disse.schemas.errors import SchemaError
 from disse.trainer.model.hf import quiet_transformers
 from disse.trainer.model.weights import read_checkpoint
@@ -100,9 +105,6 @@ class _OfficialFile:
 def load_official_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> OfficialConfig:
     """``model.official`` of a YAML file (default the packaged configs/official.yaml), with dotted
     overrides (``model.official.roberta_dir=/data/roberta-base``); names and types are checked."""
-    from disse.configs import config_path
-    from disse.schemas.config import load_config
-
     path = path or config_path("official.yaml")
     cfg = load_config(_OfficialFile, path, overrides)
     if cfg.model.preset != "official":
@@ -161,8 +163,6 @@ class OfficialSpatialBranch(nn.Module):
 
 def clap_audio_config(overrides: dict[str, Any] | None = None):
     """transformers ``ClapAudioConfig`` of ``laion/clap-htsat-fused`` (``overrides`` only for tests)."""
-    from transformers import ClapAudioConfig
-
     values = {k: v for k, v in CLAP_HTSAT_FUSED_AUDIO.items() if k != "model_type"}
     values.update(overrides or {})
     return ClapAudioConfig(**values)
@@ -189,10 +189,7 @@ def official_htsat_inputs(omni_48k, extractor=None) -> dict:
     as torch tensors on the CPU. ``extractor`` defaults to one built from
     :data:`OFFICIAL_CLAP_PREPROCESSOR` (no download).
     """
-    import numpy as np
-
     if extractor is None:
-        from transformers import ClapFeatureExtractor
         extractor = ClapFeatureExtractor(**OFFICIAL_CLAP_PREPROCESSOR)
     if hasattr(omni_48k, "detach"):
         omni_48k = omni_48k.detach().cpu().numpy()
@@ -211,8 +208,6 @@ class ClapHTSAT(nn.Module):
 
     def __init__(self, audio_config_overrides: dict[str, Any] | None = None) -> None:
         super().__init__()
-        from transformers import ClapAudioModel
-
         quiet_transformers()
         self.model = ClapAudioModel(clap_audio_config(audio_config_overrides))
         self._extractor = None
@@ -220,8 +215,6 @@ class ClapHTSAT(nn.Module):
     def features(self, omni_48k: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, T)`` float W channel at 48 kHz -> ``{"input_features": (B, 1, 1001, 64), "is_longer": (B, 1)}``
         (:func:`official_htsat_inputs`: the release's ClapProcessor call)."""
-        from transformers import ClapFeatureExtractor
-
         if omni_48k.dim() != 2:
             raise ValueError(f"omni_48k must be (B, T), got {tuple(omni_48k.shape)}")
         if self._extractor is None:
@@ -273,8 +266,6 @@ class OfficialTextEncoder(nn.Module):
 
     def __init__(self, roberta_dir: str | None, max_length: int = 512) -> None:
         super().__init__()
-        from transformers import RobertaConfig, RobertaModel
-
         quiet_transformers()
         self.path = resolve_roberta_dir(roberta_dir)
         config = RobertaConfig.from_pretrained(str(self.path), local_files_only=True)
@@ -291,8 +282,6 @@ class OfficialTextEncoder(nn.Module):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import RobertaTokenizer
-
             self._tokenizer = RobertaTokenizer.from_pretrained(str(self.path), local_files_only=True)
         return self._tokenizer
 

