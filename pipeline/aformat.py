@@ -24,11 +24,16 @@ The release pinned pyroomacoustics 0.8.4; other versions may differ in the last 
 from __future__ import annotations
 
 import ast
+import csv
 import math
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import pyroomacoustics as pra
+import soundfile as sf
+from pyroomacoustics.directivities import CardioidFamily, DirectionVector
+from tqdm import tqdm
 
 from disse.schemas import SchemaError
 from disse.schemas.atomic import atomic_write
@@ -112,9 +117,6 @@ def source_position(row: Mapping[str, str], where: str = "rir_fixed.csv") -> tup
 
 def simulate_catalogue_rir(row: Mapping[str, str], where: str = "rir_fixed.csv") -> tuple[np.ndarray, int]:
     """One ``rir_fixed.csv`` row -> A-format RIR ``(4, L)`` float32 (m0..m3) and its rate (48000)."""
-    import pyroomacoustics as pra
-    from pyroomacoustics.directivities import CardioidFamily, DirectionVector
-
     dims, pos = source_position(row, where)
     try:
         fs, alpha = int(float(row["fs"])), float(row["alpha"])
@@ -138,8 +140,6 @@ def simulate_catalogue_rir(row: Mapping[str, str], where: str = "rir_fixed.csv")
 
 def read_catalogue(path: str | Path) -> list[dict[str, str]]:
     """Rows of a release catalogue CSV (``utf-8-sig``, as the release reads it); empty is an error."""
-    import csv
-
     path = Path(path)
     if not path.is_file():
         raise SchemaError("catalogue not found", file=str(path))
@@ -159,9 +159,6 @@ def regenerate_catalogue_rirs(catalogue: str | Path, out_dir: str | Path, *, for
                               limit: int | None = None, progress: bool = False) -> list[Path]:
     """Write ``<out_dir>/<basename of rir_path>`` (PCM_16 WAV, [T, 4] A-format) for every catalogue row;
     existing files are kept unless ``force``. Returns the paths in catalogue order."""
-    import soundfile as sf
-    from tqdm import tqdm
-
     rows = read_catalogue(catalogue)[:limit]
     out = Path(out_dir)
     header = list(rows[0])

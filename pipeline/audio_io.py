@@ -34,6 +34,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from disse.pipeline.aformat import aformat_to_ambix
 from disse.pipeline.foa import fuma_to_ambix
 from disse.schemas import SchemaError
 
@@ -154,7 +155,6 @@ def to_ambix(data: np.ndarray, foa_format: str, path: str | Path) -> np.ndarray:
     if foa_format == "fuma":
         return fuma_to_ambix(data)
     if foa_format == "aformat":  # tetrahedral capsules: the DISSE release's A -> B matrix, dipoles to SN3D
-        from disse.pipeline.aformat import aformat_to_ambix
         return aformat_to_ambix(data).astype(np.float32, copy=False)
     if foa_format != "ambix":
         raise SchemaError(f"unknown FOA format {foa_format!r}", file=str(path), field="foa_format")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.shell_completion import CompletionItem
 
 from disse.pipeline.aformat import regenerate_catalogue_rirs
 from disse.pipeline.captions import make_captions
@@ -24,10 +25,10 @@ from disse.pipeline.render import (CAPTION_CONFLICT_POLICIES, RenderOptions, Rir
 from disse.pipeline.rir_checks import AZIMUTH_CONVENTIONS
 from disse.pipeline.rirs import SimParams, simulate_bank
 from disse.pipeline.shards import write_json_atomic
-from disse.pipeline.splits import SPLITS
+from disse.pipeline.splits import SPLITS, per_sample_rng
 from disse.pipeline.upgrade import upgrade_tree
 from disse.configs import config_path
-from disse.schemas import SchemaError
+from disse.schemas import SchemaError, load_caption_rules, load_feature_params, read_rirs_csv
 from disse.schemas.captions import RULE_SETS
 from disse.schemas.features import FEATURE_PRESETS
 from disse.schemas.shard import SCHEMA_VERSION
@@ -72,8 +73,6 @@ class PresetOrFile(click.ParamType):
         return self._path.convert(value, param, ctx)
 
     def shell_complete(self, ctx, param, incomplete):
-        from click.shell_completion import CompletionItem
-
         return ([CompletionItem(n) for n in self.presets if n.startswith(incomplete)]
                 + [CompletionItem(incomplete, type="file")])
 
@@ -202,8 +201,6 @@ def render_command(clips_csv, audio_dir, rirs_csv, out_dir, workers, seed, split
     array, give every job the same arguments plus --job-index/--num-jobs (or --shard-range);
     the union of their outputs equals a single run's, byte for byte.
     """
-    from disse.schemas import load_caption_rules, load_feature_params
-
     if (job_index is None) != (num_jobs is None):
         raise click.UsageError("--job-index and --num-jobs go together")
     options = RenderOptions(seed=seed, split_seed=split_seed, room_column=room_column,
@@ -287,9 +284,6 @@ def render_command(clips_csv, audio_dir, rirs_csv, out_dir, workers, seed, split
 @click.option("--rules", "rules_yaml", type=PresetOrFile(RULE_SETS), default=None, help=RULES_OPTION_HELP)
 def captions_command(rirs_csv, limit, seed, source_caption, rules_yaml):
     """Preview metadata -> language: descriptors, space_id and captions of the first RIRs."""
-    from disse.pipeline.splits import per_sample_rng
-    from disse.schemas import load_caption_rules, read_rirs_csv
-
     rules = load_caption_rules(rules_yaml)
     for rir in read_rirs_csv(rirs_csv)[:limit]:
         values = {"azimuth_deg": rir.azimuth_deg, "elevation_deg": rir.elevation_deg,

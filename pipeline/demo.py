@@ -27,8 +27,11 @@ test samples (about 2.4 GB of shards; about 2 minutes on 2 idle cores).
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,6 +40,9 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import lfilter
 
+from disse.pipeline.lock import RenderLock
+from disse.pipeline.render import RenderOptions, plan_from_files, pool_context, run_plan
+from disse.pipeline.rirs import simulate_bank
 from disse.pipeline.splits import stable_uint
 from disse.schemas.atomic import atomic_write
 
@@ -530,8 +536,6 @@ def room_cell(room: int, splits: list[str]) -> int:
 
 
 def _simulate_room(args: tuple[str, int, int, int]) -> list[dict]:
-    from disse.pipeline.rirs import simulate_bank
-
     out_dir, room, cell, split, positions, seed = args
     area, t30, distance = ROOM_GRID[cell]
     sub = Path(out_dir) / f"room{room:03d}"
@@ -557,8 +561,6 @@ def write_rir_bank(out_dir: Path, n_rooms: int, positions_per_room: int, seed: i
     splits = room_splits(n_rooms)
     jobs = [(str(out_dir), r, room_cell(r, splits), splits[r], positions_per_room, seed) for r in range(n_rooms)]
     if workers > 1 and n_rooms > 1:
-        from disse.pipeline.render import pool_context
-
         with pool_context().Pool(min(workers, n_rooms)) as pool:
             per_room = pool.map(_simulate_room, jobs)
             pool.close()
@@ -594,10 +596,6 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, workers: in
     """Generate the corpus and RIR bank under ``{out}/inputs`` (reused when already complete)
     and render ``{out}/{train,val,test}``; returns the render manifest. The folder is locked for the
     whole run (:class:`~disse.pipeline.lock.RenderLock`): a second demo or render into it is refused."""
-    import sys
-
-    from disse.pipeline.lock import RenderLock
-
     out = Path(out_dir)
     with RenderLock(out) as guard:
         if guard.note:
@@ -606,8 +604,6 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, workers: in
 
 
 def _run_demo_locked(out: Path, cfg: DemoConfig, workers: int, progress: bool) -> dict:
-    from disse.pipeline.render import RenderOptions, plan_from_files, run_plan
-
     inputs = out / "inputs"
     stamp = inputs / "inputs.txt"
     clips_csv, rirs_csv = inputs / "dry" / "clips.csv", inputs / "rirs" / "rirs.csv"
@@ -632,9 +628,6 @@ def _run_demo_locked(out: Path, cfg: DemoConfig, workers: int, progress: bool) -
 def _drop_stale_render(out: Path, plan, progress: bool) -> None:
     """The demo owns its folder: shards of an earlier demo with other settings (even a killed one)
     are removed, where a plain ``render`` refuses to mix renders."""
-    import json
-    import shutil
-
     wanted = {t.name[:-4]: t.fingerprint for t in plan.shards}
     stale = False
     manifest = out / "manifest.json"

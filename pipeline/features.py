@@ -21,6 +21,8 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft
 
+from disse.pipeline.foa import direction_of
+from disse.pipeline.official_features import official_iv
 from disse.schemas import FeatureParams
 from disse.schemas.features import OfficialFeatureParams
 
@@ -98,7 +100,6 @@ def intensity_features(foa: np.ndarray, params: FeatureParams | OfficialFeatureP
     ``(6, 201, 1601)`` (:func:`disse.pipeline.official_features.official_iv`).
     """
     if isinstance(params, OfficialFeatureParams):
-        from disse.pipeline.official_features import official_iv
         return official_iv(foa, params)
     if foa.ndim != 2 or foa.shape[0] != 4:
         raise ValueError(f"FOA must be (4, T), got {foa.shape}")
@@ -128,8 +129,6 @@ def direction_from_iv(iv: np.ndarray, min_directivity: float = 0.0, features: di
     as after an onset) recovers the direct path. Pass the sample's ``features`` block to read an
     ``official`` preset ``iv`` ([act Y, Z, X] first).
     """
-    from disse.pipeline.foa import direction_of
-
     if features is not None and features.get("preset", "project") == "official":
         iv = np.asarray(iv)[[2, 0, 1]]  # official rows act Y, Z, X -> x, y, z (axes bins x frames)
     act = np.asarray(iv[:3], dtype=np.float64)

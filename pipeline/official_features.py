@@ -17,9 +17,11 @@ float32 ``(i_act, i_rea)``, each ``(3, 201, 1601)``; :func:`official_iv` stacks 
 from __future__ import annotations
 
 import math
+import multiprocessing
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from disse.schemas.features import OfficialFeatureParams
 
@@ -29,8 +31,6 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 @lru_cache(maxsize=4)
 def _sinc_kernel(orig: int, new: int, width_zc: int = 6, rolloff: float = 0.99):
     """torchaudio's ``_get_sinc_resample_kernel`` for float32 input: ``(new', 1, K)`` and its width."""
-    import torch
-
     g = math.gcd(int(orig), int(new))
     orig, new = orig // g, new // g
     base = min(orig, new) * rolloff
@@ -48,8 +48,6 @@ def _sinc_kernel(orig: int, new: int, width_zc: int = 6, rolloff: float = 0.99):
 
 def resample_torchaudio(x, orig: int, new: int):
     """``torchaudio.functional.resample(x, orig, new)`` with its defaults; ``x`` float32 tensor ``(..., T)``."""
-    import torch
-
     if orig == new:
         return x
     kernel, width, o, n = _sinc_kernel(int(orig), int(new))
@@ -79,8 +77,6 @@ def official_intensity(foa: np.ndarray, params: OfficialFeatureParams | None = N
 
     ``T`` other than 480000 is tiled / cropped first, as the release does.
     """
-    import torch
-
     _one_thread_in_workers()
     p = params or OfficialFeatureParams()
     foa = np.asarray(foa, dtype=np.float32)
@@ -107,10 +103,6 @@ def _one_thread_in_workers() -> None:
     """In a worker process (render / grid pools) torch gets one thread: the processes use the cores."""
     global _THREADS_CHECKED
     if not _THREADS_CHECKED:
-        import multiprocessing
-
-        import torch
-
         if multiprocessing.parent_process() is not None:
             torch.set_num_threads(1)
         _THREADS_CHECKED = True

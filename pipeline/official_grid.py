@@ -26,14 +26,19 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from disse.pipeline.aformat import aformat_to_ambix, read_catalogue
+from disse.pipeline.audio_io import read_audio
 from disse.pipeline.official_features import fit_repeat, official_iv, resample_torchaudio
+from disse.pipeline.render import pool_context
 from disse.pipeline.shards import shard_name, write_json_atomic, write_tar_atomic
 from disse.pipeline.splits import sample_key
 from disse.schemas import SchemaError, ShardMeta, encode_sample, load_caption_rules
@@ -134,10 +139,6 @@ def plan_grid(audio_catalogue: str | Path, rir_catalogue: str | Path, dry_root: 
 
 def load_dry_official(path: str | Path, sample_rate: int = 48000, n_samples: int = 480000) -> np.ndarray:
     """Dry clip -> mono (channel mean) -> 48 kHz (torchaudio's kernel) -> tiled / cropped, ``(n_samples,)``."""
-    import torch
-
-    from disse.pipeline.audio_io import read_audio
-
     data, sr = read_audio(path)
     mono = data.astype(np.float32).mean(axis=0)
     x = resample_torchaudio(torch.from_numpy(np.ascontiguousarray(mono)), sr, sample_rate).numpy()
@@ -148,10 +149,6 @@ def load_dry_official(path: str | Path, sample_rate: int = 48000, n_samples: int
 
 def load_aformat_rir(path: str | Path, sample_rate: int = 48000) -> np.ndarray:
     """A-format RIR WAV -> ``(4, L)`` float32 at ``sample_rate`` (resampled with torchaudio's kernel if needed)."""
-    import torch
-
-    from disse.pipeline.audio_io import read_audio
-
     data, sr = read_audio(path)
     if data.shape[0] != 4:
         raise SchemaError(f"A-format RIR must have 4 channels, got {data.shape[0]}", file=str(path), field="channels")
@@ -206,8 +203,6 @@ def _shard_task(args: tuple[list[GridItem], str, int]) -> tuple[str, int]:
 
 def write_release_manifest(items: list[GridItem], path: Path) -> None:
     """The release's manifest CSV (paths relative to its folder) for cross-checking."""
-    import os
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -222,10 +217,6 @@ def build_grid(items: list[GridItem], out: str | Path, *, seed: int = 42, shard_
                workers: int = 1, progress: bool = True) -> dict:
     """Write the grid's shards (complete ones are kept), ``test/sizes.json``, ``manifest.csv`` and
     ``grid.json``; returns the summary."""
-    from tqdm import tqdm
-
-    from disse.pipeline.render import pool_context
-
     out = Path(out)
     chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
     tasks = [(c, str(out / SPLIT / shard_name(SPLIT, k)), seed) for k, c in enumerate(chunks)]

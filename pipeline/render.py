@@ -26,25 +26,29 @@ import hashlib
 import json
 import math
 import multiprocessing as mp
+import sys
 from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import pandas as pd
 import scipy.fft
+from tqdm import tqdm
 
 from disse.pipeline.audio_io import load_clip, load_rir
 from disse.pipeline.captions import SpatialWordMatcher, make_captions
 from disse.pipeline.features import intensity_features
 from disse.pipeline.frontend import MAX_PEAK, TARGET_RMS_DBFS, normalise_level
+from disse.pipeline.lock import REFRESH_EVERY_S, RenderLock
 from disse.pipeline.rir_checks import AZIMUTH_CONVENTIONS, RirCheck, check_rir, to_ccw
 from disse.pipeline.shards import (shard_name, stale_tmp_files, write_json_atomic,
                                    write_tar_atomic)
 from disse.pipeline.splits import (SPLITS, assign_group_splits, pair_blocks, per_sample_rng,
                                    sample_key)
-from disse.schemas import (CaptionRules, DryClip, FeatureParams, RirRecord, SchemaError,
-                           ShardMeta, encode_sample)
+from disse.schemas import (CaptionRules, DryClip, FeatureParams, RirRecord, SchemaError, ShardMeta, encode_sample,
+                           load_caption_rules, load_feature_params, read_clips_csv, read_rirs_csv)
 
 MANIFEST_VERSION = 1
 CAPTION_CONFLICT_POLICIES = ("keep", "skip")
@@ -507,8 +511,6 @@ _WORKER: dict = {}
 def pool_context() -> mp.context.BaseContext:
     """fork where it is safe and cheap (Linux, torch not loaded in this process: its native thread
     pools do not survive a fork); spawn otherwise (workers re-import numpy / scipy, ~1-3 s)."""
-    import sys
-
     if (sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
             and "torch" not in sys.modules):
         return mp.get_context("fork")
@@ -517,7 +519,7 @@ def pool_context() -> mp.context.BaseContext:
 
 def _init_worker(params: FeatureParams, rules: CaptionRules, options: RenderOptions) -> None:
     try:  # one BLAS thread per process: workers, not threads, use the cores
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # local: optional, undeclared (scikit-learn brings it)
         threadpool_limits(1)
     except ImportError:
         pass
@@ -539,12 +541,6 @@ def run_plan(plan: RenderPlan, out_dir: str | Path, *, workers: int = 1,
     (:class:`~disse.pipeline.lock.RenderLock`): a live render writing overlapping shards into
     ``out_dir`` makes this one raise :class:`~disse.pipeline.lock.LockHeld` before anything is
     written; a stale lock is taken over, and ``on_note`` (default: print to stderr) is told so."""
-    import sys
-
-    from tqdm import tqdm
-
-    from disse.pipeline.lock import REFRESH_EVERY_S, RenderLock
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     selected = select_shards(len(plan.shards), shard_range, job)
@@ -711,8 +707,6 @@ def skip_report(manifest: dict, examples: int = 3) -> list[str]:
 
 def _split_column(csv_path: Path, id_col: str, ids: Iterable[str]) -> dict[str, str] | None:
     """An optional ``split`` column of a CSV as id -> split (None when the column is absent)."""
-    import pandas as pd
-
     df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     if "split" not in df.columns:
         return None
@@ -791,8 +785,6 @@ def plan_from_files(clips_csv: str | Path, rirs_csv: str | Path, options: Render
     against its metadata (``options.rir_check``, :func:`check_rirs`): a RIR that fails is left out
     and listed in ``skipped_rows`` with its reason. ``workers`` parallelises the check.
     """
-    from disse.schemas import load_caption_rules, load_feature_params, read_clips_csv, read_rirs_csv
-
     params = params or load_feature_params()
     rules = rules or load_caption_rules()
     bad_clips: list[SchemaError] = []

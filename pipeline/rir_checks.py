@@ -44,6 +44,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.signal import butter, sosfiltfilt
 
 from disse.pipeline.foa import (LOWPASS_HZ, RHO_BAND, angular_error_deg, dipole_omni_ratio,  # noqa: F401
                                 direction_of, fuma_to_ambix, levels_are_ambix)
@@ -92,8 +93,6 @@ def direct_window(foa: np.ndarray, sr: int, window_ms: tuple[float, float] = WIN
     onset = int(np.argmax(energy >= peak * 10 ** (ONSET_DB / 10)))
     if lowpass_hz:
         # zero-phase low-pass of a 30 ms segment around the onset (cheap; no shift of the onset)
-        from scipy.signal import butter, sosfiltfilt
-
         s0 = max(0, onset - int(0.010 * sr))
         seg = x[:, s0:onset + int(0.020 * sr)]
         if seg.shape[1] > 27:  # sosfiltfilt's default padding for a 4th-order filter

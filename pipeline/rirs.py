@@ -43,10 +43,14 @@ from __future__ import annotations
 import csv
 import math
 import multiprocessing as mp
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyroomacoustics as pra
+import soundfile as sf
+from tqdm import tqdm
 
 from disse.schemas.atomic import atomic_write
 
@@ -350,8 +354,6 @@ def ism_order_for(radius: float, dims: tuple[float, float, float]) -> int:
 def simulate_rir(room: Room, pos: Position, rng: np.random.Generator, p: SimParams
                  ) -> tuple[np.ndarray, dict]:
     """One FOA RIR ``(4, T)`` float64 (AmbiX W, Y, Z, X; SN3D; physical pressure) and info."""
-    import pyroomacoustics as pra
-
     fs, c = p.sample_rate, SPEED_OF_SOUND
     dist = float(np.linalg.norm(pos.source - pos.receiver))
     radius = max(c * p.early_ms / 1000.0, dist + 1.0)
@@ -418,8 +420,6 @@ def room_rng(seed: int, room_index: int) -> np.random.Generator:
 
 
 def _write_audio(path: Path, rir: np.ndarray, sr: int, fmt: str) -> None:
-    import soundfile as sf
-
     if fmt == "flac" and np.abs(rir).max() >= 1.0:
         raise ValueError(f"{path}: RIR peak {np.abs(rir).max():.3f} >= 1 cannot be stored as FLAC")
     with atomic_write(path) as f:  # no half-written file under the final name
@@ -469,8 +469,6 @@ def simulate_room(job: _RoomJob) -> list[dict]:
 def _pool_context() -> mp.context.BaseContext:
     """fork where it is safe and cheap (Linux, torch not loaded: its native thread pools do not
     survive a fork); spawn otherwise (each worker re-imports numpy/pyroomacoustics, ~1-3 s)."""
-    import sys
-
     if (sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
             and "torch" not in sys.modules):
         return mp.get_context("fork")
@@ -501,8 +499,6 @@ def simulate_bank(out_dir: str | Path, n_rooms: int, positions_per_room: int, se
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     jobs = [_RoomJob(str(out), i, positions_per_room, seed, params) for i in range(n_rooms)]
-
-    from tqdm import tqdm
 
     rows: list[dict] = []
     bar = tqdm(total=n_rooms, desc="rooms", unit="room", disable=not progress)

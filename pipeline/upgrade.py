@@ -22,7 +22,10 @@ import json
 import tarfile
 from pathlib import Path
 
+from tqdm import tqdm
+
 from disse.pipeline.inspect import find_shards
+from disse.pipeline.render import pool_context
 from disse.pipeline.shards import read_tar_samples, write_json_atomic, write_tar_atomic
 from disse.schemas import SchemaError
 from disse.schemas.shard import (SCHEMA_VERSION, check_members, decode_foa, decode_iv, decode_meta, encode_flac,
@@ -85,8 +88,6 @@ def _upgrade_task(args: tuple[str, str]) -> dict:
 def upgrade_tree(src: str | Path, dst: str | Path, *, workers: int = 1, progress: bool = True) -> dict:
     """Upgrade every shard under ``src`` (a folder, brace pattern or tar) into ``dst``, keeping the
     folder layout; writes each folder's ``sizes.json`` from the samples written. Returns a report."""
-    from tqdm import tqdm
-
     shards = find_shards(src)
     src_root = Path(src) if Path(src).is_dir() else shards[0].parent
     dst_root = Path(dst)
@@ -101,8 +102,6 @@ def upgrade_tree(src: str | Path, dst: str | Path, *, workers: int = 1, progress
             results.append(_upgrade_task(job))
             bar.update()
     else:
-        from disse.pipeline.render import pool_context
-
         with pool_context().Pool(min(workers, len(jobs))) as pool:
             for record in pool.imap(_upgrade_task, jobs):
                 results.append(record)

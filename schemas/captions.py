@@ -11,13 +11,16 @@ spatial description alone; ``caption`` merges it with the source caption into on
 """
 from __future__ import annotations
 
+import itertools
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from disse.configs import config_path
 from disse.schemas.errors import SchemaError
 
 _BOUNDS = {"ge": lambda x, b: x >= b, "gt": lambda x, b: x > b,
@@ -125,8 +128,6 @@ def load_caption_rules(path: str | Path | None = None) -> "CaptionRules | Offici
     ``path`` may also be a rule-set name (``project`` / ``v1`` or ``official``). A table with
     ``preset: official`` loads as :class:`OfficialCaptionRules`.
     """
-    from disse.configs import config_path
-
     if path is None:
         path = config_path("caption_rules_v1.yaml")
     elif str(path) in RULE_SETS and not Path(path).is_file():
@@ -309,8 +310,6 @@ def make_captions(rules: CaptionRules, descriptors: dict[str, str], source_capti
     trains both text heads on the one caption) and the source caption is used unchanged.
     """
     if isinstance(rules, OfficialCaptionRules):
-        import random
-
         text, words = rules.caption(source_caption, descriptors, random.Random(int(rng.integers(2 ** 63))))
         return Captions(spatial_caption=text, caption=text, phrases=words)
     ph = choose_phrases(rules, descriptors, rng)
@@ -333,8 +332,6 @@ def prompt_ensemble(rules: CaptionRules, template: int = 0) -> list[tuple[dict[s
     marginalised over the other attributes, where a lone "A sound to the left." is not what the
     text heads were trained on.
     """
-    import itertools
-
     names = list(rules.attributes)
     out = []
     if isinstance(rules, OfficialCaptionRules):  # the release's first template, first synonyms, no source

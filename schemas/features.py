@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from disse.configs import config_path
 from disse.schemas.errors import SchemaError
 
 
@@ -154,8 +155,6 @@ def load_feature_params(path: str | Path | None = None) -> AnyFeatureParams:
 
     ``path`` may also be a preset name (``project`` or ``official``): the packaged YAML of that preset.
     """
-    from disse.configs import config_path
-
     if path is None:
         path = config_path("features.yaml")
     elif str(path) in FEATURE_PRESETS and not Path(path).is_file():
@@ -165,37 +164,3 @@ def load_feature_params(path: str | Path | None = None) -> AnyFeatureParams:
                           file=str(path))
     with open(path) as f:
         return feature_params_from_dict(yaml.safe_load(f) or {}, source=str(path))
-
-
-# The release's HTSAT input (reference §1.4): the hub preprocessor_config.json of
-# laion/clap-htsat-fused, written here so nothing is fetched; the release calls the extractor with
-# truncation="max_length" (Slaney mel, one plane, is_longer all False), never the default "fusion".
-OFFICIAL_CLAP_PREPROCESSOR: dict = {
-    "feature_size": 64, "sampling_rate": 48000, "hop_length": 480, "max_length_s": 10,
-    "fft_window_size": 1024, "padding_value": 0.0, "return_attention_mask": False,
-    "frequency_min": 50, "frequency_max": 14000, "top_db": None,
-    "truncation": "fusion", "padding": "repeatpad",
-}
-OFFICIAL_CLAP_CALL: dict = {"sampling_rate": 48000, "padding": "repeatpad", "truncation": "max_length",
-                            "max_length": 480000, "return_tensors": "pt"}
-
-
-def official_htsat_inputs(omni_48k, extractor=None) -> dict:
-    """W channel(s) at 48 kHz -> the release's HTSAT inputs, via transformers' ClapFeatureExtractor.
-
-    ``omni_48k``: ``(T,)`` or ``(B, T)`` array / tensor, or a list of 1-D arrays (480000 samples each
-    in the release). Returns ``{"input_features": (B, 1, 1001, 64) float32, "is_longer": (B, 1) bool}``
-    as torch tensors on the CPU. ``extractor`` defaults to one built from
-    :data:`OFFICIAL_CLAP_PREPROCESSOR` (no download).
-    """
-    import numpy as np
-
-    if extractor is None:
-        from transformers import ClapFeatureExtractor
-        extractor = ClapFeatureExtractor(**OFFICIAL_CLAP_PREPROCESSOR)
-    if hasattr(omni_48k, "detach"):
-        omni_48k = omni_48k.detach().cpu().numpy()
-    if isinstance(omni_48k, np.ndarray):
-        omni_48k = [omni_48k] if omni_48k.ndim == 1 else list(omni_48k)
-    items = [np.asarray(x, dtype=np.float32) for x in omni_48k]
-    return dict(extractor(items, **OFFICIAL_CLAP_CALL))

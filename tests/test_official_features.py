@@ -12,7 +12,8 @@ from disse.pipeline.official_features import (official_direction, official_inten
                                               resample_torchaudio, split_official_iv)
 from disse.schemas import SchemaError
 from disse.schemas.features import (FeatureParams, OfficialFeatureParams, feature_params_from_dict,
-                                    load_feature_params, official_htsat_inputs)
+                                    load_feature_params)
+from disse.trainer.model.official import official_htsat_inputs
 
 
 def _plane_wave(az: float, el: float, seconds: float = 10.0, seed: int = 0) -> np.ndarray:

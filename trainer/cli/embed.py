@@ -18,6 +18,7 @@ from disse.schemas.features import FEATURE_PRESETS
 from disse.trainer.model.device import resolve_device
 from disse.trainer.evaluation.embedder import FOA_FORMATS, SEGMENTS, TARGETS, Embedder, FoaFormatWarning, \
     read_manifest
+from disse.trainer.model.official import load_official_config
 
 
 def _device(name: str) -> str:
@@ -88,8 +89,6 @@ def _embed(checkpoint, config, audio, captions, manifest, foa_format, segments, 
     try:
         modalities, text_max_length, strict = None, 512, not no_strict
         if config:
-            from disse.trainer.model.official import load_official_config
-
             oc = load_official_config(config)
             checkpoint = checkpoint or oc.checkpoint
             roberta_dir = roberta_dir or oc.roberta_dir

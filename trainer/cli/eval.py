@@ -9,6 +9,7 @@ Bad input is reported as one ``error: ...`` line naming the file and field, with
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from importlib import metadata
@@ -16,14 +17,23 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
 from disse.schemas import SchemaError, load_caption_rules
-from disse.trainer.model.device import resolve_device
 from disse.schemas.atomic import atomic_write
 from disse.pipeline.cli import PresetOrFile
 from disse.schemas.captions import RULE_SETS
-from disse.trainer.data.loader import check_shard_rules, resolve_shards, shard_rules
+from disse.trainer.data.loader import check_shard_rules, eval_loader, resolve_shards, shard_features, shard_rules
+from disse.trainer.evaluation import report
+from disse.trainer.evaluation.embedder import Embedder
+from disse.trainer.evaluation.evaluate import (embed, embed_official, evaluate_embeddings, load_embeddings_any,
+                                               to_official_arrays)
 from disse.trainer.evaluation.metrics import DEFAULT_CHUNK
+from disse.trainer.evaluation.official_metrics import evaluate_official, flatten, json_safe, save_npz
+from disse.trainer.evaluation.report import fmt
+from disse.trainer.model.device import resolve_device
+from disse.trainer.model.factory import load_delsa
+from disse.trainer.model.official import OfficialConfig, load_official_config
 from disse.trainer.model.weights import Checkpoint, read_checkpoint
 
 
@@ -98,9 +108,6 @@ def main(checkpoint: str | None, shards: str | None, embeddings: str | None, com
 def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_path, batch_size, num_workers,
          max_items, device, chunk_size, no_plots, zero_shot_prompts=None, metric_set="project",
          save_official_embeddings=None, roberta_dir=None, official_config=None) -> None:
-    from disse.trainer.evaluation import report
-    from disse.trainer.evaluation.evaluate import evaluate_embeddings, load_embeddings_any, to_official_arrays
-
     if compare:
         if checkpoint or embeddings or shards:
             raise SchemaError("--compare takes two metrics.json files and nothing else", field="--compare")
@@ -155,7 +162,6 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
         emb.save(save_embeddings)
         meta["saved_embeddings"] = str(save_embeddings)
     if save_official_embeddings:
-        from disse.trainer.evaluation.official_metrics import save_npz
         save_npz(save_official_embeddings, official_data)
         meta["saved_official_embeddings"] = str(save_official_embeddings)
     t1 = time.perf_counter()
@@ -185,8 +191,6 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
 
 def official_markdown(metrics: dict) -> str:
     """The ``official/...`` figures as a markdown section (appended to report.md with --metrics both)."""
-    from disse.trainer.evaluation.report import fmt
-
     lines = ["## The DISSE release's metrics (its semantics: own pair kept cross-modally, optimistic ties)", "",
              "| task | direction | R@1 | R@5 | R@10 | MedR | MnR | queries |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     rows = sorted({k.rsplit("/", 1)[0] for k in metrics if k.startswith("official/") and "/iidr/" not in k})
@@ -205,10 +209,6 @@ def official_markdown(metrics: dict) -> str:
 def _official(data: dict, out: str, chunk_size: int) -> dict:
     """The release's metric semantics: ``official_metrics.json`` (its nested JSON, NaN -> null, inf ->
     "Infinity") in ``out``, and the same figures flattened under ``official/`` for metrics.json."""
-    import json
-
-    from disse.trainer.evaluation.official_metrics import evaluate_official, flatten, json_safe
-
     try:
         nested = evaluate_official(data, chunk_size=chunk_size)
     except ValueError as exc:
@@ -238,8 +238,6 @@ def _default_rules(ckpt: Checkpoint | None, official, shards: str | None) -> str
 def _official_options(ckpt: Checkpoint, roberta_dir, official_config, metric_set):
     """The released model's options (``OfficialConfig``) when ``ckpt`` has the release's layout, else
     None. Checked before anything is embedded: the project metrics need the text side (``--roberta-dir``)."""
-    from disse.trainer.model.official import OfficialConfig, load_official_config
-
     if ckpt.kind != "official":
         return None
     cfg = load_official_config(official_config) if official_config else OfficialConfig()
@@ -258,12 +256,6 @@ def _official_options(ckpt: Checkpoint, roberta_dir, official_config, metric_set
 def _embed_official_checkpoint(ckpt: Checkpoint, cfg, shards: str, device: str, batch_size: int, num_workers: int,
                                max_items: int | None, rules_path: str | None, zero_shot_prompts: str | None):
     """The released checkpoint over official-preset shards -> ``(Embeddings | None, release arrays, skipped)``."""
-    import torch
-
-    from disse.trainer.data.loader import eval_loader
-    from disse.trainer.evaluation.embedder import Embedder
-    from disse.trainer.evaluation.evaluate import embed_official
-
     shard_list = resolve_shards(shards, what="--shards")
     _check_preset(shard_list, "official")  # before building the model
     dev = _device(device)
@@ -280,8 +272,6 @@ def _embed_official_checkpoint(ckpt: Checkpoint, cfg, shards: str, device: str, 
 def _check_preset(shard_list, want: str) -> None:
     """The shards' feature preset (first sample's ``features`` block) is the one the model reads, else one
     SchemaError naming ``features.preset``."""
-    from disse.trainer.data.loader import shard_features
-
     features, where = shard_features(shard_list)
     have = features.get("preset", "project")
     if have != want:
@@ -294,12 +284,6 @@ def _check_preset(shard_list, want: str) -> None:
 
 def _embed_checkpoint(ckpt: Checkpoint, shards: str, device: str, batch_size: int, num_workers: int,
                       max_items: int | None, rules, zero_shot_prompts: str = "ensemble"):
-    import torch
-
-    from disse.trainer.data.loader import eval_loader
-    from disse.trainer.evaluation.evaluate import embed
-    from disse.trainer.model.factory import load_delsa
-
     shard_list = resolve_shards(shards, what="--shards")  # fail fast, before building the model
     _check_preset(shard_list, "project")
     check_shard_rules(shard_list, rules, field="--rules", what="--shards")

@@ -14,8 +14,13 @@ import sys
 from pathlib import Path
 
 import click
+import yaml
 
+from disse.configs import config_path
 from disse.schemas import SchemaError
+from disse.schemas.config import config_to_dict
+from disse.trainer.training.config import locate_error, read_train_config
+from disse.trainer.training.loop import train
 
 
 def resolve_config_path(name: str) -> Path:
@@ -23,7 +28,6 @@ def resolve_config_path(name: str) -> Path:
     p = Path(name)
     if p.is_file():
         return p
-    from disse.configs import config_path
     for candidate in (name, f"{name}.yaml"):
         packaged = config_path(candidate)
         if "/" not in name and packaged.is_file():
@@ -40,15 +44,10 @@ def resolve_config_path(name: str) -> Path:
 @click.argument("overrides", nargs=-1)
 def cli(config: str, resume: str | None, print_config: bool, overrides: tuple[str, ...]) -> None:
     """Train DELSA. OVERRIDES are ``section.field=value`` pairs, e.g. ``optim.lr=3e-4 data.batch_size=32``."""
-    from disse.schemas.config import config_to_dict
-    from disse.trainer.training.config import locate_error, read_train_config
-
     cfg, sources = read_train_config(resolve_config_path(config), list(overrides))
     if print_config:
-        import yaml
         click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), nl=False)
         return
-    from disse.trainer.training.loop import train
     try:
         result = train(cfg, resume=resume)
     except SchemaError as exc:  # e.g. train.freeze, data.train: name the override or file that set it

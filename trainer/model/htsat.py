@@ -25,10 +25,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import ClapAudioConfig, ClapAudioModel
+from transformers.audio_utils import mel_filter_bank
+from transformers.models.clap.modeling_clap import ClapAudioAttention, ClapAudioSelfAttention
 
 from disse.schemas.errors import SchemaError
 from disse.trainer.model.clap_checkpoint import LoadReport, laion_htsat_to_clap_audio, load_into, read_state_dict, \
     sub_state_dict
+from disse.trainer.model.hf import quiet_transformers
 
 # laion-clap model_configs/HTSAT-{tiny,base}.json "audio_cfg" (identical for both presets).
 LAION_AUDIO_CFG: dict[str, Any] = {"clip_samples": 480000, "mel_bins": 64, "sample_rate": 48000,
@@ -130,8 +134,6 @@ class FFTSpectrogram(nn.Module):
 
 def slaney_mel(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> torch.Tensor:
     """Slaney-scale, Slaney-normalised mel filterbank ``(n_fft // 2 + 1, n_mels)`` (librosa's default)."""
-    from transformers.audio_utils import mel_filter_bank
-
     fb = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=fmin,
                          max_frequency=fmax, sampling_rate=sample_rate, norm="slaney", mel_scale="slaney")
     return torch.as_tensor(fb, dtype=torch.float32)
@@ -170,8 +172,6 @@ def drop_stripes(x: torch.Tensor, dim: int, width: int, stripes: int) -> torch.T
 def _laion_init(model: nn.Module) -> None:
     """laion-clap's HTSAT initialisation: Linear trunc-normal(0.02) with zero bias, LayerNorm (1, 0),
     relative-position tables trunc-normal(0.02), convolutions and batch norms PyTorch's defaults."""
-    from transformers.models.clap.modeling_clap import ClapAudioSelfAttention
-
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
@@ -188,12 +188,7 @@ def _laion_init(model: nn.Module) -> None:
 
 def build_htsat(cfg: HTSATConfig) -> nn.Module:
     """transformers ``ClapAudioModel`` for this config (laion-clap's architecture and init)."""
-    from transformers import ClapAudioConfig, ClapAudioModel
-    from transformers.models.clap.modeling_clap import ClapAudioAttention
-
-    from disse.trainer.model.text_encoder import _quiet_transformers
-
-    _quiet_transformers()
+    quiet_transformers()
     arch, audio = htsat_arch(cfg), htsat_audio_cfg(cfg)
     n = len(arch["depths"])
     config = ClapAudioConfig(

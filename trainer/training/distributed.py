@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dnn
 
 from disse.trainer.model.device import resolve_device
 
@@ -73,7 +74,6 @@ def gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """
     if not info.distributed:
         return x
-    import torch.distributed.nn.functional as dnn
     with warnings.catch_warnings():  # deprecated in favour of a private API; still the public one
         warnings.simplefilter("ignore", FutureWarning)
         parts = dnn.all_gather(x)

@@ -37,7 +37,7 @@ class RunLogger:
         self._wandb = None
         if use_wandb:
             try:
-                import wandb
+                import wandb  # local: optional dependency (the wandb extra), only with log.wandb=true
             except ImportError:
                 raise SchemaError("wandb is not installed: pip install wandb (or set log.wandb=false)",
                                   field="log.wandb") from None

@@ -13,6 +13,7 @@ the global batch ``batch_size x accum_steps x world``.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import math
 import time
@@ -23,15 +24,19 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from disse.schemas import CaptionRules, SchemaError, load_caption_rules
 from disse.schemas.config import config_to_dict, dump_config
+from disse.trainer.evaluation.evaluate import embed, evaluate_embeddings
+from disse.trainer.model.delsa import DELSA
 from disse.trainer.training import checkpoint as ckpt
 from disse.trainer.training.config import TrainConfig
 from disse.trainer.data.loader import (ShardList, StreamPosition, check_shard_rules, check_training_preset,
                                        eval_loader, resolve_shards, shard_rules, steps_per_epoch, train_loader)
 from disse.trainer.training.distributed import DistInfo, barrier, cleanup, gather_tree, init_distributed
 from disse.trainer.training.logging_utils import RunLogger
+from disse.trainer.training.losses import DELSALoss
 
 log = logging.getLogger("disse.train")
 
@@ -84,7 +89,6 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     """The DELSA model of ``cfg.model``. With ``loss.descriptor_weight > 0`` and no
     ``model.descriptor_classes`` yet, those are filled in (in ``cfg``, so the resolved config and the
     checkpoints carry them) from the rule table the captions are (re)built with."""
-    from disse.trainer.model.delsa import DELSA
     if cfg.loss.descriptor_weight > 0 and not cfg.model.descriptor_classes:
         rules = load_caption_rules(cfg.data.caption_rules or None)
         cfg.model.descriptor_classes = {a: list(attr.labels) for a, attr in rules.attributes.items()}
@@ -92,7 +96,6 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
 
 def build_loss(cfg: TrainConfig) -> Any:
-    from disse.trainer.training.losses import DELSALoss
     return DELSALoss(cfg.loss)
 
 
@@ -107,7 +110,6 @@ def _freeze_targets(names: list[str], prefix: str) -> list[str]:
 
 def _unknown_freeze_prefix(names: list[str], prefix: str) -> str:
     """The message for a prefix that matches nothing: the closest module names and the valid ones."""
-    import difflib
     rel = prefix[len("model."):] if prefix.startswith("model.") else prefix
     parts = rel.split(".")
     # the deepest module path that exists, and the names one level below it
@@ -289,8 +291,6 @@ def train_step(ctx: StepContext, micro: list[dict]) -> tuple[float, dict[str, fl
 def validate(model: nn.Module, val: ShardList, cfg: TrainConfig, device: torch.device, precision: str,
              rules: Any) -> dict[str, float]:
     """disse-eval's metrics on the fixed validation shards (rank 0 only)."""
-    from disse.trainer.evaluation.evaluate import embed, evaluate_embeddings
-
     loader = eval_loader(val, cfg.data.val_batch_size, cfg.data.val_num_workers)
     with autocast_ctx(precision, device):
         emb = embed(model, loader, device, rules, max_items=cfg.eval.max_items or None)
@@ -458,7 +458,6 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
 
     bar = None
     if info.is_main and cfg.log.progress:
-        from tqdm import tqdm
         bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
     stop_at = min(total, t.stop_after) if t.stop_after > 0 else total
     last_loss, terms = float("nan"), {}
@@ -524,5 +523,4 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
 
 
 def _print(msg: str) -> None:
-    from tqdm import tqdm
     tqdm.write(msg)
