@@ -32,7 +32,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+from transformers import RobertaConfig, RobertaModel
 
+from disse.pipeline.foa import ambix_to_fuma, plane_wave_rir
+from disse.trainer.model.official import DISSEOfficial, OfficialConfig
+from shardgen import write_shards
+from test_clap_checkpoint import _toy_roberta_dir
+from test_official_grid import _rir_row
 from test_train import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,8 +273,6 @@ def run_shell(script: str, cwd: Path, env: dict, timeout: int = 600, name: str =
 
 def foa_noise(seconds: float, sr: int, az: float, seed: int) -> np.ndarray:
     """(T, 4) AmbiX noise arriving from azimuth ``az`` (a plane wave), peak 0.5."""
-    from disse.pipeline.foa import plane_wave_rir
-
     x = np.random.default_rng(seed).standard_normal(int(seconds * sr))
     foa = np.stack([np.convolve(x, h)[: len(x)] for h in plane_wave_rir(az, 10.0, 64, delay=4)], 1)
     return (0.5 * foa / np.abs(foa).max()).astype(np.float32)
@@ -293,13 +298,7 @@ CLIP_CAPTIONS = ["A bell rings twice.", "An engine hums steadily.", "Water pours
 
 def user_inputs(root: Path) -> None:
     """Clips (step 1), AudioCaps / Clotho CSVs, recordings, stand-in weights and embedding files."""
-    import torch
-    from transformers import RobertaConfig, RobertaModel
 
-    from disse.trainer.model.official import DISSEOfficial, OfficialConfig
-    from test_clap_checkpoint import _toy_roberta_dir
-    from test_official_grid import _rir_row
-    from shardgen import write_shards
 
     # clips.csv + audio/: 8 clips of 2 s; the user fixed the splits (4 train, 2 val, 2 test)
     (root / "audio").mkdir()
@@ -329,6 +328,8 @@ def user_inputs(root: Path) -> None:
     sf.write(root / "take2.flac", foa_noise(3.0, 44100, -120.0, 2), 44100)
     for i, name in enumerate(("rec.wav", "rec2.wav", "a.wav", "b.wav")):
         sf.write(root / name, foa_noise(2.0, SR, 45.0 * i - 90, 3 + i), SR)
+    # a FuMa (B-format) recording for README's foa_format="fuma" line
+    sf.write(root / "bformat.wav", ambix_to_fuma(foa_noise(2.0, SR, 30.0, 7)), SR)
     write_csv(root / "items.csv", [{"audio_path": "rec.wav", "caption": "A dog barks to the left."},
                                    {"audio_path": "rec2.wav", "caption": "Rain falls far behind."}])
     # roberta-base: tiny, with roberta-base's 514 positions (the release pads captions to 512 tokens)

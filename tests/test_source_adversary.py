@@ -6,9 +6,9 @@ import dataclasses
 
 import torch
 
-from disse.trainer.model.adversary import SourceAdversary, grad_reverse
+from disse.trainer.model.adversary import SourceAdversary, SourceCritic, grad_reverse
 from disse.trainer.model.delsa import DELSA
-from disse.trainer.training.losses import DELSALoss, LossConfig
+from disse.trainer.training.losses import DELSALoss, LossConfig, critic_loss, independence
 
 from test_model import make_batch, small_config
 
@@ -64,3 +64,57 @@ def test_the_loss_term_reaches_the_spatial_embedding_reversed():
                                            model.source_adversary.targets(batch["source_id"]))
     (g_plain,) = torch.autograd.grad(ce, space)
     assert torch.allclose(g_emb, -g_plain, atol=1e-6)
+
+
+def test_independence_is_zero_for_unrelated_and_high_for_dependent_embeddings():
+    torch.manual_seed(0)
+    x = torch.randn(64, 16)
+    unrelated = independence(x, torch.randn(64, 32))
+    dependent = independence(x, torch.tanh(x @ torch.randn(16, 32)))  # a function of x
+    assert unrelated < 0.1 and dependent > 0.6
+    # the gradient of the penalty moves x towards independence
+    x.requires_grad_(True)
+    y = torch.tanh(x.detach() @ torch.randn(16, 32))
+    before = independence(x, y)
+    before.backward()
+    with torch.no_grad():
+        after = independence(x - 2.0 * x.grad, y)
+    assert after < before
+
+
+def test_the_critic_learns_to_find_the_source_while_the_embedding_defeats_it():
+    torch.manual_seed(0)
+    critic = SourceCritic(space_dim=8, source_dim=6, hidden=32)
+    source = torch.nn.functional.normalize(torch.randn(16, 6), dim=-1)
+    space = (source @ torch.randn(6, 8)).requires_grad_(True)      # the spatial embedding leaks the source
+    ids = torch.arange(16)
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-2)
+    first = critic_loss(critic(space), source, ids).item()
+    for _ in range(100):
+        opt.zero_grad()
+        critic_loss(critic(space), source, ids).backward()
+        opt.step()
+    learned = critic_loss(critic(space), source, ids)
+    assert learned < 0.5 * first                                     # the critic reads the leak
+    space.grad = None
+    learned.backward()                                               # reversed at the embedding:
+    with torch.no_grad():                                            # a step along it raises the critic's loss
+        assert critic_loss(critic(space - 0.5 * space.grad), source, ids) > learned
+
+
+def test_critic_and_independence_terms_are_wired_through_the_loss():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(small_config(), source_critic_hidden=16)
+    model = DELSA(cfg)
+    batch = make_batch(4)
+    audio = model.encode_audio(batch["waveform"], batch["iv"])
+    audio["source_critic"] = model.source_critic(audio["space"])
+    text = model.encode_text(model.tokenize(batch["caption"]))
+    off = dict(source_weight=0, space_weight=0, direction_weight=0, area_weight=0, distance_weight=0, t30_weight=0)
+    total, terms = DELSALoss(LossConfig(**off, source_critic_weight=1.0, independence_weight=1.0))(
+        audio, text, batch, model.logit_scale_source, model.logit_scale_space)
+    assert {"source_critic", "independence"} <= set(terms)
+    assert torch.isclose(total, terms["source_critic"] + terms["independence"])
+    total.backward()
+    # the source embedding is a detached target: neither term trains the source head
+    assert all(p.grad is None or not p.grad.any() for p in model.audio_source_head.parameters())

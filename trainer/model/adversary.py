@@ -41,3 +41,22 @@ class SourceAdversary(nn.Module):
     def targets(self, source_id: torch.Tensor) -> torch.Tensor:
         """``(B,)`` int64 stable source ids -> class indices in ``[0, buckets)``."""
         return torch.remainder(source_id, self.buckets)
+
+
+class SourceCritic(nn.Module):
+    """``(B, space_dim)`` audio spatial embedding -> ``(B, source_dim)`` L2-normalised guess of the sample's
+    audio *source* embedding, read through gradient reversal.
+
+    Unlike :class:`SourceAdversary`, whose classes are the training recordings (a test recording is a class it
+    never saw), the critic predicts what is sounding as the source embedding describes it, so what it learns to
+    read from the spatial embedding (brightness, onset rate, decay shape of the sound) is what any unseen
+    recording leaks too. Its loss (``loss.source_critic_weight``; :func:`critic_loss`) trains it to pick its own
+    sample's source embedding among the batch's; the reversed gradient trains the spatial side to defeat it.
+    """
+
+    def __init__(self, space_dim: int, source_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(space_dim, hidden), nn.GELU(), nn.Linear(hidden, source_dim))
+
+    def forward(self, space: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.net(grad_reverse(space)), dim=-1)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from disse.schemas.errors import SchemaError
-from disse.trainer.model.adversary import SourceAdversary
+from disse.trainer.model.adversary import SourceAdversary, SourceCritic
 from disse.trainer.model.audio_encoder import AudioConfig, AudioEncoder, HTSATConfig, SpatialConfig, mlp
 from disse.trainer.model.physics import SCALARS
 from disse.trainer.model.spatial import ROOM_STATS_DIM
@@ -65,6 +65,9 @@ class ModelConfig:
     # through gradient reversal (trainer/model/adversary.py; loss.source_adversary_weight); 0 = none
     source_adversary_buckets: int = 0
     source_adversary_hidden: int = 256
+    # > 0: a critic with this hidden width predicts the audio source embedding from the audio spatial
+    # embedding through gradient reversal (trainer/model/adversary.py; loss.source_critic_weight); 0 = none
+    source_critic_hidden: int = 0
 
 
 class DescriptorClassifier(nn.Module):
@@ -124,6 +127,8 @@ class DELSA(nn.Module):
         self.source_adversary = (SourceAdversary(cfg.space_dim, cfg.source_adversary_buckets,
                                                  cfg.source_adversary_hidden)
                                  if cfg.source_adversary_buckets > 0 else None)
+        self.source_critic = (SourceCritic(cfg.space_dim, cfg.source_dim, cfg.source_critic_hidden)
+                              if cfg.source_critic_hidden > 0 else None)
         init = math.log(1.0 / cfg.init_temperature)
         self.logit_scale_source = nn.Parameter(torch.tensor(init))
         self.logit_scale_space = nn.Parameter(torch.tensor(init))

@@ -65,6 +65,8 @@ class DualEncoder(nn.Module):
             text["descriptors"] = self.model.descriptor_logits(text["space"])
         if getattr(self.model, "source_adversary", None) is not None:
             audio["source_adversary"] = self.model.source_adversary(audio["space"])
+        if getattr(self.model, "source_critic", None) is not None:
+            audio["source_critic"] = self.model.source_critic(audio["space"])
         return {"audio": audio, "text": text,
                 "scales": {"source": self.model.logit_scale_source, "space": self.model.logit_scale_space}}
 

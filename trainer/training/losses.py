@@ -39,6 +39,13 @@ class LossConfig:
     # cross-entropy of the source adversary (model.source_adversary_buckets) on the audio spatial embedding;
     # its gradient reaches the embedding reversed, so the embedding unlearns which recording it heard
     source_adversary_weight: float = 0.0
+    # contrastive loss of the source critic (model.source_critic_hidden): from the audio spatial embedding it
+    # picks the sample's own (detached) audio source embedding among the batch's; reversed at the embedding
+    source_critic_weight: float = 0.0
+    # normalised HSIC (kernel CKA) between the audio spatial and the detached audio source embeddings of the
+    # batch: penalises any statistical dependence between the two, no extra parameters (independence())
+    independence_weight: float = 0.0
+    critic_temperature: float = 0.1
     max_logit_scale: float = 100.0   # exp(log scale) clamped to [min, max] (CLIP: 100)
     min_logit_scale: float = 1.0
 
@@ -71,6 +78,42 @@ def multi_positive_contrastive(a: torch.Tensor, t: torch.Tensor, ids: torch.Tens
     a2t = -((F.log_softmax(logits, dim=1) * pos).sum(1) / n_pos).mean()
     t2a = -((F.log_softmax(logits.T, dim=1) * pos).sum(1) / n_pos).mean()
     return 0.5 * (a2t + t2a)
+
+
+def critic_loss(guess: torch.Tensor, source: torch.Tensor, source_id: torch.Tensor, temperature: float = 0.1
+                ) -> torch.Tensor:
+    """Source critic's loss (scalar): each ``guess`` ``(B, D)`` (unit rows) must pick its sample's ``source``
+    embedding ``(B, D)`` among the batch's; samples of the same ``source_id`` ``(B,)`` are all positives."""
+    logits = guess @ F.normalize(source, dim=-1).T / temperature
+    pos = (source_id[:, None] == source_id[None, :]).float()
+    return -(torch.log_softmax(logits, dim=1) * pos).sum(1).div(pos.sum(1)).mean()
+
+
+def _kernel(x: torch.Tensor) -> torch.Tensor:
+    """Gaussian-kernel Gram matrix ``(B, B)`` of ``x`` ``(B, D)`` with a zero diagonal; bandwidth the median
+    pairwise squared distance (detached)."""
+    d2 = torch.cdist(x, x).square()
+    off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+    k = torch.exp(-d2 / d2.detach()[off].median().clamp_min(1e-6))
+    return k * off
+
+
+def _hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC estimator (Song et al., 2012) of two zero-diagonal Gram matrices ``(n, n)``, n >= 4."""
+    n = k.shape[0]
+    kl = k @ l
+    return (torch.trace(kl) + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 * kl.sum() / (n - 2)) / (n * (n - 3))
+
+
+def independence(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Normalised unbiased HSIC (debiased kernel CKA) of two batches of embeddings ``(B, Dx)``, ``(B, Dy)``,
+    B >= 4: about 0 when they are independent (an unbiased estimate: it can dip below 0, clamped), 1 when one
+    determines the other's geometry. Scalar."""
+    if x.shape[0] < 4:
+        return x.new_zeros(())
+    kx, ky = _kernel(x), _kernel(y)
+    hxy = _hsic(kx, ky)
+    return (hxy / (_hsic(kx, kx) * _hsic(ky, ky)).clamp_min(1e-12).sqrt()).clamp_min(0.0)
 
 
 def balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -133,6 +176,13 @@ class DELSALoss(nn.Module):
             logits = audio_out["source_adversary"].float()
             terms["source_adversary"] = F.cross_entropy(logits, torch.remainder(batch["source_id"], logits.shape[1]))
             total = total + c.source_adversary_weight * terms["source_adversary"]
+        if c.source_critic_weight and "source_critic" in audio_out:
+            terms["source_critic"] = critic_loss(audio_out["source_critic"].float(), audio_out["source"].detach().float(),
+                                                 batch["source_id"], c.critic_temperature)
+            total = total + c.source_critic_weight * terms["source_critic"]
+        if c.independence_weight:
+            terms["independence"] = independence(audio_out["space"].float(), audio_out["source"].detach().float())
+            total = total + c.independence_weight * terms["independence"]
         if batch.get("targets") is not None and "phys" in audio_out:
             phys = audio_out["phys"]
             n = phys["direction"].shape[0]
