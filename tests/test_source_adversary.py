@@ -118,3 +118,21 @@ def test_critic_and_independence_terms_are_wired_through_the_loss():
     total.backward()
     # the source embedding is a detached target: neither term trains the source head
     assert all(p.grad is None or not p.grad.any() for p in model.audio_source_head.parameters())
+
+
+def test_full_caption_samples_train_only_the_text_side_of_the_space_pair():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1).requires_grad_(True)
+    t = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1).requires_grad_(True)
+    dropped = torch.tensor([True, False, True, False, False, True])  # True: the space head read the spatial caption
+    batch = {"source_id": torch.arange(6), "space_id": torch.arange(6), "space_caption_dropped": dropped}
+    off = dict(source_weight=0, direction_weight=0, area_weight=0, distance_weight=0, t30_weight=0)
+    scale = torch.tensor(2.0)
+    for grad_all in (True, False):
+        a.grad = t.grad = None
+        total, _ = DELSALoss(LossConfig(**off, full_caption_space_grad=grad_all))(
+            {"space": a, "source": a}, {"space": t, "source": t}, batch, scale, scale)
+        total.backward()
+        rows = a.grad.abs().sum(1) > 0
+        assert rows.all() if grad_all else torch.equal(rows, dropped)   # full-caption rows: no audio gradient
+        assert (t.grad.abs().sum(1) > 0).all()                          # the text side always learns

@@ -357,6 +357,7 @@ def collate(samples: list[dict]) -> dict[str, Any]:
         # what the text space head reads under model.text_input "full" (DataConfig.space_caption_drop)
         batch["space_head_text"] = [m.spatial_caption if s.get("space_caption_dropped") else m.caption
                                     for s, m in zip(samples, metas)]
+        batch["space_caption_dropped"] = torch.tensor([bool(s.get("space_caption_dropped")) for s in samples])
     batch["source_id"] = torch.tensor([stable_id_int(m.source_id) for m in metas], dtype=torch.int64)
     batch["space_id"] = torch.tensor([stable_id_int(m.space_id) for m in metas], dtype=torch.int64)
     batch["source_id_str"] = [m.source_id for m in metas]

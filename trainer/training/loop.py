@@ -236,6 +236,8 @@ def micro_meta(batch: dict, device: torch.device, model: nn.Module | None = None
             "attribute_ids": batch["attribute_ids"].to(device), "targets": _to(batch["targets"], device)}
     if model is not None and len(getattr(model, "descriptor_heads", ())):
         meta["descriptor_index"] = model.descriptor_index(batch["descriptors"]).to(device)
+    if "space_caption_dropped" in batch:
+        meta["space_caption_dropped"] = batch["space_caption_dropped"].to(device)
     return meta
 
 

@@ -46,6 +46,12 @@ class LossConfig:
     # batch: penalises any statistical dependence between the two, no extra parameters (independence())
     independence_weight: float = 0.0
     critic_temperature: float = 0.1
+    # false: the audio space embedding of a sample whose text space head read the FULL caption (source words
+    # included; data.space_caption_drop decides which) gets no gradient from the space and per-descriptor
+    # contrasts: only the text side moves towards it. A full caption names the sound, so matching it rewards
+    # a spatial embedding that knows the sound (the leakage checks); the spatial-caption samples still train
+    # both sides, and the text head learns to read past source words (docs/spatial.md, ablation)
+    full_caption_space_grad: bool = True
     max_logit_scale: float = 100.0   # exp(log scale) clamped to [min, max] (CLIP: 100)
     min_logit_scale: float = 1.0
 
@@ -153,14 +159,18 @@ class DELSALoss(nn.Module):
                 log_scale_space: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.cfg
         s_src, s_spa = self.scale(log_scale_source), self.scale(log_scale_space)
+        audio_space = audio_out["space"]
+        if not c.full_caption_space_grad and batch.get("space_caption_dropped") is not None:
+            keep = batch["space_caption_dropped"].to(audio_space.dtype)[:, None]  # 1 = spatial caption: grad flows
+            audio_space = audio_space.detach() + keep * (audio_space - audio_space.detach())
         terms: dict[str, torch.Tensor] = {
             "source": multi_positive_contrastive(audio_out["source"], text_out["source"], batch["source_id"], s_src),
-            "space": multi_positive_contrastive(audio_out["space"], text_out["space"], batch["space_id"], s_spa),
+            "space": multi_positive_contrastive(audio_space, text_out["space"], batch["space_id"], s_spa),
         }
         total = c.source_weight * terms["source"] + c.space_weight * terms["space"]
         if c.attribute_weight and batch.get("attribute_ids") is not None:
             ids = batch["attribute_ids"]
-            terms["attributes"] = torch.stack([multi_positive_contrastive(audio_out["space"], text_out["space"],
+            terms["attributes"] = torch.stack([multi_positive_contrastive(audio_space, text_out["space"],
                                                                           ids[:, a], s_spa)
                                                for a in range(ids.shape[1])]).mean()
             total = total + c.attribute_weight * terms["attributes"]
