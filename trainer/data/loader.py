@@ -35,6 +35,8 @@ Design (why it looks like this):
 """
 from __future__ import annotations
 
+import collections
+import ctypes
 import difflib
 import json
 import logging
@@ -451,26 +453,62 @@ def _decode_official(sample: dict, *, with_audio: bool = True) -> dict:
     return out
 
 
-def collate_iv(ivs: list[np.ndarray]) -> torch.Tensor:
+class BatchBuffers:
+    """Shared-memory batch tensors that one DataLoader worker reuses, ``n`` batches round (module docstring,
+    "Hand-over").
+
+    ``default_collate`` in a worker stacks every batch into *fresh* shared memory, which the worker then
+    page-faults in page by page, and the main process maps and faults in again: on a VM that costs more than
+    reading and decoding the sample (``benchmarks/data.py`` prints the cost of a fresh page). Reused buffers
+    are faulted in once, and the main process keeps them mapped (:class:`_CopyOut`).
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n, self.count = n, 0
+        self.slots: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
+        self.current: dict[str, torch.Tensor] = self.slots[0]
+
+    def next_batch(self) -> None:
+        """Move on to the next buffer (call once before each batch's :meth:`stack` calls)."""
+        self.current = self.slots[self.count % self.n]
+        self.count += 1
+
+    def stack(self, name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """``torch.stack(tensors)`` into this batch's buffer for ``name`` (allocated once per shape)."""
+        shape, dtype = (len(tensors), *tensors[0].shape), tensors[0].dtype
+        out = self.current.get(name)
+        if out is None or tuple(out.shape) != shape or out.dtype != dtype:
+            out = self.current[name] = torch.empty(shape, dtype=dtype).share_memory_()
+        return torch.stack(tensors, out=out)
+
+
+def _stack(tensors: list[torch.Tensor], name: str, buffers: BatchBuffers | None) -> torch.Tensor:
+    # default_collate stacks straight into (fresh) shared memory inside a DataLoader worker
+    return default_collate(tensors) if buffers is None else buffers.stack(name, tensors)
+
+
+def collate_iv(ivs: list[np.ndarray], buffers: BatchBuffers | None = None) -> torch.Tensor:
     """``(6, F, M)`` features -> ``(B, 6, F, M)``: int8 q (value q / 127) when every sample is int8,
     else float16 (int8 ones de-quantised: a batch mixing schema versions)."""
     if all(iv.dtype == np.int8 for iv in ivs):
-        return default_collate([torch.from_numpy(iv) for iv in ivs])
-    return default_collate([iv_to_float(torch.from_numpy(iv)).half() for iv in ivs])
+        return _stack([torch.from_numpy(iv) for iv in ivs], "iv", buffers)
+    return _stack([iv_to_float(torch.from_numpy(iv)).half() for iv in ivs], "iv", buffers)
 
 
-def collate(samples: list[dict]) -> dict[str, Any]:
-    """Decoded samples -> a batch dict of the Batch contract (docs/internals.md)."""
+def collate(samples: list[dict], buffers: BatchBuffers | None = None) -> dict[str, Any]:
+    """Decoded samples -> a batch dict of the Batch contract (docs/internals.md). ``buffers``: a worker's
+    reused shared-memory tensors for W and the features (:class:`BatchBuffers`), else fresh ones."""
     metas = [s["meta"] for s in samples]
     batch: dict[str, Any] = {}
     # int16 W and int8 (or float16) features: a half or a quarter of float32's bytes through the workers'
-    # shared memory and to the GPU (the model converts, audio_encoder.audio_inputs_as_float); default_collate
-    # stacks straight into shared memory inside a DataLoader worker (no second copy)
+    # shared memory and to the GPU (the model converts, audio_encoder.audio_inputs_as_float)
+    if buffers is not None:
+        buffers.next_batch()
     if "waveform" in samples[0]:
-        batch["waveform"] = default_collate([torch.from_numpy(s["waveform"]) for s in samples])
+        batch["waveform"] = _stack([torch.from_numpy(s["waveform"]) for s in samples], "waveform", buffers)
     if "w_scale" in samples[0]:  # official preset: the release's omni_48k = waveform / 2**15 * w_scale
         batch["w_scale"] = torch.tensor([s["w_scale"] for s in samples], dtype=torch.float64)
-    batch["iv"] = collate_iv([s["iv"] for s in samples])
+    batch["iv"] = collate_iv([s["iv"] for s in samples], buffers)
     batch["source_text"] = [m.source_caption for m in metas]
     batch["space_text"] = [m.spatial_caption for m in metas]
     batch["caption"] = [m.caption for m in metas]
@@ -670,6 +708,11 @@ class TrainStream(IterableDataset):
         worker = info.id if info is not None else 0
         slot = self.slot_of(worker)
         n_slots = self.world * self.n_workers
+        # reused hand-over buffers (workers only): a batch's buffer comes round again after
+        # prefetch_factor + 2 batches, by when the main process has copied it out (_CopyOut)
+        buffers = BatchBuffers(self.cfg.prefetch_factor + 2) if info is not None else None
+        if info is not None:
+            keep_freed_memory()
         pass_, skip = self.start.positions.get(slot, (0, 0))
         errors = ErrorLog()
         cfg = self.cfg
@@ -700,7 +743,7 @@ class TrainStream(IterableDataset):
                 pending.append(decoded)
                 produced += 1
                 if len(pending) == cfg.batch_size:
-                    batch = collate(pending)
+                    batch = collate(pending, buffers)
                     pending = []
                     batch["_position"] = (slot, pass_, index)
                     batch["_errors"] = (slot, dict(errors.counts))
@@ -726,6 +769,8 @@ class EvalStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            keep_freed_memory()
         pending: list[dict] = []
         for url, size in zip(self.shards.urls[worker::n], self.shards.sizes[worker::n]):
             for sample in _raw_samples(url, self.errors, retries=self.retries, expected=size,
@@ -742,8 +787,72 @@ class EvalStream(IterableDataset):
             yield collate(pending)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(threshold_bytes: int = 256 << 20) -> bool:
+    """In a DataLoader worker: let glibc's malloc keep freed blocks up to ``threshold_bytes`` for reuse.
+
+    A worker allocates and frees ~1-2 MB per sample (member bytes, decoded arrays) at a steady rate; by
+    default glibc maps blocks that large afresh and returns them on free, so every sample's memory is
+    page-faulted in again (about a third of a sample's reading and decoding on a VM, where a fault costs
+    microseconds: benchmarks/data.py). Kept, the heap stays at the worker's working set (the shuffle
+    buffer) and is reused. Returns False where malloc is not glibc's (nothing changed).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * threshold_bytes))
+
+
 def _collate_identity(batches: list[dict]) -> dict:
     return batches[0]
+
+
+_REUSED = ("waveform", "iv")  # the batch tensors BatchBuffers reuses
+
+
+class _CopyOut:
+    """The main process's side of :class:`BatchBuffers`: each batch's reused tensors are copied out of the
+    worker's buffer before the batch is handed on (a pinned-memory copy already is one), and the buffers
+    are kept mapped so that they are not mapped and faulted in again when they come round.
+
+    Why a buffer is never overwritten while in use: the DataLoader asks worker ``w`` for its batch ``k``
+    only once the main process has taken that worker's batch ``k - prefetch_factor`` (it keeps at most
+    ``prefetch_factor`` requests per worker outstanding, in order), and every earlier batch of ``w`` has by
+    then been copied here; the buffer of batch ``k`` last held batch ``k - prefetch_factor - 2``.
+    """
+
+    def __init__(self, it: Iterator[dict], *, copy: bool, keep: int) -> None:
+        self.it, self.copy = it, copy
+        self.kept: collections.deque = collections.deque(maxlen=keep)
+
+    def __iter__(self) -> "_CopyOut":
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.it)
+        reused = {k: batch[k] for k in _REUSED if k in batch}
+        if self.copy:
+            self.kept.append(reused)
+            batch = {**batch, **{k: v.clone() for k, v in reused.items()}}
+        return batch
+
+    def __getattr__(self, name: str) -> Any:  # the DataLoader iterator's own attributes (_workers, ...)
+        return getattr(self.it, name)
+
+
+class _ReusingLoader(DataLoader):
+    """A DataLoader whose workers hand batches over in reused shared memory (:class:`BatchBuffers`)."""
+
+    def __iter__(self) -> Iterator[dict]:  # type: ignore[override]
+        it = super().__iter__()
+        if self.num_workers == 0:
+            return it
+        keep = (self.prefetch_factor + 2) * self.num_workers
+        return _CopyOut(it, copy=not self.pin_memory, keep=keep)
 
 
 def train_loader(shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: int = 1,
@@ -758,8 +867,8 @@ def train_loader(shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: in
     # a private generator: creating the loader must not draw from the global torch RNG (dropout),
     # or a resumed run would diverge from an uninterrupted one
     gen = torch.Generator().manual_seed(cfg.seed)
-    return DataLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=cfg.num_workers,
-                      generator=gen, pin_memory=pin_memory, **kw)
+    return _ReusingLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=cfg.num_workers,
+                          generator=gen, pin_memory=pin_memory, **kw)
 
 
 def eval_loader(spec: str | os.PathLike | list[str] | ShardList, batch_size: int = 16, num_workers: int = 0, *,
