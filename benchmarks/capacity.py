@@ -14,9 +14,13 @@ Inputs, each printed with its source:
 * An H100 SXM's dense bf16 peak (989 TFLOP/s) at ``--utilisation`` (model FLOPs utilisation; 0.30 is a
   stated assumption, typical of mid-sized conv + transformer training in bf16, not a measurement):
   samples/s per GPU = peak x utilisation / FLOPs per sample. benchmarks/gpu_check.py measures it.
-* ``--loader-rate``: samples per CPU-second of the data pipeline end to end (benchmarks/data.py, 2 workers).
-* Bytes per sample: read (``w.wav`` + ``iv.npz`` + ``json``) and stored (every member); defaults from
-  the issue's Spatial AudioCaps estimate (~440 GB for ~200,000 samples) and the demo renders.
+* ``--loader-rate``: samples per CPU-second of the data pipeline end to end (benchmarks/data.py, 2 workers)
+  for the paper preset; ``--official-loader-rate`` for the official preset, whose front end decodes all
+  four channels and computes the 16 kHz features and the CLAP extractor's mel on the CPU (benchmarks/data.py
+  prints each cost: ~8 + ~35 + ~10 ms per sample on the build machine, hence 19 per CPU-second).
+* Bytes per sample: read (paper: ``w.wav`` + ``iv.npz`` + ``json``, 1.21 MB on the demo renders; official:
+  ``w.wav`` + ``yzx.flac`` + ``json``, at most 1.94 MB on real recordings) and stored (every member: the
+  issue's Spatial AudioCaps estimate, ~440 GB for ~200,000 samples).
 * Data sets at 4 rooms per clip: Spatial AudioCaps (AudioCaps: 49,838 train + 495 val + 975 test
   clips) and Clotho v2.1 (3,839 dev + 1,045 val + 1,045 eval clips).
 """
@@ -35,7 +39,7 @@ H100_BF16_DENSE = 989e12  # FLOP/s, H100 SXM dense bf16 (NVIDIA data sheet; 1979
 DATASETS = {"Spatial AudioCaps": 51_308, "Clotho": 5_929}  # clips; x rooms per clip = samples
 
 
-def _roberta_dir(path: Path, quick: bool) -> Path:
+def roberta_stand_in(path: Path, quick: bool = False) -> Path:
     """A local roberta-base-shaped folder (config + a character vocabulary): weights are random anyway."""
     from transformers import RobertaConfig
 
@@ -112,19 +116,21 @@ def official_flops(roberta: Path, quick: bool) -> float:
 def plan(flops: dict[str, float], args: argparse.Namespace) -> list[str]:
     """The printed capacity table."""
     lines = [f"H100 bf16 dense peak {H100_BF16_DENSE / 1e12:.0f} TFLOP/s at {args.utilisation:.0%} utilisation "
-             f"(assumed); loader {args.loader_rate:.0f} samples per CPU-second (benchmarks/data.py); "
-             f"read {args.read_mb:.2f} MB, stored {args.stored_mb:.2f} MB per sample; "
+             f"(assumed); loader {args.loader_rate:.0f} (paper) and {args.official_loader_rate:.0f} (official) samples "
+             f"per CPU-second (benchmarks/data.py); read {args.read_mb:.2f} / {args.official_read_mb:.2f} MB, "
+             f"stored {args.stored_mb:.2f} MB per sample; "
              f"{args.rooms} rooms per clip",
              "",
              "| preset | GFLOP/sample (fwd+bwd) | samples/s per GPU | loader cores per GPU | read MB/s per GPU "
              "| per 8-GPU node: cores, MB/s |",
              "| --- | --- | --- | --- | --- | --- |"]
     rates = {}
+    loader = {"paper": (args.loader_rate, args.read_mb), "official": (args.official_loader_rate, args.official_read_mb)}
     for name, f in flops.items():
         rate = H100_BF16_DENSE * args.utilisation / f
         rates[name] = rate
-        cores = rate / args.loader_rate
-        mbs = rate * args.read_mb
+        cores = rate / loader[name][0]
+        mbs = rate * loader[name][1]
         lines.append(f"| {name} | {f / 1e9:,.0f} | {rate:,.0f} | {cores:.1f} | {mbs:,.0f} | "
                      f"{8 * cores:.0f}, {8 * mbs:,.0f} |")
     lines += ["", "| data set | clips | samples | stored GB (whole set = one node's copy) | GB per GPU "
@@ -132,7 +138,7 @@ def plan(flops: dict[str, float], args: argparse.Namespace) -> list[str]:
     for name, clips in DATASETS.items():
         n = clips * args.rooms
         gb = n * args.stored_mb / 1e3
-        epoch = " / ".join(f"{n / (8 * rates[p]) / 60:.1f} min" for p in flops)
+        epoch = " / ".join(f"{n / (8 * rates[p]):,.0f} s" for p in flops)
         lines.append(f"| {name} | {clips:,} | {n:,} | {gb:,.0f} | {gb / 8:,.0f} | {epoch} |")
     return lines
 
@@ -142,19 +148,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--utilisation", type=float, default=0.30, help="assumed model FLOPs utilisation of an H100")
     ap.add_argument("--loader-rate", type=float, default=400.0,
                     help="samples per CPU-second of the data pipeline (benchmarks/data.py, 2 workers)")
+    ap.add_argument("--official-loader-rate", type=float, default=19.0,
+                    help="samples per CPU-second of the official preset's CPU front end (benchmarks/data.py)")
     ap.add_argument("--read-mb", type=float, default=1.21, help="MB read per sample (w.wav + iv.npz + json)")
+    ap.add_argument("--official-read-mb", type=float, default=1.94, help="MB read per official-preset sample")
     ap.add_argument("--stored-mb", type=float, default=2.2, help="MB stored per sample (every member)")
     ap.add_argument("--rooms", type=int, default=4, help="rooms (renders) per clip")
     ap.add_argument("--text-tokens", type=int, default=40, help="caption tokens of the paper model's RoBERTa")
     ap.add_argument("--quick", action="store_true", help="tiny stand-in models (checks the script, not figures)")
     ap.add_argument("--json", default="", help="also write the figures to this JSON file")
+    ap.add_argument("--flops-from", default="", help="take the FLOPs from an earlier --json file (no recount)")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    with tempfile.TemporaryDirectory() as tmp:
-        roberta = _roberta_dir(Path(tmp) / "roberta-base", args.quick)
-        print("counting FLOPs on CPU (full-size models unless --quick) ...", file=sys.stderr)
-        flops = {"paper": paper_flops(roberta, args.text_tokens, args.quick),
-                 "official": official_flops(roberta, args.quick)}
+    if args.flops_from:
+        flops = json.loads(Path(args.flops_from).read_text())["flops_per_sample"]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            roberta = roberta_stand_in(Path(tmp) / "roberta-base", args.quick)
+            print("counting FLOPs on CPU (full-size models unless --quick) ...", file=sys.stderr)
+            flops = {"paper": paper_flops(roberta, args.text_tokens, args.quick),
+                     "official": official_flops(roberta, args.quick)}
     if args.quick:
         print("--quick: tiny stand-in models; the figures below check the script, they are not a plan")
     for line in plan(flops, args):

@@ -221,3 +221,16 @@ def test_reused_hand_over_buffers_never_change_a_batch_already_taken(shard_dir):
     for b in batches:
         for key, w in zip(b["key"], b["waveform"]):
             assert w[0].item() * 2 ** -15 == pytest.approx(int(key.split("_")[1]) / 1000, abs=2 ** -16)
+
+
+def test_a_corrupt_deflated_feature_member_is_a_schema_error(shard_dir):
+    """iv.npz is inflated by a fast path (ISA-L) that checks the member's size and CRC-32 like zipfile."""
+    from disse.schemas.shard import decode_iv
+    with tarfile.open(shard_dir / "train-000000.tar") as tar:
+        data = next(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".iv.npz"))
+    good = decode_iv(data, dequantise=False)
+    assert good.dtype == np.int8 and good.shape[0] == 6
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0xFF  # inside the deflated body
+    with pytest.raises(SchemaError, match="iv.npz"):
+        decode_iv(bytes(bad), dequantise=False)
