@@ -146,7 +146,7 @@ def plan(flops: dict[str, float], args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--utilisation", type=float, default=0.30, help="assumed model FLOPs utilisation of an H100")
-    ap.add_argument("--loader-rate", type=float, default=400.0,
+    ap.add_argument("--loader-rate", type=float, default=435.0,
                     help="samples per CPU-second of the data pipeline (benchmarks/data.py, 2 workers)")
     ap.add_argument("--official-loader-rate", type=float, default=19.0,
                     help="samples per CPU-second of the official preset's CPU front end (benchmarks/data.py)")

@@ -183,9 +183,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def read_url(url: str) -> bytes:
+def read_url(url: str, *, what: str = "") -> bytes:
     """All bytes of a small remote file (a ``sizes.json``) through ``webdataset.gopen``; one
-    :class:`SchemaError` naming the URL when it cannot be read."""
+    :class:`SchemaError` naming the URL (and the config field ``what``) when it cannot be read."""
     try:
         stream = gopen(url, "rb")
         try:
@@ -193,7 +193,7 @@ def read_url(url: str) -> bytes:
         finally:
             stream.close()  # a pipe's close() raises when its command failed
     except (OSError, ValueError) as exc:
-        raise SchemaError(f"cannot read ({_reason(exc)})", file=url) from None
+        raise SchemaError(f"cannot read ({_reason(exc)})", file=url, field=what or None) from None
     return data
 
 
@@ -213,11 +213,7 @@ def _remote_sizes(urls: list[str], what: str) -> list[int]:
         _check_scheme(u, what)
         where = sizes_url(u)
         if where not in cache:
-            try:
-                text = read_url(where).decode("utf-8", "replace")
-            except SchemaError as exc:
-                raise SchemaError(f"the shards' {exc.reason}", file=where, field=what) from None
-            cache[where] = _parse_sizes(text, where)
+            cache[where] = _parse_sizes(read_url(where, what=what).decode("utf-8", "replace"), where)
         name = remote_name(u)
         if name not in cache[where]:
             raise SchemaError(f"no entry for {name}", file=where, field=what)
