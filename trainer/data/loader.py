@@ -146,23 +146,25 @@ def is_remote(url: str) -> bool:
 _TAR_NAME = re.compile(r"[^\s/'\"=:]+\.tar(?=$|[\s'\"?#;|&)])")
 
 
-def remote_name(url: str) -> str:
-    """The shard file name (``train-000003.tar``) a remote shard's URL or ``pipe:`` command names, by which
-    ``sizes.json`` lists it. Raises :class:`SchemaError` when it names no ``.tar`` file."""
+def _tar_name(url: str) -> re.Match:
     found = list(_TAR_NAME.finditer(url))
     if not found:
         raise SchemaError("cannot tell which shard this reads: a remote shard's URL or pipe command must "
                           "name its '<name>.tar' file (sizes.json lists the shards by file name)", file=url)
-    return found[-1].group(0)
+    return found[-1]
+
+
+def remote_name(url: str) -> str:
+    """The shard file name (``train-000003.tar``) a remote shard's URL or ``pipe:`` command names, by which
+    ``sizes.json`` lists it. Raises :class:`SchemaError` when it names no ``.tar`` file."""
+    return _tar_name(url).group(0)
 
 
 def sizes_url(url: str) -> str:
     """Where a remote shard's ``sizes.json`` is: the same URL or command with the shard's file name replaced
     (``http://h/train/train-000003.tar`` -> ``http://h/train/sizes.json``, ``pipe:aws s3 cp
     s3://b/train/train-000003.tar -`` -> ``pipe:aws s3 cp s3://b/train/sizes.json -``)."""
-    m = list(_TAR_NAME.finditer(url))[-1] if _TAR_NAME.search(url) else None
-    if m is None:
-        remote_name(url)  # raises
+    m = _tar_name(url)
     return url[:m.start()] + "sizes.json" + url[m.end():]
 
 
