@@ -200,3 +200,37 @@ def test_reader_drops_the_unused_foa_flac_before_the_shuffle_buffer(shard_dir):
     v2 = write_shards(shard_dir.parent / "v2", "train", [2], schema_version=2)[0]
     raw = list(_raw_samples(str(v2), ErrorLog()))
     assert len(raw) == 2 and all("w.wav" in s and "foa.flac" not in s for s in raw)
+
+
+def test_reader_skips_w_when_no_audio_is_needed(shard_dir):
+    from disse.trainer.data.loader import ErrorLog, _raw_samples
+    raw = list(_raw_samples(str(shard_dir / "train-000000.tar"), ErrorLog(), with_audio=False))
+    assert len(raw) == 5 and all(set(s) == {"__key__", "__url__", "iv.npz", "json"} for s in raw)
+
+
+def test_reused_hand_over_buffers_never_change_a_batch_already_taken(shard_dir):
+    """Workers stack batches into shared memory they reuse every prefetch_factor + 2 batches; batches the
+    trainer holds on to keep their contents (each W row still carries its own sample's index)."""
+    cfg = DataConfig(batch_size=2, num_workers=2, shuffle_buffer=3, prefetch_factor=1, seed=1)
+    loader = train_loader(resolve_shards(str(shard_dir)), cfg)
+    it = iter(loader)
+    batches = list(itertools.islice(it, 24))  # each worker's 3 buffers come round 4 times
+    assert len(it.kept) == 6
+    ptrs = {b["waveform"].data_ptr() for b in it.kept}  # the workers' buffers, kept mapped here
+    assert len(ptrs) <= 6
+    for b in batches:
+        for key, w in zip(b["key"], b["waveform"]):
+            assert w[0].item() * 2 ** -15 == pytest.approx(int(key.split("_")[1]) / 1000, abs=2 ** -16)
+
+
+def test_a_corrupt_deflated_feature_member_is_a_schema_error(shard_dir):
+    """iv.npz is inflated by a fast path (ISA-L) that checks the member's size and CRC-32 like zipfile."""
+    from disse.schemas.shard import decode_iv
+    with tarfile.open(shard_dir / "train-000000.tar") as tar:
+        data = next(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".iv.npz"))
+    good = decode_iv(data, dequantise=False)
+    assert good.dtype == np.int8 and good.shape[0] == 6
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0xFF  # inside the deflated body
+    with pytest.raises(SchemaError, match="iv.npz"):
+        decode_iv(bytes(bad), dequantise=False)

@@ -56,7 +56,7 @@ KNOWN_COMMANDS = (*COMMANDS, "python", "torchrun", "sha256sum", "make", "source"
 NOT_RUN = {
     "README.md:22": "`make demo` renders and trains the full demo (13-14 minutes on 2 cores; its three commands "
                     "run as README.md:29) and `make test` runs the whole suite, this file included",
-    "docs/training.md:95": "two-node torchrun: needs a second host (HOST0) to meet; the one-node form runs "
+    "docs/training.md:97": "two-node torchrun: needs a second host (HOST0) to meet; the one-node form runs "
                            "(README step 4, docs/training.md's one-node example)",
 }
 

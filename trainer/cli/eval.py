@@ -55,7 +55,8 @@ def _device(name: str) -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Training checkpoint (.pt) to embed the shards with.")
-@click.option("--shards", help="Shards to embed: brace pattern ('val/val-{000000..000009}.tar') or a directory.")
+@click.option("--shards", help="Shards to embed: brace pattern ('val/val-{000000..000009}.tar'), a directory, or a "
+              "brace pattern of http(s):// URLs or pipe:COMMAND entries (docs/training.md, 'Shards from anywhere').")
 @click.option("--embeddings", type=click.Path(dir_okay=False), help="Precomputed embeddings (.npz; see docs/evaluation.md).")
 @click.option("--compare", nargs=2, type=click.Path(dir_okay=False), metavar="A.json B.json",
               help="Print two metrics.json side by side (with differences) and exit.")
@@ -73,6 +74,9 @@ def _device(name: str) -> str:
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True, help="Data loader workers.")
 @click.option("--max-items", type=click.IntRange(1), help="Embed only the first N items of the shards.")
+@click.option("--shard-retries", type=click.IntRange(0), default=2, show_default=True,
+              help="Times a remote shard (URL, pipe:) whose stream breaks is opened again before it is skipped "
+                   "and counted.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK, show_default=True,
               help="Rows per similarity block (memory ~ 4 * chunk^2 bytes).")
@@ -91,14 +95,14 @@ def main(checkpoint: str | None, shards: str | None, embeddings: str | None, com
          out: str, save_embeddings: str | None, rules: str | None, batch_size: int, num_workers: int,
          max_items: int | None, device: str, chunk_size: int, no_plots: bool, zero_shot_prompts: str,
          metric_set: str = "project", save_official_embeddings: str | None = None, roberta_dir: str | None = None,
-         official_config: str | None = None) -> None:
+         official_config: str | None = None, shard_retries: int = 2) -> None:
     """Score retrieval (SRC, SPA), leakage (X-SRC, X-SPA, audio-side AX-SRC, AX-SPA), invariance ratios,
     physical errors (direction next to the intensity-vector physics baseline) and zero-shot descriptors,
     each next to its chance level; write metrics.json, report.md and PNG plots."""
     try:
         _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules, batch_size, num_workers,
              max_items, device, chunk_size, no_plots, zero_shot_prompts, metric_set, save_official_embeddings,
-             roberta_dir, official_config)
+             roberta_dir, official_config, shard_retries)
     except SchemaError as exc:
         _fail(str(exc))
     except MemoryError:
@@ -107,7 +111,7 @@ def main(checkpoint: str | None, shards: str | None, embeddings: str | None, com
 
 def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_path, batch_size, num_workers,
          max_items, device, chunk_size, no_plots, zero_shot_prompts=None, metric_set="project",
-         save_official_embeddings=None, roberta_dir=None, official_config=None) -> None:
+         save_official_embeddings=None, roberta_dir=None, official_config=None, shard_retries=2) -> None:
     if compare:
         if checkpoint or embeddings or shards:
             raise SchemaError("--compare takes two metrics.json files and nothing else", field="--compare")
@@ -142,14 +146,15 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
                               "applies", file=str(embeddings), field="--metrics")
     elif official is not None:
         emb, official_data, skipped = _embed_official_checkpoint(ckpt, official, shards, device, batch_size,
-                                                                 num_workers, max_items, rules_path, zero_shot_prompts)
+                                                                 num_workers, max_items, rules_path, zero_shot_prompts,
+                                                                 shard_retries)
         meta.update({"checkpoint": str(checkpoint), "model": "official", "shards": shards, "device": _device(device),
                      "embed_seconds": round(time.perf_counter() - t0, 2), "skipped_samples": skipped})
         if skipped:
             click.echo(f"warning: {skipped} sample(s) of the shards could not be read and were skipped", err=True)
     else:
         emb, skipped = _embed_checkpoint(ckpt, shards, device, batch_size, num_workers, max_items, rules,
-                                         zero_shot_prompts or "ensemble")
+                                         zero_shot_prompts or "ensemble", shard_retries)
         meta.update({"checkpoint": str(checkpoint), "shards": shards, "device": _device(device),
                      "embed_seconds": round(time.perf_counter() - t0, 2), "skipped_samples": skipped})
         if skipped:  # unreadable samples are skipped by the loader (and logged); say so plainly here
@@ -254,7 +259,8 @@ def _official_options(ckpt: Checkpoint, roberta_dir, official_config, metric_set
 
 
 def _embed_official_checkpoint(ckpt: Checkpoint, cfg, shards: str, device: str, batch_size: int, num_workers: int,
-                               max_items: int | None, rules_path: str | None, zero_shot_prompts: str | None):
+                               max_items: int | None, rules_path: str | None, zero_shot_prompts: str | None,
+                               shard_retries: int = 2):
     """The released checkpoint over official-preset shards -> ``(Embeddings | None, release arrays, skipped)``."""
     shard_list = resolve_shards(shards, what="--shards")
     _check_preset(shard_list, "official")  # before building the model
@@ -262,7 +268,7 @@ def _embed_official_checkpoint(ckpt: Checkpoint, cfg, shards: str, device: str, 
     embedder = Embedder.load(ckpt, device=dev, roberta_dir=cfg.roberta_dir, modalities=cfg.modalities,
                              rules=rules_path, zero_shot=zero_shot_prompts, strict=cfg.strict,
                              text_max_length=cfg.text_max_length)
-    loader = eval_loader(shard_list, batch_size, num_workers, preset="official")
+    loader = eval_loader(shard_list, batch_size, num_workers, preset="official", retries=shard_retries)
     torch.manual_seed(0)
     emb, data = embed_official(embedder, loader, max_items=max_items)
     expected = shard_list.total if max_items is None else min(max_items, shard_list.total)
@@ -283,13 +289,13 @@ def _check_preset(shard_list, want: str) -> None:
 
 
 def _embed_checkpoint(ckpt: Checkpoint, shards: str, device: str, batch_size: int, num_workers: int,
-                      max_items: int | None, rules, zero_shot_prompts: str = "ensemble"):
+                      max_items: int | None, rules, zero_shot_prompts: str = "ensemble", shard_retries: int = 2):
     shard_list = resolve_shards(shards, what="--shards")  # fail fast, before building the model
     _check_preset(shard_list, "project")
     check_shard_rules(shard_list, rules, field="--rules", what="--shards")
     dev = _device(device)
     model = load_delsa(ckpt, dev)
-    loader = eval_loader(shard_list, batch_size, num_workers)
+    loader = eval_loader(shard_list, batch_size, num_workers, retries=shard_retries)
     torch.manual_seed(0)  # nothing should be random in eval mode; this makes sure of it
     emb = embed(model, loader, dev, rules, max_items=max_items, zero_shot=zero_shot_prompts)
     expected = shard_list.total if max_items is None else min(max_items, shard_list.total)

@@ -35,27 +35,31 @@ Design (why it looks like this):
 """
 from __future__ import annotations
 
+import collections
+import ctypes
 import difflib
 import json
 import logging
 import os
 import random
+import re
 import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlparse
 
 import braceexpand
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from webdataset.gopen import gopen, gopen_schemes
 
 from disse.schemas import CaptionRules, SchemaError, load_caption_rules, stable_id_int
 from disse.schemas.captions import rule_set_of_version
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, feature_params_from_dict
-from disse.schemas.shard import (W_MEMBER, ShardMeta, decode_iv, decode_meta, decode_w, group_tar_members,
-                                 iv_member)
+from disse.schemas.shard import W_MEMBER, ShardMeta, decode_iv, decode_meta, decode_w, iv_member, split_member_name
 from disse.trainer.data.augment import check_rules, drop_source_clause, rotate_sample
 from disse.trainer.model.physics import direction_from_angles, iv_to_float
 
@@ -87,6 +91,9 @@ class DataConfig:
     # audio cues, and the space head never sees a sentence without a source, which is what
     # zero-shot prompts are (docs/spatial.md). Only with model.text_input: full.
     space_caption_drop: float = 0.0
+    # times a remote shard (URL or pipe: command) whose stream breaks part-way is opened again (the samples
+    # already read are skipped, so the order is the same) before it is skipped and counted as a bad shard
+    shard_retries: int = 2
 
 
 # --------------------------------------------------------------------------- shard lists
@@ -108,14 +115,112 @@ def _read_sizes(directory: Path) -> dict[str, int]:
     if not path.is_file():
         raise SchemaError("sizes.json not found next to the shards (disse-synth writes it)", file=str(path))
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+    except OSError as exc:
+        raise SchemaError(f"cannot read ({exc})", file=str(path)) from None
+    return _parse_sizes(text, str(path))
+
+
+def _parse_sizes(text: str, where: str) -> dict[str, int]:
+    try:
+        data = json.loads(text)
     except Exception as exc:
-        raise SchemaError(f"cannot read JSON ({exc})", file=str(path)) from None
+        raise SchemaError(f"cannot read JSON ({exc})", file=where) from None
     if isinstance(data, dict) and isinstance(data.get("shards"), dict):
         data = data["shards"]
     if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
-        raise SchemaError("expected a mapping shard file name -> number of samples", file=str(path))
+        raise SchemaError("expected a mapping shard file name -> number of samples", file=where)
     return {Path(k).name: int(v) for k, v in data.items()}
+
+
+# --------------------------------------------------------------------------- remote shards (URLs, pipe:)
+
+def is_remote(url: str) -> bool:
+    """True for a shard that webdataset's ``gopen`` opens as a stream: an ``http(s)://`` (or other
+    ``gopen_schemes``) URL or a ``pipe:COMMAND``; False for a local path (``file:`` URLs included)."""
+    scheme = urlparse(str(url)).scheme
+    return len(scheme) > 1 and scheme != "file"
+
+
+# the shard's file name inside a URL or a pipe command: the last '<name>.tar' word
+_TAR_NAME = re.compile(r"[^\s/'\"=:]+\.tar(?=$|[\s'\"?#;|&)])")
+
+
+def _tar_name(url: str) -> re.Match:
+    found = list(_TAR_NAME.finditer(url))
+    if not found:
+        raise SchemaError("cannot tell which shard this reads: a remote shard's URL or pipe command must "
+                          "name its '<name>.tar' file (sizes.json lists the shards by file name)", file=url)
+    return found[-1]
+
+
+def remote_name(url: str) -> str:
+    """The shard file name (``train-000003.tar``) a remote shard's URL or ``pipe:`` command names, by which
+    ``sizes.json`` lists it. Raises :class:`SchemaError` when it names no ``.tar`` file."""
+    return _tar_name(url).group(0)
+
+
+def sizes_url(url: str) -> str:
+    """Where a remote shard's ``sizes.json`` is: the same URL or command with the shard's file name replaced
+    (``http://h/train/train-000003.tar`` -> ``http://h/train/sizes.json``, ``pipe:aws s3 cp
+    s3://b/train/train-000003.tar -`` -> ``pipe:aws s3 cp s3://b/train/sizes.json -``)."""
+    m = _tar_name(url)
+    return url[:m.start()] + "sizes.json" + url[m.end():]
+
+
+# curl's exit statuses (webdataset opens http(s) URLs with curl) that say what went wrong
+_CURL_STATUS = {6: "host not found", 7: "could not connect", 18: "the transfer broke off part-way",
+                22: "the server answered with an HTTP error (404: no such file)", 28: "timed out",
+                35: "TLS handshake failed", 56: "the connection broke off"}
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line reason for a failure to open or read a shard stream (a ``Pipe`` error says only
+    ``(args): exit N``)."""
+    m = re.search(r"exit (\d+) \(read\)", str(exc))
+    if m:
+        status = int(m.group(1))
+        hint = _CURL_STATUS.get(status, "") if "curl" in str(exc) else ""
+        return f"command exited with status {status}" + (f": {hint}" if hint else "")
+    return f"{type(exc).__name__}: {exc}"
+
+
+def read_url(url: str, *, what: str = "") -> bytes:
+    """All bytes of a small remote file (a ``sizes.json``) through ``webdataset.gopen``; one
+    :class:`SchemaError` naming the URL (and the config field ``what``) when it cannot be read."""
+    try:
+        stream = gopen(url, "rb")
+        try:
+            data = stream.read()
+        finally:
+            stream.close()  # a pipe's close() raises when its command failed
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"cannot read ({_reason(exc)})", file=url, field=what or None) from None
+    return data
+
+
+def _check_scheme(url: str, what: str) -> None:
+    scheme = urlparse(url).scheme
+    if scheme not in gopen_schemes:
+        raise SchemaError(f"no way to open {scheme}: URLs (webdataset.gopen knows "
+                          f"{', '.join(sorted(k + ':' for k in gopen_schemes if k != '__default__'))}; "
+                          f"pipe:COMMAND runs any command that writes the shard to stdout)", file=url, field=what)
+
+
+def _remote_sizes(urls: list[str], what: str) -> list[int]:
+    """Samples per remote shard from the ``sizes.json`` beside each (one read per folder)."""
+    cache: dict[str, dict[str, int]] = {}
+    sizes = []
+    for u in urls:
+        _check_scheme(u, what)
+        where = sizes_url(u)
+        if where not in cache:
+            cache[where] = _parse_sizes(read_url(where, what=what).decode("utf-8", "replace"), where)
+        name = remote_name(u)
+        if name not in cache[where]:
+            raise SchemaError(f"no entry for {name}", file=where, field=what)
+        sizes.append(cache[where][name])
+    return sizes
 
 
 # which split folder each place that names shards most likely means (a folder of split folders)
@@ -151,6 +256,11 @@ def _suggest(what: str, candidates: list[Path], missing: str | None = None) -> s
 def resolve_shards(spec: str | os.PathLike | list[str], *, what: str = "data.train") -> ShardList:
     """Expand a brace pattern, a directory (all ``*.tar`` in it) or a list of either.
 
+    Remote shards: a brace pattern of URLs (``http(s)://``, or any scheme of ``webdataset.gopen_schemes``) or
+    of ``pipe:COMMAND`` entries (a command writing the shard to stdout: ``pipe:aws s3 cp s3://b/train-{0..9}.tar
+    -``). Their sample counts come from the ``sizes.json`` beside them (:func:`sizes_url`), read through
+    ``gopen`` too; one that cannot be read is a :class:`SchemaError` naming its URL or command.
+
     Missing files or sizes are a :class:`SchemaError` naming ``what`` (the config field). A folder that
     holds split folders (``shards/`` with ``train/ val/ test/``) but no shards itself, or a folder that
     does not exist beside ones that hold shards, is an error suggesting the folder meant.
@@ -161,6 +271,12 @@ def resolve_shards(spec: str | os.PathLike | list[str], *, what: str = "data.tra
     urls: list[str] = []
     for s in specs:
         p = Path(s)
+        if is_remote(s):  # URLs and pipe: commands: brace patterns, as WebDataset expands them
+            urls.extend(braceexpand.braceexpand(s))
+            continue
+        if s.startswith("file:"):
+            s = urlparse(s).path
+            p = Path(s)
         if p.is_dir():
             found = sorted(str(x) for x in p.glob("*.tar"))
             if not found:
@@ -175,12 +291,17 @@ def resolve_shards(spec: str | os.PathLike | list[str], *, what: str = "data.tra
                               file=str(p), field=what)
         else:
             urls.extend(braceexpand.braceexpand(s))
-    missing = [u for u in urls if not Path(u).is_file()]
+    missing = [u for u in urls if not is_remote(u) and not Path(u).is_file()]
     if missing:
         raise SchemaError(f"{len(missing)} shard(s) not found, e.g. {missing[0]}", field=what)
+    remote = [u for u in urls if is_remote(u)]
+    remote_sizes = dict(zip(remote, _remote_sizes(remote, what)))
     cache: dict[Path, dict[str, int]] = {}
     sizes = []
     for u in urls:
+        if u in remote_sizes:
+            sizes.append(remote_sizes[u])
+            continue
         d = Path(u).parent
         if d not in cache:
             cache[d] = _read_sizes(d)
@@ -330,26 +451,62 @@ def _decode_official(sample: dict, *, with_audio: bool = True) -> dict:
     return out
 
 
-def collate_iv(ivs: list[np.ndarray]) -> torch.Tensor:
+class BatchBuffers:
+    """Shared-memory batch tensors that one DataLoader worker reuses, ``n`` batches round (module docstring,
+    "Hand-over").
+
+    ``default_collate`` in a worker stacks every batch into *fresh* shared memory, which the worker then
+    page-faults in page by page, and the main process maps and faults in again: on a VM that costs more than
+    reading and decoding the sample (``benchmarks/data.py`` prints the cost of a fresh page). Reused buffers
+    are faulted in once, and the main process keeps them mapped (:class:`_CopyOut`).
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n, self.count = n, 0
+        self.slots: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
+        self.current: dict[str, torch.Tensor] = self.slots[0]
+
+    def next_batch(self) -> None:
+        """Move on to the next buffer (call once before each batch's :meth:`stack` calls)."""
+        self.current = self.slots[self.count % self.n]
+        self.count += 1
+
+    def stack(self, name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """``torch.stack(tensors)`` into this batch's buffer for ``name`` (allocated once per shape)."""
+        shape, dtype = (len(tensors), *tensors[0].shape), tensors[0].dtype
+        out = self.current.get(name)
+        if out is None or tuple(out.shape) != shape or out.dtype != dtype:
+            out = self.current[name] = torch.empty(shape, dtype=dtype).share_memory_()
+        return torch.stack(tensors, out=out)
+
+
+def _stack(tensors: list[torch.Tensor], name: str, buffers: BatchBuffers | None) -> torch.Tensor:
+    # default_collate stacks straight into (fresh) shared memory inside a DataLoader worker
+    return default_collate(tensors) if buffers is None else buffers.stack(name, tensors)
+
+
+def collate_iv(ivs: list[np.ndarray], buffers: BatchBuffers | None = None) -> torch.Tensor:
     """``(6, F, M)`` features -> ``(B, 6, F, M)``: int8 q (value q / 127) when every sample is int8,
     else float16 (int8 ones de-quantised: a batch mixing schema versions)."""
     if all(iv.dtype == np.int8 for iv in ivs):
-        return default_collate([torch.from_numpy(iv) for iv in ivs])
-    return default_collate([iv_to_float(torch.from_numpy(iv)).half() for iv in ivs])
+        return _stack([torch.from_numpy(iv) for iv in ivs], "iv", buffers)
+    return _stack([iv_to_float(torch.from_numpy(iv)).half() for iv in ivs], "iv", buffers)
 
 
-def collate(samples: list[dict]) -> dict[str, Any]:
-    """Decoded samples -> a batch dict of the Batch contract (docs/internals.md)."""
+def collate(samples: list[dict], buffers: BatchBuffers | None = None) -> dict[str, Any]:
+    """Decoded samples -> a batch dict of the Batch contract (docs/internals.md). ``buffers``: a worker's
+    reused shared-memory tensors for W and the features (:class:`BatchBuffers`), else fresh ones."""
     metas = [s["meta"] for s in samples]
     batch: dict[str, Any] = {}
     # int16 W and int8 (or float16) features: a half or a quarter of float32's bytes through the workers'
-    # shared memory and to the GPU (the model converts, audio_encoder.audio_inputs_as_float); default_collate
-    # stacks straight into shared memory inside a DataLoader worker (no second copy)
+    # shared memory and to the GPU (the model converts, audio_encoder.audio_inputs_as_float)
+    if buffers is not None:
+        buffers.next_batch()
     if "waveform" in samples[0]:
-        batch["waveform"] = default_collate([torch.from_numpy(s["waveform"]) for s in samples])
+        batch["waveform"] = _stack([torch.from_numpy(s["waveform"]) for s in samples], "waveform", buffers)
     if "w_scale" in samples[0]:  # official preset: the release's omni_48k = waveform / 2**15 * w_scale
         batch["w_scale"] = torch.tensor([s["w_scale"] for s in samples], dtype=torch.float64)
-    batch["iv"] = collate_iv([s["iv"] for s in samples])
+    batch["iv"] = collate_iv([s["iv"] for s in samples], buffers)
     batch["source_text"] = [m.source_caption for m in metas]
     batch["space_text"] = [m.spatial_caption for m in metas]
     batch["caption"] = [m.caption for m in metas]
@@ -385,31 +542,102 @@ def collate(samples: list[dict]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- raw reading
 
-def _raw_samples(url: str, errors: ErrorLog) -> Iterator[dict]:
-    """Raw samples (member bytes by extension, ``__key__``, ``__url__``) of one local shard.
+# members that carry the channels besides W: read only when the sample has no W member of its own (v1)
+_OTHER_CHANNELS = ("foa.flac", "yzx.flac")
+_W_MEMBERS = ("w.wav",)
 
-    Random-access tar reading: only the members a sample needs are read, so the channels besides W
-    (a v2 sample's ``foa.flac``, a v3 sample's ``yzx.flac``; W has its own ``w.wav``) are neither
-    read nor held in the shuffle buffer.
+
+def _tar_samples(url: str, *, with_audio: bool = True) -> Iterator[dict]:
+    """Raw samples (member bytes by extension, ``__key__``, ``__url__``) of one shard, opened with
+    ``webdataset.gopen`` (a local path, an ``http(s)://`` URL, a ``pipe:`` command, ...).
+
+    Members are grouped by key as WebDataset groups them (consecutive members sharing a key); only the
+    members a sample needs are read: the channels besides W (a v2 sample's ``foa.flac``, a v3/v4 sample's
+    ``yzx.flac``; W has its own ``w.wav``) are skipped, and with ``with_audio=False`` W too. A local file
+    is seekable, so skipped members are never read (tarfile seeks past them); a stream reads past them.
     (WebDataset's streaming tar reader reads every byte in 10 kB records: ~6x slower here.)
-    A shard that cannot be opened or breaks off is counted; the samples before the break are kept.
+    Raises ``OSError`` / ``tarfile.TarError`` when the shard cannot be opened or breaks off, also when a
+    pipe's command (``curl`` for http) exits with a failure status after the last byte.
     """
+    skip = set(_OTHER_CHANNELS) if with_audio else set(_OTHER_CHANNELS + _W_MEMBERS)
+    stream = gopen(url, "rb")
+    finished = False
     try:
-        with tarfile.open(url, mode="r:") as tar:
-            for key, group in group_tar_members(tar):
-                if "w.wav" in group:  # W has its own member (schema v2, v3): the other channels stay unread
-                    group.pop("foa.flac", None)
-                    group.pop("yzx.flac", None)
-                sample = {"__key__": key, "__url__": url}
-                for ext, info in group.items():
-                    sample[ext] = tar.extractfile(info).read()  # regular files only (group_tar_members)
-                yield sample
-    except (OSError, EOFError, tarfile.TarError) as exn:
-        errors.add("bad_shards", f"{url}: {type(exn).__name__}: {exn}")
+        seekable = bool(getattr(stream, "seekable", lambda: False)())
+        with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|") as tar:
+            sample: dict | None = None
+            for info in tar:
+                if not info.isfile():
+                    continue
+                parts = split_member_name(info.name)
+                if parts is None:
+                    continue
+                key, ext = parts
+                if sample is None or key != sample["__key__"]:
+                    if sample is not None:
+                        yield _without_unused(sample, with_audio)
+                    sample = {"__key__": key, "__url__": url}
+                if ext in sample:
+                    raise tarfile.ReadError(f"{info.name}: duplicate member name in one sample")
+                if ext in skip and (not with_audio or "w.wav" in sample):
+                    sample[ext] = None  # seen, not read (a v2 sample's foa.flac comes before its w.wav)
+                    continue
+                sample[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
+            if sample is not None:
+                yield _without_unused(sample, with_audio)
+        finished = True
+    finally:
+        if finished:
+            stream.close()  # a pipe's close() waits for its command and raises on a failure status
+        else:  # abandoned part-way (the consumer stopped, or an error is on its way): close quietly
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - the command's status does not matter any more
+                pass
 
 
-def _strided(url: str, stride: int, offset: int, errors: ErrorLog) -> Iterator[dict]:
-    for j, sample in enumerate(_raw_samples(url, errors)):
+def _without_unused(sample: dict, with_audio: bool) -> dict:
+    """Drop the members a sample read but the model does not use (and the ones only seen)."""
+    if not with_audio:
+        for ext in _OTHER_CHANNELS + _W_MEMBERS:
+            sample.pop(ext, None)
+    elif "w.wav" in sample:
+        for ext in _OTHER_CHANNELS:
+            sample.pop(ext, None)
+    return {k: v for k, v in sample.items() if v is not None}
+
+
+def _raw_samples(url: str, errors: ErrorLog, *, retries: int = 0, expected: int | None = None,
+                 with_audio: bool = True) -> Iterator[dict]:
+    """The raw samples of one shard (:func:`_tar_samples`), never raising for a bad shard.
+
+    A shard that cannot be opened or breaks off, or (with ``expected``, its ``sizes.json`` count) ends
+    early, is counted in ``errors`` as a bad shard; the samples before the break are kept. A remote shard
+    is first opened again up to ``retries`` times, skipping the samples it already gave, so a retried
+    shard yields the same samples in the same order as an unbroken read.
+    """
+    done, attempt = 0, 0
+    while True:
+        try:
+            for j, sample in enumerate(_tar_samples(url, with_audio=with_audio)):
+                if j >= done:
+                    done += 1
+                    yield sample
+            if expected is not None and done < expected:
+                raise EOFError(f"the shard ended after {done} of its {expected} samples (sizes.json)")
+            return
+        except (OSError, EOFError, ValueError, tarfile.TarError) as exn:
+            if attempt < retries and is_remote(url):
+                attempt += 1
+                log.warning("shard %s broke off after %d sample(s) (%s): retry %d of %d", url, done, _reason(exn),
+                            attempt, retries)
+                continue
+            errors.add("bad_shards", f"{url}: {_reason(exn)}")
+            return
+
+
+def _strided(url: str, stride: int, offset: int, errors: ErrorLog, **kw: Any) -> Iterator[dict]:
+    for j, sample in enumerate(_raw_samples(url, errors, **kw)):
         if j % stride == offset:
             yield sample
 
@@ -479,6 +707,11 @@ class TrainStream(IterableDataset):
         worker = info.id if info is not None else 0
         slot = self.slot_of(worker)
         n_slots = self.world * self.n_workers
+        # reused hand-over buffers (workers only): a batch's buffer comes round again after
+        # prefetch_factor + 2 batches, by when the main process has copied it out (_CopyOut)
+        buffers = BatchBuffers(self.cfg.prefetch_factor + 2) if info is not None else None
+        if info is not None:
+            keep_freed_memory()
         pass_, skip = self.start.positions.get(slot, (0, 0))
         errors = ErrorLog()
         cfg = self.cfg
@@ -486,7 +719,9 @@ class TrainStream(IterableDataset):
         empty_passes = 0
         while True:
             plan = slot_plan(len(self.shards.urls), n_slots, slot, cfg.seed, pass_)
-            raw = (s for i, stride, off in plan for s in _strided(self.shards.urls[i], stride, off, errors))
+            raw = (s for i, stride, off in plan
+                   for s in _strided(self.shards.urls[i], stride, off, errors, retries=cfg.shard_retries,
+                                     expected=self.shards.sizes[i], with_audio=self.with_audio))
             rng = random.Random(f"{cfg.seed}/{pass_}/{slot}")
             produced = 0
             for index, sample in enumerate(_shuffled(raw, cfg.shuffle_buffer, rng), start=1):
@@ -507,7 +742,7 @@ class TrainStream(IterableDataset):
                 pending.append(decoded)
                 produced += 1
                 if len(pending) == cfg.batch_size:
-                    batch = collate(pending)
+                    batch = collate(pending, buffers)
                     pending = []
                     batch["_position"] = (slot, pass_, index)
                     batch["_errors"] = (slot, dict(errors.counts))
@@ -524,17 +759,21 @@ class EvalStream(IterableDataset):
     """Every sample of fixed shards exactly once, in shard order (shards split over workers)."""
 
     def __init__(self, shards: ShardList, batch_size: int, *, with_audio: bool = True,
-                 preset: str = "project") -> None:
+                 preset: str = "project", retries: int = 2) -> None:
         super().__init__()
         self.shards, self.batch_size, self.with_audio, self.preset = shards, batch_size, with_audio, preset
+        self.retries = retries
         self.errors = ErrorLog()
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            keep_freed_memory()
         pending: list[dict] = []
-        for url in self.shards.urls[worker::n]:
-            for sample in _raw_samples(url, self.errors):
+        for url, size in zip(self.shards.urls[worker::n], self.shards.sizes[worker::n]):
+            for sample in _raw_samples(url, self.errors, retries=self.retries, expected=size,
+                                       with_audio=self.with_audio):
                 try:
                     pending.append(decode_raw(sample, with_audio=self.with_audio, preset=self.preset))
                 except SchemaError as exc:
@@ -547,8 +786,72 @@ class EvalStream(IterableDataset):
             yield collate(pending)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(threshold_bytes: int = 256 << 20) -> bool:
+    """In a DataLoader worker: let glibc's malloc keep freed blocks up to ``threshold_bytes`` for reuse.
+
+    A worker allocates and frees ~1-2 MB per sample (member bytes, decoded arrays) at a steady rate; by
+    default glibc maps blocks that large afresh and returns them on free, so every sample's memory is
+    page-faulted in again (about a third of a sample's reading and decoding on a VM, where a fault costs
+    microseconds: benchmarks/data.py). Kept, the heap stays at the worker's working set (the shuffle
+    buffer) and is reused. Returns False where malloc is not glibc's (nothing changed).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * threshold_bytes))
+
+
 def _collate_identity(batches: list[dict]) -> dict:
     return batches[0]
+
+
+_REUSED = ("waveform", "iv")  # the batch tensors BatchBuffers reuses
+
+
+class _CopyOut:
+    """The main process's side of :class:`BatchBuffers`: each batch's reused tensors are copied out of the
+    worker's buffer before the batch is handed on (a pinned-memory copy already is one), and the buffers
+    are kept mapped so that they are not mapped and faulted in again when they come round.
+
+    Why a buffer is never overwritten while in use: the DataLoader asks worker ``w`` for its batch ``k``
+    only once the main process has taken that worker's batch ``k - prefetch_factor`` (it keeps at most
+    ``prefetch_factor`` requests per worker outstanding, in order), and every earlier batch of ``w`` has by
+    then been copied here; the buffer of batch ``k`` last held batch ``k - prefetch_factor - 2``.
+    """
+
+    def __init__(self, it: Iterator[dict], *, copy: bool, keep: int) -> None:
+        self.it, self.copy = it, copy
+        self.kept: collections.deque = collections.deque(maxlen=keep)
+
+    def __iter__(self) -> "_CopyOut":
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.it)
+        reused = {k: batch[k] for k in _REUSED if k in batch}
+        if self.copy:
+            self.kept.append(reused)
+            batch = {**batch, **{k: v.clone() for k, v in reused.items()}}
+        return batch
+
+    def __getattr__(self, name: str) -> Any:  # the DataLoader iterator's own attributes (_workers, ...)
+        return getattr(self.it, name)
+
+
+class _ReusingLoader(DataLoader):
+    """A DataLoader whose workers hand batches over in reused shared memory (:class:`BatchBuffers`)."""
+
+    def __iter__(self) -> Iterator[dict]:  # type: ignore[override]
+        it = super().__iter__()
+        if self.num_workers == 0:
+            return it
+        keep = (self.prefetch_factor + 2) * self.num_workers
+        return _CopyOut(it, copy=not self.pin_memory, keep=keep)
 
 
 def train_loader(shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: int = 1,
@@ -563,17 +866,18 @@ def train_loader(shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: in
     # a private generator: creating the loader must not draw from the global torch RNG (dropout),
     # or a resumed run would diverge from an uninterrupted one
     gen = torch.Generator().manual_seed(cfg.seed)
-    return DataLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=cfg.num_workers,
-                      generator=gen, pin_memory=pin_memory, **kw)
+    return _ReusingLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=cfg.num_workers,
+                          generator=gen, pin_memory=pin_memory, **kw)
 
 
 def eval_loader(spec: str | os.PathLike | list[str] | ShardList, batch_size: int = 16, num_workers: int = 0, *,
-                with_audio: bool = True, preset: str = "project") -> DataLoader:
+                with_audio: bool = True, preset: str = "project", retries: int = 2) -> DataLoader:
     """A finite loader over fixed (validation / test) shards, for ``evaluate.embed`` (``preset="project"``)
-    or ``evaluate.embed_official`` (``"official"``: the release's features, :func:`decode_raw`)."""
+    or ``evaluate.embed_official`` (``"official"``: the release's features, :func:`decode_raw`).
+    ``retries``: times a remote shard whose stream breaks is opened again before it is skipped and counted."""
     shards = spec if isinstance(spec, ShardList) else resolve_shards(spec, what="shards")
     num_workers = min(num_workers, len(shards.urls))
-    ds = EvalStream(shards, batch_size, with_audio=with_audio, preset=preset)
+    ds = EvalStream(shards, batch_size, with_audio=with_audio, preset=preset, retries=retries)
     return DataLoader(ds, batch_size=1, collate_fn=_collate_identity, num_workers=num_workers)
 
 
@@ -581,16 +885,20 @@ def shard_meta(shards: ShardList, *, what: str = "shards") -> tuple[ShardMeta, s
     """The metadata of the first readable sample of ``shards`` and where it is (a preflight: which feature
     preset and caption rule table the shards carry, before a model is run over them). ``what`` names the
     shards in an error."""
-    errors = ErrorLog()
+    first_failure = ""
     for url in shards.urls:
-        for sample in _raw_samples(url, errors):
-            if "json" in sample:
-                where = f"{url}:{sample['__key__']}"
-                try:
-                    return decode_meta(sample["json"], where=where), where
-                except SchemaError:
-                    continue  # an unreadable sample is the loader's to skip and count
-    raise SchemaError("no readable sample in the shards", field=what)
+        try:
+            for sample in _tar_samples(url, with_audio=False):
+                if "json" in sample:
+                    where = f"{url}:{sample['__key__']}"
+                    try:
+                        return decode_meta(sample["json"], where=where), where
+                    except SchemaError:
+                        continue  # an unreadable sample is the loader's to skip and count
+        except (OSError, EOFError, ValueError, tarfile.TarError) as exc:
+            # an unreachable URL or a failing pipe command: named in the error if no shard can be read
+            first_failure = first_failure or f"; {url}: {_reason(exc)}"
+    raise SchemaError(f"no readable sample in the shards{first_failure}", field=what)
 
 
 def shard_features(shards: ShardList, *, what: str = "shards") -> tuple[dict, str]:

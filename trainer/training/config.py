@@ -104,6 +104,7 @@ _RANGES: tuple[tuple[str, str, str], ...] = (
     ("data.val_batch_size", "[1", ""),
     ("data.val_num_workers", "[0", "0 = decode in the main process"),
     ("data.space_caption_drop", "[0, 1]", ""),
+    ("data.shard_retries", "[0", "0 = a broken remote shard is skipped at once"),
     ("optim.lr", "(0", ""),
     ("optim.weight_decay", "[0", ""),
     ("optim.eps", "(0", ""),

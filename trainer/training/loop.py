@@ -295,7 +295,7 @@ def train_step(ctx: StepContext, micro: list[dict]) -> tuple[float, dict[str, fl
 def validate(model: nn.Module, val: ShardList, cfg: TrainConfig, device: torch.device, precision: str,
              rules: Any) -> dict[str, float]:
     """disse-eval's metrics on the fixed validation shards (rank 0 only)."""
-    loader = eval_loader(val, cfg.data.val_batch_size, cfg.data.val_num_workers)
+    loader = eval_loader(val, cfg.data.val_batch_size, cfg.data.val_num_workers, retries=cfg.data.shard_retries)
     with autocast_ctx(precision, device):
         emb = embed(model, loader, device, rules, max_items=cfg.eval.max_items or None)
     return evaluate_embeddings(emb, rules)
