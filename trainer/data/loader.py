@@ -54,8 +54,8 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from disse.schemas import CaptionRules, SchemaError, load_caption_rules, stable_id_int
 from disse.schemas.captions import rule_set_of_version
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, feature_params_from_dict
-from disse.schemas.shard import (W_MEMBER, ShardMeta, decode_iv, decode_meta, decode_w, group_tar_members,
-                                 iv_member)
+from disse.schemas.shard import (W_MEMBER, ShardMeta, decode_foa_sample, decode_iv, decode_meta, decode_w,
+                                 group_tar_members, iv_member)
 from disse.trainer.data.augment import check_rules, drop_source_clause, rotate_sample
 from disse.trainer.model.physics import direction_from_angles, iv_to_float
 
@@ -234,6 +234,10 @@ class ErrorLog:
 # --------------------------------------------------------------------------- decoding
 
 FEATURE_PRESETS = ("project", "official")
+# what a decoded sample holds: a feature preset's features (FEATURE_PRESETS), or "foa": the 4-channel FOA and no
+# features, which the official model's trainer turns into the release's inputs on its device (any shard)
+INPUTS = FEATURE_PRESETS + ("foa",)
+OFFICIAL_RATE = 48000  # the release's front end reads 48 kHz FOA
 
 
 def decode_raw(sample: dict, *, with_audio: bool = True, preset: str = "project") -> dict:
@@ -244,8 +248,10 @@ def decode_raw(sample: dict, *, with_audio: bool = True, preset: str = "project"
     """
     if preset == "official":
         return _decode_official(sample, with_audio=with_audio)
+    if preset == "foa":
+        return _decode_foa(sample)
     if preset != "project":
-        raise ValueError(f"preset must be one of {FEATURE_PRESETS}, got {preset!r}")
+        raise ValueError(f"preset must be one of {INPUTS}, got {preset!r}")
     where, meta, member = _sample_meta(sample)
     params = FeatureParams.from_dict(meta.features, source=where)
     iv = decode_iv(sample[member], where=where, dequantise=False)  # int8 stays int8 (module docstring)
@@ -330,6 +336,24 @@ def _decode_official(sample: dict, *, with_audio: bool = True) -> dict:
     return out
 
 
+def _decode_foa(sample: dict) -> dict:
+    """Any sample (either feature preset, schema v1-v4) -> ``foa`` ``(4, T)`` AmbiX at 48 kHz (int16 PCM as stored in
+    v3 / v4, float32 from v1 / v2's 24-bit FLAC; zero-padded to the clip length of its features block) and
+    ``w_scale`` (:func:`omni_scale`); the features member is not read."""
+    where, meta, _member = _sample_meta(sample)
+    params = feature_params_from_dict(meta.features, source=where)
+    foa, sr = decode_foa_sample(sample, meta, where=where)
+    if sr != OFFICIAL_RATE:
+        raise SchemaError(f"sample rate {sr} != {OFFICIAL_RATE} (the release's front end reads 48 kHz FOA)",
+                          file=where, field=W_MEMBER.get(meta.schema_version, "foa.flac"))
+    if meta.schema_version >= 3:  # 16-bit members: int16 is exact and a half of float32's bytes
+        foa = np.round(foa * 32768.0).astype(np.int16)
+    n = params.clip_samples
+    if foa.shape[1] != n:
+        foa = np.pad(foa[:, :n], ((0, 0), (0, max(0, n - foa.shape[1]))))
+    return {"foa": foa, "w_scale": omni_scale(meta), "meta": meta}
+
+
 def collate_iv(ivs: list[np.ndarray]) -> torch.Tensor:
     """``(6, F, M)`` features -> ``(B, 6, F, M)``: int8 q (value q / 127) when every sample is int8,
     else float16 (int8 ones de-quantised: a batch mixing schema versions)."""
@@ -347,9 +371,15 @@ def collate(samples: list[dict]) -> dict[str, Any]:
     # stacks straight into shared memory inside a DataLoader worker (no second copy)
     if "waveform" in samples[0]:
         batch["waveform"] = default_collate([torch.from_numpy(s["waveform"]) for s in samples])
+    if "foa" in samples[0]:  # inputs "foa": int16 when every sample is (v3 / v4), else float32 in +-1
+        foas = [s["foa"] for s in samples]
+        if not all(f.dtype == np.int16 for f in foas):
+            foas = [f.astype(np.float32) * np.float32(2.0 ** -15) if f.dtype == np.int16 else f for f in foas]
+        batch["foa"] = default_collate([torch.from_numpy(f) for f in foas])
     if "w_scale" in samples[0]:  # official preset: the release's omni_48k = waveform / 2**15 * w_scale
         batch["w_scale"] = torch.tensor([s["w_scale"] for s in samples], dtype=torch.float64)
-    batch["iv"] = collate_iv([s["iv"] for s in samples])
+    if "iv" in samples[0]:
+        batch["iv"] = collate_iv([s["iv"] for s in samples])
     batch["source_text"] = [m.source_caption for m in metas]
     batch["space_text"] = [m.spatial_caption for m in metas]
     batch["caption"] = [m.caption for m in metas]
@@ -384,7 +414,7 @@ def collate(samples: list[dict]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- raw reading
 
-def _raw_samples(url: str, errors: ErrorLog) -> Iterator[dict]:
+def _raw_samples(url: str, errors: ErrorLog, keep_foa: bool = False) -> Iterator[dict]:
     """Raw samples (member bytes by extension, ``__key__``, ``__url__``) of one local shard.
 
     Random-access tar reading: only the members a sample needs are read, so the channels besides W
@@ -396,7 +426,7 @@ def _raw_samples(url: str, errors: ErrorLog) -> Iterator[dict]:
     try:
         with tarfile.open(url, mode="r:") as tar:
             for key, group in group_tar_members(tar):
-                if "w.wav" in group:  # W has its own member (schema v2, v3): the other channels stay unread
+                if "w.wav" in group and not keep_foa:  # W has its own member (v2-v4): the others stay unread
                     group.pop("foa.flac", None)
                     group.pop("yzx.flac", None)
                 sample = {"__key__": key, "__url__": url}
@@ -407,8 +437,8 @@ def _raw_samples(url: str, errors: ErrorLog) -> Iterator[dict]:
         errors.add("bad_shards", f"{url}: {type(exn).__name__}: {exn}")
 
 
-def _strided(url: str, stride: int, offset: int, errors: ErrorLog) -> Iterator[dict]:
-    for j, sample in enumerate(_raw_samples(url, errors)):
+def _strided(url: str, stride: int, offset: int, errors: ErrorLog, keep_foa: bool = False) -> Iterator[dict]:
+    for j, sample in enumerate(_raw_samples(url, errors, keep_foa)):
         if j % stride == offset:
             yield sample
 
@@ -456,8 +486,9 @@ class TrainStream(IterableDataset):
     """Infinite, shuffled, decoded batches for one rank (see the module docstring)."""
 
     def __init__(self, shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: int = 1,
-                 start: StreamPosition | None = None, with_audio: bool = True) -> None:
+                 start: StreamPosition | None = None, with_audio: bool = True, inputs: str = "project") -> None:
         super().__init__()
+        self.inputs = inputs  # decode_raw's preset: "project" features + W, or "foa" (the official model)
         self.shards, self.cfg, self.rank, self.world = shards, cfg, rank, world
         self.n_workers = max(1, cfg.num_workers)
         self.start = start or StreamPosition(num_workers=self.n_workers, world=world)
@@ -485,14 +516,15 @@ class TrainStream(IterableDataset):
         empty_passes = 0
         while True:
             plan = slot_plan(len(self.shards.urls), n_slots, slot, cfg.seed, pass_)
-            raw = (s for i, stride, off in plan for s in _strided(self.shards.urls[i], stride, off, errors))
+            raw = (s for i, stride, off in plan
+                   for s in _strided(self.shards.urls[i], stride, off, errors, self.inputs == "foa"))
             rng = random.Random(f"{cfg.seed}/{pass_}/{slot}")
             produced = 0
             for index, sample in enumerate(_shuffled(raw, cfg.shuffle_buffer, rng), start=1):
                 if index <= skip:
                     continue  # replaying a resumed pass: raw bytes only, nothing decoded
                 try:
-                    decoded = decode_raw(sample, with_audio=self.with_audio)
+                    decoded = decode_raw(sample, with_audio=self.with_audio, preset=self.inputs)
                 except SchemaError as exc:
                     errors.add("bad_samples", str(exc))
                     continue
@@ -533,7 +565,7 @@ class EvalStream(IterableDataset):
         worker, n = (info.id, info.num_workers) if info is not None else (0, 1)
         pending: list[dict] = []
         for url in self.shards.urls[worker::n]:
-            for sample in _raw_samples(url, self.errors):
+            for sample in _raw_samples(url, self.errors, self.preset == "foa"):
                 try:
                     pending.append(decode_raw(sample, with_audio=self.with_audio, preset=self.preset))
                 except SchemaError as exc:
@@ -552,12 +584,13 @@ def _collate_identity(batches: list[dict]) -> dict:
 
 def train_loader(shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: int = 1,
                  start: StreamPosition | None = None, with_audio: bool = True,
-                 pin_memory: bool = False) -> DataLoader:
+                 pin_memory: bool = False, inputs: str = "project") -> DataLoader:
     """An infinite loader of training batches for this rank (batches are made in the workers).
 
-    ``pin_memory``: page-locked batches for faster, asynchronous copies to a GPU.
+    ``pin_memory``: page-locked batches for faster, asynchronous copies to a GPU. ``inputs``: ``"project"``
+    (this project's features and W) or ``"foa"`` (the FOA of any shard, for the official model).
     """
-    ds = TrainStream(shards, cfg, rank=rank, world=world, start=start, with_audio=with_audio)
+    ds = TrainStream(shards, cfg, rank=rank, world=world, start=start, with_audio=with_audio, inputs=inputs)
     kw: dict[str, Any] = {"prefetch_factor": cfg.prefetch_factor} if cfg.num_workers > 0 else {}
     # a private generator: creating the loader must not draw from the global torch RNG (dropout),
     # or a resumed run would diverge from an uninterrupted one
@@ -628,6 +661,18 @@ def check_training_preset(shards: ShardList, *, what: str = "data.train") -> Non
             f"'project' (mel intensity vectors): render them with this project's features (disse-synth render "
             f"without --features {have}, or disse-synth demo); {have!r} shards are for the released model "
             f"(disse-eval --metrics official)", file=where, field="features.preset")
+
+
+def check_foa_inputs(shards: ShardList, *, what: str = "data.train") -> None:
+    """The official model's trainer reads the FOA of any shard (inputs ``"foa"``): the first sample of ``shards``
+    must decode so (w.wav + yzx.flac, or foa.flac; 48 kHz), else one SchemaError naming it and the member."""
+    errors = ErrorLog()
+    for url in shards.urls:
+        for sample in _raw_samples(url, errors, keep_foa=True):
+            if "json" in sample:
+                _decode_foa(sample)
+                return
+    raise SchemaError("no readable sample in the shards", field=what)
 
 
 def steps_per_epoch(shards: ShardList, global_batch: int) -> int:

@@ -39,6 +39,7 @@ class LossConfig:
     # cross-entropy of the source adversary (model.source_adversary_buckets) on the audio spatial embedding;
     # its gradient reaches the embedding reversed, so the embedding unlearns which recording it heard
     source_adversary_weight: float = 0.0
+    physics: bool = True             # false: no physical loss (the release's disable_physics_loss)
     max_logit_scale: float = 100.0   # exp(log scale) clamped to [min, max] (CLIP: 100)
     min_logit_scale: float = 1.0
 
@@ -133,7 +134,7 @@ class DELSALoss(nn.Module):
             logits = audio_out["source_adversary"].float()
             terms["source_adversary"] = F.cross_entropy(logits, torch.remainder(batch["source_id"], logits.shape[1]))
             total = total + c.source_adversary_weight * terms["source_adversary"]
-        if batch.get("targets") is not None and "phys" in audio_out:
+        if c.physics and batch.get("targets") is not None and "phys" in audio_out:
             phys = audio_out["phys"]
             n = phys["direction"].shape[0]
             tgt = normalize_targets({k: v.to(phys["direction"].device) if torch.is_tensor(v) else v
