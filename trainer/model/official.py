@@ -385,6 +385,18 @@ class DISSEOfficial(nn.Module):
         for name, k in PHYS_HEADS.items():
             setattr(self, f"{name}_head", RegressionHead_for_physicalValue(EMBED_DIM, k) if "audio" in mods else None)
 
+    def train(self, mode: bool = True) -> "DISSEOfficial":
+        """As ``nn.Module.train``, except that a part whose parameters are all frozen (``train.freeze``) stays in
+        eval mode: its BatchNorm statistics are kept and it has no dropout, so fine-tuning leaves every tensor
+        it does not train exactly as loaded."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                params = list(m.parameters(recurse=True))
+                if m is not self and params and not any(p.requires_grad for p in params):
+                    m.eval()
+        return self
+
     def encode_audio(self, audio: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{"i_act", "i_rea": (B, 3, 201, 1601), "omni_48k": (B, 480000)}`` (or ``"input_features"``
         ``(B, 1, 1001, 64)``, the HTSAT input already computed, instead of ``omni_48k``) ->

@@ -398,6 +398,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
     torch.manual_seed(t.seed)
     model = objective.build_model(cfg)
     apply_freeze(model, t.freeze)
+    model.train()  # after freezing: a model may keep its frozen parts in eval mode (DISSEOfficial.train)
     model.to(device)
     loss_fn = objective.build_loss(cfg)
     if isinstance(loss_fn, nn.Module):
