@@ -43,19 +43,20 @@ def _weights(path):
 
 
 def test_resume_mid_epoch_equals_straight_run_and_export_loads_strictly(demo_shards, roberta, tmp_path):
-    straight = cfg_for(demo_shards, tmp_path / "a", roberta, "train.max_steps=4")
+    # 16 samples at batch 4: 4 steps an epoch, so stopping after 1 of 2 steps is mid-epoch
+    straight = cfg_for(demo_shards, tmp_path / "a", roberta, "train.max_steps=2")
     train(straight)
-    part = cfg_for(demo_shards, tmp_path / "b", roberta, "train.max_steps=4", "train.stop_after=2")
-    assert train(part).step == 2
-    rest = cfg_for(demo_shards, tmp_path / "b", roberta, "train.max_steps=4")
-    assert train(rest, resume="latest").step == 4
+    part = cfg_for(demo_shards, tmp_path / "b", roberta, "train.max_steps=2", "train.stop_after=1")
+    assert train(part).step == 1
+    rest = cfg_for(demo_shards, tmp_path / "b", roberta, "train.max_steps=2")
+    assert train(rest, resume="latest").step == 2
     a, b = _weights(tmp_path / "a/checkpoints/latest.pt"), _weights(tmp_path / "b/checkpoints/latest.pt")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
 
     # the release layout: {"model_state_dict", "epoch", "target_stats"}, release key names, strict load
     raw = torch.load(tmp_path / "a/checkpoints/latest_release.pt", map_location="cpu", weights_only=True)
-    assert set(raw) == {"model_state_dict", "epoch", "target_stats"} and raw["epoch"] == 1
+    assert set(raw) == {"model_state_dict", "epoch", "target_stats"} and raw["epoch"] == 0
     state, entries = read_official_state(tmp_path / "a/checkpoints/latest_release.pt")
     fresh = DISSEOfficial(OfficialConfig(roberta_dir=str(roberta), text_max_length=96), audio_config_overrides=TINY)
     load_official_state(fresh, state, strict=True)
@@ -178,3 +179,15 @@ def test_bad_inputs_are_one_line_errors(demo_shards, roberta, tmp_path, capsys):
     code, err = run_cli(base + ["model.official.roberta_init=true"], capsys)
     assert code == 2 and len(err) == 1 and "model.safetensors" in err[0] and "roberta_dir" in err[0], err
     assert not (tmp_path / "r" / "checkpoints").exists()  # nothing half-written
+
+
+def test_study_script_runs_end_to_end_and_writes_its_table(demo_shards, tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from official_study import main as study
+
+    study(["--shards", str(demo_shards), "--steps", "1", "--seeds", "0", "--batch-size", "4", "--workers", "0",
+           "--out", str(tmp_path / "study"), "train.threads=2"])
+    table = (tmp_path / "study" / "study.md").read_text()
+    assert "| SPA t2a R@1 |" in table and "| area MAE (m²) |" in table and "official (DISSEOfficial)" in table
