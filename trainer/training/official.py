@@ -41,13 +41,14 @@ from disse.trainer.data.loader import ShardList, check_foa_inputs, eval_loader
 from disse.trainer.evaluation.embedder import Embedder
 from disse.trainer.evaluation.evaluate import evaluate_embeddings
 from disse.trainer.evaluation.inference import embed_official, official_batches, official_inputs
-from disse.trainer.model.official import (TARGET_STATS_KEYS, DISSEOfficial, build_official, check_target_stats,
-                                          stats_to_tensor)
+from disse.trainer.model.official import (PHYS_HEADS, TARGET_STATS_KEYS, DISSEOfficial, build_official,
+                                          check_target_stats, stats_to_tensor)
 from disse.trainer.model.weights import read_checkpoint
 from disse.trainer.training.losses import LossConfig, multi_positive_contrastive
 
 log = logging.getLogger("disse.train")
 
+FUSED_ONLY = ".patch_embed.fusion_model."  # with mel_conv2d (below): the fused HTSAT's "longer clip" path
 RELEASE_SUFFIX = "_release.pt"   # latest.pt -> latest_release.pt: the release's checkpoint layout
 _META_FIELDS = {"area_m2": "area_m2", "distance_m": "source_distance_m", "t30_ms": "t30_ms"}
 
@@ -183,6 +184,13 @@ class OfficialObjective:
             state = (ckpt.state, {k: v for k, v in ckpt.entries.items() if k != "target_stats"})
         model = build_official(o, state=state)
         model.target_stats = dict(cfg.model.official.target_stats)
+        # parameters the objective never reaches get no gradient; frozen, so DDP need not look for unused ones:
+        # the fused patch-embed's branches for "longer" clips (the release's call marks none) and, without the
+        # physical loss, the physical heads
+        unused = [FUSED_ONLY, ".patch_embed.mel_conv2d."] + ([] if cfg.loss.physics else [f"{h}_head." for h in PHYS_HEADS])
+        for name, p in model.named_parameters():
+            if any(u in name if u.startswith(".") else name.startswith(u) for u in unused):
+                p.requires_grad_(False)
         return model.train()
 
     def build_loss(self, cfg: Any) -> nn.Module:
