@@ -2,17 +2,23 @@
 
     python benchmarks/train.py                                  # demo config, CPU, small rendered demo
     python benchmarks/train.py --config paper --shards shards/train data.batch_size=64   # on a GPU: bf16
+    python benchmarks/train.py --config official model.official.roberta_dir=/data/roberta-base   # the release's model
 
 Figures printed:
 * ``step only``: repeated optimiser steps on one real batch held in memory (model + loss + AdamW,
   with the config's precision and accumulation); the ceiling the data pipeline has to feed
 * ``end to end``: disse-train's loop on the shards for ``--steps`` steps, from its log.jsonl
+* peak memory: GPU (allocated) on CUDA, else the process's peak resident set (CPU)
+
+Any model preset: the loop's objective (training/loop.py ``objective_for``) builds the model, the loss and the
+inputs, so ``--config official`` measures DISSEOfficial with its front end computed on the device.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -32,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     from disse.trainer.training.config import load_train_config
     from disse.trainer.data.loader import eval_loader, resolve_shards
     from disse.trainer.training.distributed import DistInfo, pick_device
-    from disse.trainer.training.loop import (DualEncoder, StepContext, build_loss, build_model, make_optimizer,
-                                     resolve_precision, train, train_step)
+    from disse.trainer.training.loop import (StepContext, apply_freeze, make_optimizer, objective_for,
+                                             resolve_precision, train, train_step)
     from disse.trainer.cli.train import resolve_config_path
 
     tmp = tempfile.TemporaryDirectory()
@@ -54,16 +60,20 @@ def main(argv: list[str] | None = None) -> None:
 
     # --- step only
     torch.manual_seed(0)
-    model = build_model(cfg).to(device)
-    loss_fn = build_loss(cfg)
+    objective = objective_for(cfg)
+    objective.prepare(cfg, shards, None)
+    model = objective.build_model(cfg)
+    apply_freeze(model, cfg.train.freeze)
+    model = model.train().to(device)
+    loss_fn = objective.build_loss(cfg)
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn.to(device)
     opt = make_optimizer(model, cfg)
-    raw = DualEncoder(model)
+    raw = objective.wrap(model)
     params = [p for p in model.parameters() if p.requires_grad]
     ctx = StepContext(raw, raw, model, loss_fn, opt, torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
-                      DistInfo(device=device), precision, cfg.optim.grad_clip, params)
-    batch = next(iter(eval_loader(shards, cfg.data.batch_size)))
+                      DistInfo(device=device), precision, cfg.optim.grad_clip, params, objective)
+    batch = next(iter(eval_loader(shards, cfg.data.batch_size, preset=objective.inputs)))
     if len(batch["key"]) < cfg.data.batch_size:
         raise SystemExit(f"need at least {cfg.data.batch_size} samples in one shard pass")
     micro = [batch] * cfg.train.accum_steps
@@ -85,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"step only:   {n / dt:8.2f} samples/s  ({1e3 * dt / args.steps:.0f} ms/step)")
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    else:
+        print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     del ctx, model, opt
 
     # --- end to end (the real loop, data pipeline included)

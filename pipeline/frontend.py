@@ -18,7 +18,8 @@ from scipy.signal import butter, sosfilt
 from disse.pipeline.audio_io import read_audio, resample, tile_to_length, to_ambix
 from disse.pipeline.foa import LOWPASS_HZ, dipole_omni_ratio, levels_are_ambix
 from disse.pipeline.features import intensity_features  # noqa: F401  (the front end's feature functions)
-from disse.pipeline.official_features import official_intensity, resample_torchaudio  # noqa: F401
+from disse.pipeline.official_features import (fit_repeat_torch, official_intensity, official_intensity_torch,  # noqa: F401
+                                              resample_torchaudio)
 from disse.schemas import SchemaError
 
 FOA_FORMATS = ("ambix", "fuma")

@@ -71,29 +71,53 @@ def fit_repeat(x: np.ndarray, n: int) -> np.ndarray:
     return x[..., :n]
 
 
+def fit_repeat_torch(x: torch.Tensor, n: int) -> torch.Tensor:
+    """:func:`fit_repeat` on a tensor ``(..., T)`` (any device)."""
+    t = x.shape[-1]
+    if t == 0:
+        raise ValueError("empty clip")
+    if t < n:
+        x = x.repeat(*([1] * (x.dim() - 1)), math.ceil(n / t))
+    return x[..., :n]
+
+
+def official_intensity_torch(foa: torch.Tensor, params: OfficialFeatureParams | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched, on ``foa``'s device: AmbiX FOA ``(B, 4, T)`` float32 at 48 kHz -> (i_act, i_rea), each
+    ``(B, 3, 201, 1601)`` float32 [Y, Z, X]; ``T`` other than 480000 is tiled / cropped first. No gradients.
+    The one implementation of the release's front end (:func:`official_intensity` is its one-clip numpy form);
+    the trainer computes it on the GPU from the shards' FOA (docs/official.md)."""
+    p = params or OfficialFeatureParams()
+    if foa.dim() != 3 or foa.shape[1] != 4:
+        raise ValueError(f"FOA must be (B, 4, T), got {tuple(foa.shape)}")
+    with torch.no_grad():
+        x = fit_repeat_torch(foa.to(torch.float32), p.clip_samples)
+        b = x.shape[0]
+        x16 = resample_torchaudio(x.reshape(b * 4, -1), p.sample_rate, p.feature_sample_rate)
+        window = torch.hann_window(p.win_length, device=x16.device)
+        spec = torch.stft(x16, n_fft=p.n_fft, hop_length=p.hop_length, win_length=p.win_length, window=window,
+                          center=p.center, pad_mode=p.pad_mode, normalized=False, onesided=True,
+                          return_complex=True)
+        spec = spec.reshape(b, 4, *spec.shape[1:])       # (B, 4, 201, 1601)
+        cross = torch.conj(spec[:, 0:1]) * spec[:, 1:4]   # channels 1..3 of AmbiX are Y, Z, X
+        act, rea = cross.real, cross.imag
+        norm = torch.sqrt((act ** 2).sum(dim=1, keepdim=True))
+        scale = torch.where(norm > p.norm_eps, norm, torch.ones_like(norm))
+        return act / scale, rea / scale
+
+
 def official_intensity(foa: np.ndarray, params: OfficialFeatureParams | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
     """AmbiX FOA ``(4, T)`` at 48 kHz -> (i_act, i_rea), each float32 ``(3, 201, 1601)`` [Y, Z, X].
 
-    ``T`` other than 480000 is tiled / cropped first, as the release does.
+    ``T`` other than 480000 is tiled / cropped first, as the release does (:func:`official_intensity_torch`).
     """
     _one_thread_in_workers()
-    p = params or OfficialFeatureParams()
     foa = np.asarray(foa, dtype=np.float32)
     if foa.ndim != 2 or foa.shape[0] != 4:
         raise ValueError(f"FOA must be (4, T), got {foa.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(fit_repeat(foa, p.clip_samples)))
-    with torch.no_grad():
-        x16 = resample_torchaudio(x, p.sample_rate, p.feature_sample_rate)
-        spec = torch.stft(x16, n_fft=p.n_fft, hop_length=p.hop_length, win_length=p.win_length,
-                          window=torch.hann_window(p.win_length), center=p.center, pad_mode=p.pad_mode,
-                          normalized=False, onesided=True, return_complex=True)  # (4, 201, 1601)
-        cross = torch.conj(spec[0:1]) * spec[1:4]   # channels 1..3 of AmbiX are Y, Z, X
-        act, rea = cross.real, cross.imag
-        norm = torch.sqrt((act ** 2).sum(dim=0, keepdim=True))
-        scale = torch.where(norm > p.norm_eps, norm, torch.ones_like(norm))
-        act, rea = act / scale, rea / scale
-    return act.numpy().astype(np.float32, copy=False), rea.numpy().astype(np.float32, copy=False)
+    act, rea = official_intensity_torch(torch.from_numpy(np.ascontiguousarray(foa))[None], params)
+    return act[0].numpy().astype(np.float32, copy=False), rea[0].numpy().astype(np.float32, copy=False)
 
 
 _THREADS_CHECKED = False

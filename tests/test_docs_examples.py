@@ -58,6 +58,9 @@ NOT_RUN = {
                     "run as README.md:29) and `make test` runs the whole suite, this file included",
     "docs/training.md:97": "two-node torchrun: needs a second host (HOST0) to meet; the one-node form runs "
                            "(README step 4, docs/training.md's one-node example)",
+    "docs/official.md:370": "trains the full-size official model (fused HTSAT, RoBERTa-base), far beyond CPU; "
+                            "tests/test_official_train.py runs the same code path at tiny sizes (random start, "
+                            "fine-tuning a release-layout file with frozen parts, the bad-input errors)",
 }
 
 # The demo model at the size of tests/test_train.py, one optimiser step of 2, validated after it (so

@@ -1,7 +1,9 @@
-"""``disse-train``: train DELSA from shards (CPU, one GPU, or many GPUs / nodes under torchrun).
+"""``disse-train``: train DELSA, or the release's model (``--config official``), from shards (CPU, one GPU, or many
+GPUs / nodes under torchrun).
 
     disse-train --config configs/demo.yaml data.train=demo/train data.val=demo/val
     disse-train --config paper train.out_dir=runs/p1 --resume latest
+    disse-train --config official model.official.roberta_dir=/data/roberta-base data.train=shards/train
     torchrun --nproc_per_node 8 -m disse.trainer.cli.train --config paper ...
 
 Bad input (config, shards, checkpoint) prints one ``error: ...`` line and exits with status 2.
@@ -32,18 +34,18 @@ def resolve_config_path(name: str) -> Path:
         packaged = config_path(candidate)
         if "/" not in name and packaged.is_file():
             return packaged
-    raise SchemaError("config file not found (give a path or a packaged preset: demo, paper)", file=name,
+    raise SchemaError("config file not found (give a path or a packaged preset: demo, paper, official)", file=name,
                       field="--config")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", default="demo", show_default=True,
-              help="YAML config: a path or a packaged preset name (demo, paper).")
+              help="YAML config: a path or a packaged preset name (demo, paper, official).")
 @click.option("--resume", default=None, help="'latest' (train.out_dir/checkpoints/latest.pt) or a checkpoint path.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 @click.argument("overrides", nargs=-1)
 def cli(config: str, resume: str | None, print_config: bool, overrides: tuple[str, ...]) -> None:
-    """Train DELSA. OVERRIDES are ``section.field=value`` pairs, e.g. ``optim.lr=3e-4 data.batch_size=32``."""
+    """Train DELSA (or the official model). OVERRIDES are ``section.field=value`` pairs, e.g. ``optim.lr=3e-4 data.batch_size=32``."""
     cfg, sources = read_train_config(resolve_config_path(config), list(overrides))
     if print_config:
         click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), nl=False)

@@ -59,7 +59,8 @@ from webdataset.gopen import gopen, gopen_schemes
 from disse.schemas import CaptionRules, SchemaError, load_caption_rules, stable_id_int
 from disse.schemas.captions import rule_set_of_version
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, feature_params_from_dict
-from disse.schemas.shard import W_MEMBER, ShardMeta, decode_iv, decode_meta, decode_w, iv_member, split_member_name
+from disse.schemas.shard import (W_MEMBER, ShardMeta, decode_foa_sample, decode_iv, decode_meta, decode_w,
+                                 iv_member, split_member_name)
 from disse.trainer.data.augment import check_rules, drop_source_clause, rotate_sample
 from disse.trainer.model.physics import direction_from_angles, iv_to_float
 
@@ -355,6 +356,10 @@ class ErrorLog:
 # --------------------------------------------------------------------------- decoding
 
 FEATURE_PRESETS = ("project", "official")
+# what a decoded sample holds: a feature preset's features (FEATURE_PRESETS), or "foa": the 4-channel FOA and no
+# features, which the official model's trainer turns into the release's inputs on its device (any shard)
+INPUTS = FEATURE_PRESETS + ("foa",)
+OFFICIAL_RATE = 48000  # the release's front end reads 48 kHz FOA
 
 
 def decode_raw(sample: dict, *, with_audio: bool = True, preset: str = "project") -> dict:
@@ -365,8 +370,10 @@ def decode_raw(sample: dict, *, with_audio: bool = True, preset: str = "project"
     """
     if preset == "official":
         return _decode_official(sample, with_audio=with_audio)
+    if preset == "foa":
+        return _decode_foa(sample)
     if preset != "project":
-        raise ValueError(f"preset must be one of {FEATURE_PRESETS}, got {preset!r}")
+        raise ValueError(f"preset must be one of {INPUTS}, got {preset!r}")
     where, meta, member = _sample_meta(sample)
     params = FeatureParams.from_dict(meta.features, source=where)
     iv = decode_iv(sample[member], where=where, dequantise=False)  # int8 stays int8 (module docstring)
@@ -485,6 +492,24 @@ def _stack(tensors: list[torch.Tensor], name: str, buffers: BatchBuffers | None)
     return default_collate(tensors) if buffers is None else buffers.stack(name, tensors)
 
 
+def _decode_foa(sample: dict) -> dict:
+    """Any sample (either feature preset, schema v1-v4) -> ``foa`` ``(4, T)`` AmbiX at 48 kHz (int16 PCM as stored in
+    v3 / v4, float32 from v1 / v2's 24-bit FLAC; zero-padded to the clip length of its features block) and
+    ``w_scale`` (:func:`omni_scale`); the features member is not read."""
+    where, meta, _member = _sample_meta(sample)
+    params = feature_params_from_dict(meta.features, source=where)
+    foa, sr = decode_foa_sample(sample, meta, where=where)
+    if sr != OFFICIAL_RATE:
+        raise SchemaError(f"sample rate {sr} != {OFFICIAL_RATE} (the release's front end reads 48 kHz FOA)",
+                          file=where, field=W_MEMBER.get(meta.schema_version, "foa.flac"))
+    if meta.schema_version >= 3:  # 16-bit members: int16 is exact and a half of float32's bytes
+        foa = np.round(foa * 32768.0).astype(np.int16)
+    n = params.clip_samples
+    if foa.shape[1] != n:
+        foa = np.pad(foa[:, :n], ((0, 0), (0, max(0, n - foa.shape[1]))))
+    return {"foa": foa, "w_scale": omni_scale(meta), "meta": meta}
+
+
 def collate_iv(ivs: list[np.ndarray], buffers: BatchBuffers | None = None) -> torch.Tensor:
     """``(6, F, M)`` features -> ``(B, 6, F, M)``: int8 q (value q / 127) when every sample is int8,
     else float16 (int8 ones de-quantised: a batch mixing schema versions)."""
@@ -506,7 +531,13 @@ def collate(samples: list[dict], buffers: BatchBuffers | None = None) -> dict[st
         batch["waveform"] = _stack([torch.from_numpy(s["waveform"]) for s in samples], "waveform", buffers)
     if "w_scale" in samples[0]:  # official preset: the release's omni_48k = waveform / 2**15 * w_scale
         batch["w_scale"] = torch.tensor([s["w_scale"] for s in samples], dtype=torch.float64)
-    batch["iv"] = collate_iv([s["iv"] for s in samples], buffers)
+    if "foa" in samples[0]:  # inputs "foa": int16 when every sample is (v3 / v4), else float32 in +-1
+        foas = [s["foa"] for s in samples]
+        if not all(f.dtype == np.int16 for f in foas):
+            foas = [f.astype(np.float32) * np.float32(2.0 ** -15) if f.dtype == np.int16 else f for f in foas]
+        batch["foa"] = default_collate([torch.from_numpy(f) for f in foas])
+    if "iv" in samples[0]:
+        batch["iv"] = collate_iv([s["iv"] for s in samples], buffers)
     batch["source_text"] = [m.source_caption for m in metas]
     batch["space_text"] = [m.spatial_caption for m in metas]
     batch["caption"] = [m.caption for m in metas]
@@ -547,7 +578,7 @@ _OTHER_CHANNELS = ("foa.flac", "yzx.flac")
 _W_MEMBERS = ("w.wav",)
 
 
-def _tar_samples(url: str, *, with_audio: bool = True) -> Iterator[dict]:
+def _tar_samples(url: str, *, with_audio: bool = True, keep_foa: bool = False) -> Iterator[dict]:
     """Raw samples (member bytes by extension, ``__key__``, ``__url__``) of one shard, opened with
     ``webdataset.gopen`` (a local path, an ``http(s)://`` URL, a ``pipe:`` command, ...).
 
@@ -560,6 +591,8 @@ def _tar_samples(url: str, *, with_audio: bool = True) -> Iterator[dict]:
     pipe's command (``curl`` for http) exits with a failure status after the last byte.
     """
     skip = set(_OTHER_CHANNELS) if with_audio else set(_OTHER_CHANNELS + _W_MEMBERS)
+    if keep_foa:  # the official model's front end reads all four channels
+        skip = set()
     stream = gopen(url, "rb")
     finished = False
     try:
@@ -575,7 +608,7 @@ def _tar_samples(url: str, *, with_audio: bool = True) -> Iterator[dict]:
                 key, ext = parts
                 if sample is None or key != sample["__key__"]:
                     if sample is not None:
-                        yield _without_unused(sample, with_audio)
+                        yield _without_unused(sample, with_audio, keep_foa)
                     sample = {"__key__": key, "__url__": url}
                 if ext in sample:
                     raise tarfile.ReadError(f"{info.name}: duplicate member name in one sample")
@@ -584,7 +617,7 @@ def _tar_samples(url: str, *, with_audio: bool = True) -> Iterator[dict]:
                     continue
                 sample[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
             if sample is not None:
-                yield _without_unused(sample, with_audio)
+                yield _without_unused(sample, with_audio, keep_foa)
         finished = True
     finally:
         if finished:
@@ -596,9 +629,11 @@ def _tar_samples(url: str, *, with_audio: bool = True) -> Iterator[dict]:
                 pass
 
 
-def _without_unused(sample: dict, with_audio: bool) -> dict:
+def _without_unused(sample: dict, with_audio: bool, keep_foa: bool = False) -> dict:
     """Drop the members a sample read but the model does not use (and the ones only seen)."""
-    if not with_audio:
+    if keep_foa:
+        pass
+    elif not with_audio:
         for ext in _OTHER_CHANNELS + _W_MEMBERS:
             sample.pop(ext, None)
     elif "w.wav" in sample:
@@ -608,7 +643,7 @@ def _without_unused(sample: dict, with_audio: bool) -> dict:
 
 
 def _raw_samples(url: str, errors: ErrorLog, *, retries: int = 0, expected: int | None = None,
-                 with_audio: bool = True) -> Iterator[dict]:
+                 with_audio: bool = True, keep_foa: bool = False) -> Iterator[dict]:
     """The raw samples of one shard (:func:`_tar_samples`), never raising for a bad shard.
 
     A shard that cannot be opened or breaks off, or (with ``expected``, its ``sizes.json`` count) ends
@@ -619,7 +654,7 @@ def _raw_samples(url: str, errors: ErrorLog, *, retries: int = 0, expected: int 
     done, attempt = 0, 0
     while True:
         try:
-            for j, sample in enumerate(_tar_samples(url, with_audio=with_audio)):
+            for j, sample in enumerate(_tar_samples(url, with_audio=with_audio, keep_foa=keep_foa)):
                 if j >= done:
                     done += 1
                     yield sample
@@ -685,8 +720,9 @@ class TrainStream(IterableDataset):
     """Infinite, shuffled, decoded batches for one rank (see the module docstring)."""
 
     def __init__(self, shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: int = 1,
-                 start: StreamPosition | None = None, with_audio: bool = True) -> None:
+                 start: StreamPosition | None = None, with_audio: bool = True, inputs: str = "project") -> None:
         super().__init__()
+        self.inputs = inputs  # decode_raw's preset: "project" features + W, or "foa" (the official model)
         self.shards, self.cfg, self.rank, self.world = shards, cfg, rank, world
         self.n_workers = max(1, cfg.num_workers)
         self.start = start or StreamPosition(num_workers=self.n_workers, world=world)
@@ -721,14 +757,15 @@ class TrainStream(IterableDataset):
             plan = slot_plan(len(self.shards.urls), n_slots, slot, cfg.seed, pass_)
             raw = (s for i, stride, off in plan
                    for s in _strided(self.shards.urls[i], stride, off, errors, retries=cfg.shard_retries,
-                                     expected=self.shards.sizes[i], with_audio=self.with_audio))
+                                     expected=self.shards.sizes[i], with_audio=self.with_audio,
+                                     keep_foa=self.inputs == "foa"))
             rng = random.Random(f"{cfg.seed}/{pass_}/{slot}")
             produced = 0
             for index, sample in enumerate(_shuffled(raw, cfg.shuffle_buffer, rng), start=1):
                 if index <= skip:
                     continue  # replaying a resumed pass: raw bytes only, nothing decoded
                 try:
-                    decoded = decode_raw(sample, with_audio=self.with_audio)
+                    decoded = decode_raw(sample, with_audio=self.with_audio, preset=self.inputs)
                 except SchemaError as exc:
                     errors.add("bad_samples", str(exc))
                     continue
@@ -773,7 +810,7 @@ class EvalStream(IterableDataset):
         pending: list[dict] = []
         for url, size in zip(self.shards.urls[worker::n], self.shards.sizes[worker::n]):
             for sample in _raw_samples(url, self.errors, retries=self.retries, expected=size,
-                                       with_audio=self.with_audio):
+                                       with_audio=self.with_audio, keep_foa=self.preset == "foa"):
                 try:
                     pending.append(decode_raw(sample, with_audio=self.with_audio, preset=self.preset))
                 except SchemaError as exc:
@@ -856,12 +893,13 @@ class _ReusingLoader(DataLoader):
 
 def train_loader(shards: ShardList, cfg: DataConfig, *, rank: int = 0, world: int = 1,
                  start: StreamPosition | None = None, with_audio: bool = True,
-                 pin_memory: bool = False) -> DataLoader:
+                 pin_memory: bool = False, inputs: str = "project") -> DataLoader:
     """An infinite loader of training batches for this rank (batches are made in the workers).
 
-    ``pin_memory``: page-locked batches for faster, asynchronous copies to a GPU.
+    ``pin_memory``: page-locked batches for faster, asynchronous copies to a GPU. ``inputs``: ``"project"``
+    (this project's features and W) or ``"foa"`` (the FOA of any shard, for the official model).
     """
-    ds = TrainStream(shards, cfg, rank=rank, world=world, start=start, with_audio=with_audio)
+    ds = TrainStream(shards, cfg, rank=rank, world=world, start=start, with_audio=with_audio, inputs=inputs)
     kw: dict[str, Any] = {"prefetch_factor": cfg.prefetch_factor} if cfg.num_workers > 0 else {}
     # a private generator: creating the loader must not draw from the global torch RNG (dropout),
     # or a resumed run would diverge from an uninterrupted one
@@ -937,6 +975,18 @@ def check_training_preset(shards: ShardList, *, what: str = "data.train") -> Non
             f"'project' (mel intensity vectors): render them with this project's features (disse-synth render "
             f"without --features {have}, or disse-synth demo); {have!r} shards are for the released model "
             f"(disse-eval --metrics official)", file=where, field="features.preset")
+
+
+def check_foa_inputs(shards: ShardList, *, what: str = "data.train") -> None:
+    """The official model's trainer reads the FOA of any shard (inputs ``"foa"``): the first sample of ``shards``
+    must decode so (w.wav + yzx.flac, or foa.flac; 48 kHz), else one SchemaError naming it and the member."""
+    errors = ErrorLog()
+    for url in shards.urls:
+        for sample in _raw_samples(url, errors, keep_foa=True):
+            if "json" in sample:
+                _decode_foa(sample)
+                return
+    raise SchemaError("no readable sample in the shards", field=what)
 
 
 def steps_per_epoch(shards: ShardList, global_batch: int) -> int:

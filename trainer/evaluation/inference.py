@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from disse.pipeline.frontend import normalise_level, official_intensity, intensity_features
+from disse.pipeline.frontend import (fit_repeat_torch, intensity_features, normalise_level, official_intensity,
+                                     official_intensity_torch)
 from disse.schemas import CaptionRules, SchemaError, load_caption_rules
 from disse.schemas.captions import prompt_ensemble
 from disse.schemas.features import FeatureParams, OfficialFeatureParams
@@ -23,7 +24,7 @@ from disse.trainer.evaluation.embeddings import (BASELINE_ARRAYS, DESC_PREFIX, E
                                                  PROMPT_LABEL_PREFIX, TRUE_ARRAYS, Embeddings)
 from disse.trainer.model import physics
 from disse.trainer.model.delsa import DELSA
-from disse.trainer.model.official import DISSEOfficial
+from disse.trainer.model.official import CLIP_SAMPLES, DISSEOfficial, physical_units
 
 ZERO_SHOT_PROMPTS = ("ensemble", "single")
 # target arrays of a Batch's ``targets`` (real units)
@@ -114,6 +115,32 @@ def official_iv_direction(iv: torch.Tensor) -> np.ndarray:
     return (v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)).float().numpy()
 
 
+def official_inputs(batch: dict, device: torch.device | str, params: OfficialFeatureParams | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """A batch read with inputs ``"foa"`` (``foa`` (B, 4, T) AmbiX at 48 kHz, int16 PCM or float, and ``w_scale``) ->
+    the release's model inputs on ``device``, computed there in torch (the GPU when there is one): ``i_act``,
+    ``i_rea`` (B, 3, 201, 1601) (:func:`disse.pipeline.official_features.official_intensity_torch`) and ``omni_48k``
+    (B, 480000) = W x ``w_scale``, tiled / cropped as the release does. No gradients."""
+    foa = batch["foa"].to(device, non_blocking=True)
+    foa = foa.to(torch.float32) * (2.0 ** -15) if foa.dtype == torch.int16 else foa.to(torch.float32)
+    i_act, i_rea = official_intensity_torch(foa, params)
+    omni = fit_repeat_torch(foa[:, 0], CLIP_SAMPLES)
+    if batch.get("w_scale") is not None:
+        omni = omni * batch["w_scale"].to(device, torch.float32)[:, None]
+    return {"i_act": i_act, "i_rea": i_rea, "omni_48k": omni}
+
+
+def official_batches(loader: Iterable[dict], device: torch.device | str,
+                     params: OfficialFeatureParams | None = None) -> Iterable[dict]:
+    """Batches of inputs ``"foa"`` -> batches the :class:`OfficialEncoder` reads (``waveform`` = ``omni_48k``, ``iv`` =
+    [i_act, i_rea] (B, 6, 201, 1601)), via :func:`official_inputs`; the other entries are kept."""
+    for batch in loader:
+        x = official_inputs(batch, device, params)
+        out = {k: v for k, v in batch.items() if k not in ("foa", "w_scale")}
+        out["waveform"], out["iv"] = x["omni_48k"], torch.cat([x["i_act"], x["i_rea"]], dim=1)
+        yield out
+
+
 class OfficialEncoder(Encoder):
     """The release: ``omni_48k`` = W (de-gained by ``w_scale`` on the official grid), ``i_act`` / ``i_rea`` the
     16 kHz intensity of its front end; the raw head outputs (``official_direction`` (B, 2), ``official_*_z``)."""
@@ -144,6 +171,11 @@ class OfficialEncoder(Encoder):
         for name, k in (("official_area_z", "area"), ("official_distance_z", "distance"),
                         ("official_reverb_z", "reverb")):
             cols[name] = _np(out[k].squeeze(-1))
+        stats = getattr(self.model, "target_stats", None)
+        if stats:  # a model trained here carries its training split's statistics: the heads in m², m, ms
+            units = physical_units(out, stats)
+            for name, key in (("est_area_m2", "area_m2"), ("est_distance_m", "distance_m"), ("est_t30_ms", "t30_ms")):
+                cols[name] = units[key].float().cpu().numpy()
         cols["iv_direction"] = official_iv_direction(iv.cpu())
         return cols
 
@@ -300,6 +332,8 @@ def embed_official(embedder: Any, loader: Iterable[dict], max_items: int | None 
     official.update(text_source=cols["text_source"], text_spatial=cols["text_space"])
     keep = EMBEDDING_ARRAYS + ID_ARRAYS + TRUE_ARRAYS + ("iv_direction", "key")
     arrays = {k: v for k, v in cols.items() if k in keep}
+    # real units where the model carries its training statistics (never the 2-d direction: docs/official.md)
+    arrays.update({p: cols["est_" + p[len("pred_"):]] for p in PRED_ARRAYS if "est_" + p[len("pred_"):] in cols})
     for attr, (labels, protos) in embedder.prompts().items():
         truth = [str(d[attr]) for d in cols["descriptors"] if attr in d]
         # zero-shot is scored only where every item's label has a prompt (the release's rules give "none"

@@ -25,6 +25,7 @@ from torch import nn
 from disse.schemas.errors import SchemaError
 from disse.trainer.model.adversary import SourceAdversary, SourceCritic
 from disse.trainer.model.audio_encoder import AudioConfig, AudioEncoder, HTSATConfig, SpatialConfig, mlp
+from disse.trainer.model.official import OfficialConfig
 from disse.trainer.model.physics import SCALARS
 from disse.trainer.model.spatial import ROOM_STATS_DIM
 from disse.trainer.model.text_encoder import TextConfig, TextEncoder, Tokenizer
@@ -38,8 +39,11 @@ SPACE_INPUTS = ("fused", "spatial")
 
 @dataclass
 class ModelConfig:
-    """The ``model:`` section of configs/{demo,paper}.yaml."""
+    """The ``model:`` section of configs/{demo,paper}.yaml (``preset: official``: configs/official.yaml)."""
 
+    # "project" (DELSA, the fields below) | "official" (the release's DISSEOfficial, built from ``official``)
+    preset: str = "project"
+    official: OfficialConfig = field(default_factory=OfficialConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     text: TextConfig = field(default_factory=TextConfig)
     shared_dim: int = 512          # fused audio / projected text embedding

@@ -25,6 +25,10 @@ def model_config(ckpt: Checkpoint) -> ModelConfig:
 def load_delsa(ckpt: str | Path | Checkpoint, device: str | torch.device = "cpu") -> DELSA:
     """The DELSA model of a project checkpoint, in eval mode on ``device``."""
     ckpt = as_checkpoint(ckpt, expect=("project",))
+    if (ckpt.config.get("model") or {}).get("preset") == "official":
+        raise SchemaError("is a disse-train checkpoint of the official preset (DISSEOfficial): give its release-layout "
+                          "export instead (checkpoints/*_release.pt, train.export_release), which disse-eval and "
+                          "disse-embed read as the released file", file=str(ckpt.path), field="model.preset")
     # the weights come from this checkpoint: pretrained files that training started from need not exist
     # here (HTSAT then starts from random init before being overwritten; the text side keeps a file that
     # is present, since a RoBERTa without a CLAP file needs its hf_dir weights instead)

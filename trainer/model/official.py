@@ -37,7 +37,9 @@ from transformers import (ClapAudioConfig, ClapAudioModel, ClapFeatureExtractor,
 from disse.configs import config_path
 from disse.schemas.config import load_config
 from disse.schemas.errors import SchemaError
+from disse.trainer.model.clap_checkpoint import laion_htsat_to_clap_audio, load_into, sub_state_dict
 from disse.trainer.model.hf import quiet_transformers
+from disse.trainer.model.htsat import LogMel
 from disse.trainer.model.weights import read_checkpoint
 
 # laion/clap-htsat-fused config.json, "audio_config" (the values the checkpoint's shapes pin, plus
@@ -87,8 +89,18 @@ class OfficialConfig:
     roberta_dir: str | None = None   # local roberta-base folder: config.json, vocab.json, merges.txt
     checkpoint: str | None = None    # the released disse_epoch20.pt (or any checkpoint of this model)
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
-    text_max_length: int = 512       # the release pads every caption to 512 tokens
+    text_max_length: int = 512       # truncation bound (the release pads to it; here: to the longest caption)
     strict: bool = True              # missing / unexpected / mismatched keys are an error
+    # training starts (disse-train --config official; docs/official.md "Training the official model"); with
+    # ``checkpoint`` set, every tensor comes from it and these two are not used
+    htsat_init: str | None = None    # a LAION-CLAP fused .pt, or a local HF folder of laion/clap-htsat-fused
+    roberta_init: bool = False       # load roberta-base's weights from roberta_dir (model.safetensors / .bin)
+    # shrinks the HTSAT (ClapAudioConfig values, e.g. {hidden_size: 128, patch_embeds_hidden_size: 16});
+    # tests and CPU demos only: a release-layout file of a shrunk model loads only into the same sizes
+    htsat_overrides: dict = field(default_factory=dict)
+    # z-score statistics of the physical targets, {area_m2|distance_m|t30_ms: [mean, std]}: filled by
+    # disse-train from the training split (docs/official.md), carried by the config and the checkpoints
+    target_stats: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -99,7 +111,16 @@ class _ModelSection:
 
 @dataclass
 class _OfficialFile:
+    """configs/official.yaml as the inference tools read it: ``model`` only; the trainer's sections (read by
+    disse-train's TrainConfig) are accepted as they are."""
+
     model: _ModelSection = field(default_factory=_ModelSection)
+    loss: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    optim: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    log: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
 
 
 def load_official_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> OfficialConfig:
@@ -199,32 +220,42 @@ def official_htsat_inputs(omni_48k, extractor=None) -> dict:
     return dict(extractor(items, **OFFICIAL_CLAP_CALL))
 
 
-class ClapHTSAT(nn.Module):
-    """``omni_48k (B, T) -> (B, 768)``: CLAP feature extractor (release call) + ``ClapAudioModel`` pooler.
+# OFFICIAL_CLAP_PREPROCESSOR's values in the form of trainer.model.htsat.LogMel (the same Slaney log-mel in torch)
+OFFICIAL_LOG_MEL: dict = {"window_size": 1024, "hop_size": 480, "sample_rate": 48000, "mel_bins": 64,
+                          "fmin": 50, "fmax": 14000}
 
-    The model is the attribute ``model`` (keys ``model.audio_encoder.*``). The feature extractor runs on
-    CPU in numpy, like the release's ``ClapProcessor`` call.
+
+class ClapHTSAT(nn.Module):
+    """``omni_48k (B, T) -> (B, 768)``: the release's HTSAT input + ``ClapAudioModel`` pooler.
+
+    The model is the attribute ``model`` (keys ``model.audio_encoder.*``). The input is computed in torch on
+    the model's device by ``front`` (:class:`disse.trainer.model.htsat.LogMel` with the hub's values: periodic
+    Hann 1024, hop 480, power, Slaney mel 50-14000 Hz, 10 log10), which equals the release's ClapProcessor call
+    (:func:`official_htsat_inputs`, numpy on the CPU) within float tolerance (tests/test_official_train.py).
     """
 
     def __init__(self, audio_config_overrides: dict[str, Any] | None = None) -> None:
         super().__init__()
         quiet_transformers()
         self.model = ClapAudioModel(clap_audio_config(audio_config_overrides))
-        self._extractor = None
+        self.front = LogMel(OFFICIAL_LOG_MEL)  # non-persistent buffers: not in the state dict
 
-    def features(self, omni_48k: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(B, T)`` float W channel at 48 kHz -> ``{"input_features": (B, 1, 1001, 64), "is_longer": (B, 1)}``
-        (:func:`official_htsat_inputs`: the release's ClapProcessor call)."""
+    def features(self, omni_48k: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` float W channel at 48 kHz (480000 samples) -> ``input_features (B, 1, 1001, 64)`` (float32,
+        on the model's device; ``is_longer`` is all False in the release's call)."""
         if omni_48k.dim() != 2:
             raise ValueError(f"omni_48k must be (B, T), got {tuple(omni_48k.shape)}")
-        if self._extractor is None:
-            self._extractor = ClapFeatureExtractor(**OFFICIAL_CLAP_PREPROCESSOR)
-        return official_htsat_inputs(omni_48k.detach().to("cpu", torch.float32), self._extractor)
+        device = self.front.mel.device
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            return self.front(omni_48k.to(device, torch.float32))
 
-    def forward(self, omni_48k: torch.Tensor) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        inputs = {k: v.to(device) for k, v in self.features(omni_48k).items()}
-        return self.model(**inputs).pooler_output
+    def forward(self, omni_48k: torch.Tensor | None = None, input_features: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        if input_features is None:
+            input_features = self.features(omni_48k)
+        # the release's call marks no clip longer: the fused patch-embed reads the global mel plane only
+        is_longer = torch.zeros(input_features.shape[0], 1, dtype=torch.bool, device=input_features.device)
+        return self.model(input_features=input_features, is_longer=is_longer).pooler_output
 
 
 class OfficialAudioEncoder(nn.Module):
@@ -238,9 +269,10 @@ class OfficialAudioEncoder(nn.Module):
         width = self.htsat.model.config.hidden_size
         self.audio_projection = nn.Sequential(nn.Linear(192 + width, 768), nn.ELU(), nn.Linear(768, EMBED_DIM))
 
-    def forward(self, i_act: torch.Tensor, i_rea: torch.Tensor, omni_48k: torch.Tensor) -> torch.Tensor:
+    def forward(self, i_act: torch.Tensor, i_rea: torch.Tensor, omni_48k: torch.Tensor | None = None,
+                input_features: torch.Tensor | None = None) -> torch.Tensor:
         spatial = self.spatial_to_elsa(self.spatial_branch(i_act, i_rea))
-        source = self.htsat(omni_48k)
+        source = self.htsat(omni_48k, input_features)
         return self.audio_projection(torch.cat([spatial, source.to(spatial.dtype)], dim=1))
 
 
@@ -286,16 +318,20 @@ class OfficialTextEncoder(nn.Module):
         return self._tokenizer
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """``texts -> {"input_ids", "attention_mask"}`` (B, max_length): padded to max_length, as the release."""
+        """``texts -> {"input_ids", "attention_mask"}`` (B, L): padded to the longest caption of the batch, cut at
+        ``max_length``. The release pads to 512; with the attention mask the embeddings are the same within
+        float tolerance (the pads are masked and RoBERTa's positions skip them) at a fraction of the cost."""
         if isinstance(texts, str):
             raise TypeError("encode_text takes a list of strings")
-        enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
+        enc = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def forward(self, texts: list[str]) -> torch.Tensor:
+    def forward(self, texts: list[str] | dict[str, torch.Tensor]) -> torch.Tensor:
+        """Captions, or their :meth:`tokenize` output, -> ``(B, 512)``."""
         device = self.proj1.weight.device
-        tokens = {k: v.to(device) for k, v in self.tokenize(texts).items()}
+        tokens = texts if isinstance(texts, dict) else self.tokenize(texts)
+        tokens = {k: v.to(device) for k, v in tokens.items()}
         pooled = self.roberta(**tokens).pooler_output
         return self.proj2(self.reru(self.proj1(pooled)))
 
@@ -328,6 +364,8 @@ class DISSEOfficial(nn.Module):
                  audio_config_overrides: dict[str, Any] | None = None) -> None:
         super().__init__()
         cfg = cfg or OfficialConfig()
+        if audio_config_overrides is None:
+            audio_config_overrides = dict(cfg.htsat_overrides) or None
         mods = set(cfg.modalities)
         if not mods or not mods <= set(MODALITIES):
             raise SchemaError(f"must be a non-empty subset of {list(MODALITIES)}, got {cfg.modalities}",
@@ -343,25 +381,41 @@ class DISSEOfficial(nn.Module):
             self.text_encoder = OfficialTextEncoder(cfg.roberta_dir, cfg.text_max_length)
             self.text_space_head, self.text_source_head = _head(), _head()
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.target_stats = dict(cfg.target_stats) or None  # z-score statistics of the physical targets
         for name, k in PHYS_HEADS.items():
             setattr(self, f"{name}_head", RegressionHead_for_physicalValue(EMBED_DIM, k) if "audio" in mods else None)
 
+    def train(self, mode: bool = True) -> "DISSEOfficial":
+        """As ``nn.Module.train``, except that a part whose parameters are all frozen (``train.freeze``) stays in
+        eval mode: its BatchNorm statistics are kept and it has no dropout, so fine-tuning leaves every tensor
+        it does not train exactly as loaded."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                params = list(m.parameters(recurse=True))
+                if m is not self and params and not any(p.requires_grad for p in params):
+                    m.eval()
+        return self
+
     def encode_audio(self, audio: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``{"i_act", "i_rea": (B, 3, 201, 1601), "omni_48k": (B, 480000)}`` ->
+        """``{"i_act", "i_rea": (B, 3, 201, 1601), "omni_48k": (B, 480000)}`` (or ``"input_features"``
+        ``(B, 1, 1001, 64)``, the HTSAT input already computed, instead of ``omni_48k``) ->
         ``audio_space_emb``, ``audio_source_emb`` (B, 512) raw; ``direction`` (B, 2), ``area``,
         ``distance``, ``reverb`` (B, 1), all read from the un-normalised ``audio_space_emb``."""
         if self.audio_encoder is None:
             raise RuntimeError("this model was built without the audio modality")
         dev = self.logit_scale.device
-        shared = self.audio_encoder(audio["i_act"].to(dev), audio["i_rea"].to(dev), audio["omni_48k"])
+        shared = self.audio_encoder(audio["i_act"].to(dev), audio["i_rea"].to(dev), audio.get("omni_48k"),
+                                    audio.get("input_features"))
         space = self.audio_space_head(shared)
         out = {"audio_space_emb": space, "audio_source_emb": self.audio_source_head(shared)}
         for name in PHYS_HEADS:
             out[name] = getattr(self, f"{name}_head")(space)
         return out
 
-    def encode_text(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """``list[str]`` -> ``text_space_emb``, ``text_source_emb`` (B, 512), raw head outputs."""
+    def encode_text(self, texts: list[str] | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``list[str]`` (or its ``text_encoder.tokenize`` output) -> ``text_space_emb``, ``text_source_emb``
+        (B, 512), raw head outputs."""
         if self.text_encoder is None:
             raise RuntimeError("this model was built without the text modality")
         shared = self.text_encoder(texts)
@@ -451,6 +505,77 @@ def load_official_state(model: DISSEOfficial, state: dict[str, torch.Tensor], *,
     return notes
 
 
+# --------------------------------------------------------------------------- training starts (paper's)
+
+TARGET_STATS_KEYS = ("area_m2", "distance_m", "t30_ms")   # the z-scored targets of the area / distance / reverb heads
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def _hf_weights(folder: Path, field_name: str) -> Path:
+    for name in _HF_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name
+    raise SchemaError(f"{folder} holds no {' or '.join(_HF_WEIGHTS)}: give a local Hugging Face folder with its "
+                      "weights", file=str(folder), field=field_name)
+
+
+def _strip(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The keys under the first of ``prefixes`` that any key has, with it removed ("" = as they are)."""
+    for prefix in prefixes:
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if sub:
+            return sub
+    return {}
+
+
+def load_htsat_init(htsat: ClapAudioModel, path: str) -> list[str]:
+    """The paper's HTSAT start: a LAION-CLAP fused ``.pt`` (``audio_branch.*``, mapped onto ClapAudioModel's names by
+    :func:`disse.trainer.model.clap_checkpoint.laion_htsat_to_clap_audio`) or a local Hugging Face folder of
+    ``laion/clap-htsat-fused`` (``ClapModel``'s ``audio_model.audio_encoder.*`` or ``ClapAudioModel``'s
+    ``audio_encoder.*``). Every tensor of ``htsat`` must be filled (derived buffers aside): a wrong file is one
+    :class:`SchemaError` naming it and ``model.official.htsat_init``. Returns the keys left out."""
+    field_name = "model.official.htsat_init"
+    p = Path(path)
+    if not p.exists():
+        raise SchemaError("not found (a LAION-CLAP fused .pt or a local laion/clap-htsat-fused folder)", file=str(p),
+                          field=field_name)
+    if p.is_dir():
+        state = read_checkpoint(_hf_weights(p, field_name)).state
+        own = _strip(state, ("audio_model.audio_encoder.", "audio_encoder.", "clap.audio_model.audio_encoder."))
+        mapped, dropped = {"audio_encoder." + k: v for k, v in own.items()}, []
+    else:
+        ckpt = read_checkpoint(p, what=field_name)
+        laion = sub_state_dict(ckpt.state, "audio_branch.")
+        if not laion:
+            raise SchemaError(f"no 'audio_branch.*' keys: not a LAION-CLAP checkpoint (it is a {ckpt.kind} file)",
+                              file=str(p), field=field_name)
+        mapped, dropped = laion_htsat_to_clap_audio(laion)
+    if not mapped:
+        raise SchemaError("no HTSAT tensor found (keys audio_model.audio_encoder.* or audio_encoder.*)", file=str(p),
+                          field=field_name)
+    report = load_into(htsat, mapped, what="official HTSAT", source=str(p))
+    missing = [k for k in report.missing if not DERIVED_BUFFERS.search(k)]
+    if missing:
+        raise SchemaError(f"not the fused HTSAT: {len(missing)} tensors missing ({_show(missing, 5)}); the official "
+                          "preset starts from laion/clap-htsat-fused", file=str(p), field=field_name)
+    return dropped + report.unexpected
+
+
+def load_roberta_init(roberta: RobertaModel, folder: str | Path) -> None:
+    """roberta-base's pretrained weights from the local folder (``roberta.*`` of RobertaForMaskedLM or a bare
+    RobertaModel); the pooler is kept at its initialisation when the file has none (roberta-base's hub file
+    has one). A file that fills none of the encoder is one error naming it and ``model.official.roberta_dir``."""
+    field_name = "model.official.roberta_dir"
+    weights = _hf_weights(Path(folder), field_name)
+    state = _strip(read_checkpoint(weights).state, ("roberta.", ""))
+    own = roberta.state_dict()
+    report = load_into(roberta, {k: v for k, v in state.items() if k in own}, what="RoBERTa", source=str(weights))
+    missing = [k for k in report.missing if not DERIVED_BUFFERS.search(k) and not k.startswith("pooler.")]
+    if missing:
+        raise SchemaError(f"not a roberta-base checkpoint: {len(missing)} tensors missing ({_show(missing, 5)})",
+                          file=str(weights), field=field_name)
+
+
 def build_official(cfg: OfficialConfig, *, checkpoint: str | None = None,
                    state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
                    audio_config_overrides: dict[str, Any] | None = None) -> DISSEOfficial:
@@ -464,4 +589,55 @@ def build_official(cfg: OfficialConfig, *, checkpoint: str | None = None,
         tensors, meta = state
         model.load_notes = load_official_state(model, tensors, source=str(path or "checkpoint"), strict=cfg.strict)
         model.epoch = meta.get("epoch")
+        stats = meta.get("target_stats")
+        if stats is not None and not cfg.target_stats:
+            model.target_stats = stats_from_tensor(stats, source=str(path or "checkpoint"))
+    else:
+        if cfg.htsat_init and model.audio_encoder is not None:
+            model.load_notes = load_htsat_init(model.audio_encoder.htsat.model, cfg.htsat_init)
+        if cfg.roberta_init and model.text_encoder is not None:
+            load_roberta_init(model.text_encoder.roberta, model.text_encoder.path)
     return model.eval()
+
+
+def check_target_stats(stats: dict, *, source: str = "config", field_name: str = "model.official.target_stats"
+                       ) -> dict[str, tuple[float, float]]:
+    """``{area_m2|distance_m|t30_ms: [mean, std]}`` checked (all three, finite, std > 0) -> tuples."""
+    out = {}
+    for key in TARGET_STATS_KEYS:
+        value = stats.get(key) if isinstance(stats, dict) else None
+        if not (isinstance(value, (list, tuple)) and len(value) == 2
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value) and value[1] > 0):
+            raise SchemaError(f"needs {key}: [mean, std > 0] (got {value!r}); the physical heads predict z-scores "
+                              "and only these statistics turn them into units", file=source, field=f"{field_name}.{key}")
+        out[key] = (float(value[0]), float(value[1]))
+    return out
+
+
+def stats_to_tensor(stats: dict) -> torch.Tensor:
+    """The checkpoint form of the target statistics: float64 ``(3, 2)``, rows :data:`TARGET_STATS_KEYS`,
+    columns (mean, std) (a tensor, so the release's readers, which keep only non-dict entries, keep it)."""
+    s = check_target_stats(stats)
+    return torch.tensor([s[k] for k in TARGET_STATS_KEYS], dtype=torch.float64)
+
+
+def stats_from_tensor(value: Any, *, source: str) -> dict[str, tuple[float, float]]:
+    if not (torch.is_tensor(value) and tuple(value.shape) == (len(TARGET_STATS_KEYS), 2)):
+        raise SchemaError(f"target_stats must be a (3, 2) tensor, got {getattr(value, 'shape', type(value))}",
+                          file=source, field="target_stats")
+    return check_target_stats({k: value[i].tolist() for i, k in enumerate(TARGET_STATS_KEYS)}, source=source,
+                              field_name="target_stats")
+
+
+def physical_units(out: dict[str, torch.Tensor], stats: dict | None, *, source: str = "checkpoint"
+                   ) -> dict[str, torch.Tensor]:
+    """The area / distance / reverb heads' z-scores -> ``area_m2``, ``distance_m``, ``t30_ms`` ``(B,)`` in m², m, ms
+    (``z * std + mean`` with the training split's statistics). ``stats`` missing is one error naming ``source``
+    and ``target_stats`` (the released checkpoint publishes none)."""
+    if not stats:
+        raise SchemaError("has no target_stats: its physical heads give z-scores that cannot be turned into units "
+                          "(the released checkpoint publishes none; a disse-train checkpoint of the official preset "
+                          "carries them)", file=source, field="target_stats")
+    s = check_target_stats(stats, source=source, field_name="target_stats")
+    return {key: out[head].squeeze(-1).double() * s[key][1] + s[key][0]
+            for key, head in zip(TARGET_STATS_KEYS, ("area", "distance", "reverb"))}

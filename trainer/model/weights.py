@@ -3,7 +3,8 @@
 Kinds (:data:`KINDS`), told apart by the tensors' names, never by the file name:
 
 * ``"project"``: a ``disse-train`` checkpoint, ``{"model": DELSA state, "config": resolved config, "optimizer",
-  "step", ...}`` (docs/internals.md, "Checkpoints");
+  "step", ...}`` (docs/internals.md, "Checkpoints"); with ``config.model.preset: official`` the state is
+  DISSEOfficial's (its ``*_release.pt`` export is the ``"official"`` kind);
 * ``"official"``: the DISSE release's layout (``{"model_state_dict" | "state_dict" | "model": state, "epoch"}`` or a
   bare state dict; names ``audio_encoder.*``, ``text_encoder.*``, ``logit_scale``), e.g. ``disse_epoch20.pt``;
 * ``"laion-clap"``: a LAION-CLAP checkpoint (``audio_branch.*`` / ``text_branch.*``; ``.pt`` or ``.safetensors``);
@@ -157,7 +158,8 @@ def read_checkpoint(path: str | Path, *, expect: tuple[str, ...] | None = None, 
     if not isinstance(obj, dict):
         raise _not_a_checkpoint(path, f"it holds a {type(obj).__name__}, not a dict of tensors")
     if isinstance(obj.get("model"), dict) and isinstance(obj.get("config"), dict) \
-            and not any(str(k).startswith(OFFICIAL_MARKERS) for k in obj["model"]):
+            and (not any(str(k).startswith(OFFICIAL_MARKERS) for k in obj["model"])
+                 or (obj["config"].get("model") or {}).get("preset") == "official"):  # disse-train, official preset
         ckpt = Checkpoint(path, "project", obj["model"], {k: v for k, v in obj.items() if k != "model"})
     else:
         container = next((k for k in CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)

@@ -52,6 +52,9 @@ class LoopConfig:
     save_every_steps: int = 0         # > 0: also keep checkpoints/step_XXXXXXX.pt this often
     find_unused_parameters: bool = False  # DDP option, for models with conditional branches
     threads: int = 0                  # > 0: torch.set_num_threads (CPU runs)
+    # official preset: each save also writes the release's layout (checkpoints/latest_release.pt, ...;
+    # {"model_state_dict", "epoch", "target_stats"}), what the release, disse-eval and disse-embed read
+    export_release: bool = False
 
 
 @dataclass
@@ -193,6 +196,10 @@ def check_config(cfg: TrainConfig, source: Source = "config") -> TrainConfig:
     _check(lg.wandb_mode in ("offline", "online", "disabled"), "log.wandb_mode",
            "must be offline, online or disabled", source)
     _check(e.best_mode in ("max", "min"), "eval.best_mode", "must be max or min", source)
+    _check(cfg.model.preset in ("project", "official"), "model.preset",
+           f"must be project (DELSA) or official (the release's model), got {cfg.model.preset!r}", source)
+    _check(not t.export_release or cfg.model.preset == "official", "train.export_release",
+           "the release's checkpoint layout holds the official model only (model.preset: official)", source)
     return cfg
 
 

@@ -9,6 +9,12 @@ this is the gradient of the big-batch loss for every parameter, logit scales and
 included (up to dropout noise between the two passes). Under torchrun the features are also
 gathered from all ranks with gradients (distributed.gather_with_grad), so the loss is the one of
 the global batch ``batch_size x accum_steps x world``.
+
+Model presets: the loop asks an *objective* (:func:`objective_for`) for what differs between them - the
+loader's inputs, the model, one micro-batch's forward inputs and loss metadata, the loss, validation and
+extra files per save. :class:`ProjectObjective` is this project's DELSA (the functions below);
+:class:`disse.trainer.training.official.OfficialObjective` is the release's DISSEOfficial. Everything else
+(streaming, AMP, DDP, accumulation, resume, logging) is this one loop for both.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from disse.trainer.data.loader import (ShardList, StreamPosition, check_shard_ru
 from disse.trainer.training.distributed import DistInfo, barrier, cleanup, gather_tree, init_distributed
 from disse.trainer.training.logging_utils import RunLogger
 from disse.trainer.training.losses import DELSALoss
+from disse.trainer.training.official import OfficialObjective
 
 log = logging.getLogger("disse.train")
 
@@ -99,6 +106,46 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
 def build_loss(cfg: TrainConfig) -> Any:
     return DELSALoss(cfg.loss)
+
+
+class ProjectObjective:
+    """This project's DELSA (``model.preset: project``): :func:`build_model`, :func:`build_loss`,
+    :class:`DualEncoder`, :func:`micro_inputs`, :func:`micro_meta`, :func:`validate`."""
+
+    inputs = "project"   # the loader decodes this project's features and W
+    name = "project"
+
+    def prepare(self, cfg: TrainConfig, shards: ShardList, val: ShardList | None) -> None:
+        check_training_preset(shards, what="data.train")  # before building the model: one error, not one per sample
+        if val is not None:
+            check_training_preset(val, what="data.val")
+
+    def build_model(self, cfg: TrainConfig) -> nn.Module:
+        return build_model(cfg)
+
+    def build_loss(self, cfg: TrainConfig) -> Any:
+        return build_loss(cfg)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return DualEncoder(model)
+
+    def micro_inputs(self, model: nn.Module, batch: dict, device: torch.device) -> tuple:
+        return micro_inputs(model, batch, device)
+
+    def micro_meta(self, model: nn.Module, batch: dict, device: torch.device) -> dict:
+        return micro_meta(batch, device, model)
+
+    def validate(self, model: nn.Module, val: ShardList, cfg: TrainConfig, device: torch.device, rules: Any
+                 ) -> dict[str, float]:
+        return validate(model, val, cfg, device, "fp32", rules)
+
+    def exports(self, cfg: TrainConfig, state: dict, name: str) -> dict[str, dict]:
+        return {}
+
+
+def objective_for(cfg: TrainConfig) -> ProjectObjective | OfficialObjective:
+    """The objective of ``cfg.model.preset``."""
+    return OfficialObjective() if cfg.model.preset == "official" else ProjectObjective()
 
 
 def _freeze_targets(names: list[str], prefix: str) -> list[str]:
@@ -212,8 +259,8 @@ def _detach(tree: Any) -> Any:
 
 @dataclass
 class StepContext:
-    net: nn.Module                 # DualEncoder, DDP-wrapped under torchrun
-    raw: DualEncoder               # the same, unwrapped (no-grad pass)
+    net: nn.Module                 # the objective's wrapper (DualEncoder, ...), DDP-wrapped under torchrun
+    raw: nn.Module                 # the same, unwrapped (no-grad pass)
     model: nn.Module
     loss_fn: Any
     optimizer: torch.optim.Optimizer
@@ -222,6 +269,7 @@ class StepContext:
     precision: str
     grad_clip: float
     params: list = field(default_factory=list)
+    objective: Any = field(default_factory=ProjectObjective)
 
 
 def micro_inputs(model: nn.Module, batch: dict, device: torch.device) -> tuple:
@@ -244,14 +292,14 @@ def micro_meta(batch: dict, device: torch.device, model: nn.Module | None = None
 def _loss(ctx: StepContext, feats: dict, meta: dict) -> tuple[torch.Tensor, dict]:
     audio = _float(gather_tree(feats["audio"], ctx.info, grad=True))
     text = _float(gather_tree(feats["text"], ctx.info, grad=True))
-    return ctx.loss_fn(audio, text, meta, feats["scales"]["source"], feats["scales"]["space"])
+    return ctx.loss_fn(audio, text, meta, *feats["scales"].values())  # DELSA: source, space; official: one
 
 
 def train_step(ctx: StepContext, micro: list[dict]) -> tuple[float, dict[str, float], float]:
     """One optimiser step over the micro-batches -> (loss, {term: value}, grad norm before clipping)."""
     device = ctx.info.device
-    inputs = [micro_inputs(ctx.model, b, device) for b in micro]
-    meta = gather_tree(_cat([micro_meta(b, device, ctx.model) for b in micro]), ctx.info, grad=False)
+    inputs = [ctx.objective.micro_inputs(ctx.model, b, device) for b in micro]
+    meta = gather_tree(_cat([ctx.objective.micro_meta(ctx.model, b, device) for b in micro]), ctx.info, grad=False)
     ctx.optimizer.zero_grad(set_to_none=True)
     if len(micro) == 1:
         with autocast_ctx(ctx.precision, device):
@@ -342,16 +390,21 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
     resumed = ckpt.load_checkpoint(resume_path) if resume_path is not None else None
     shards = resolve_shards(cfg.data.train, what="data.train")
     val = resolve_shards(cfg.data.val, what="data.val") if cfg.data.val else None
-    check_training_preset(shards, what="data.train")  # before building the model: one error, not a warning per sample
-    if val is not None:
-        check_training_preset(val, what="data.val")
+    objective = objective_for(cfg)
+    if resumed is not None:
+        saved = (resumed.get("config") or {}).get("model", {}).get("preset", "project")
+        if saved != cfg.model.preset:
+            raise SchemaError(f"the checkpoint trained the {saved!r} model preset, the config gives "
+                              f"{cfg.model.preset!r}", file=str(resume_path), field="model.preset")
+    objective.prepare(cfg, shards, val)
     rules = resolve_caption_rules(cfg, shards)
 
     torch.manual_seed(t.seed)
-    model = build_model(cfg)
+    model = objective.build_model(cfg)
     apply_freeze(model, t.freeze)
+    model.train()  # after freezing: a model may keep its frozen parts in eval mode (DISSEOfficial.train)
     model.to(device)
-    loss_fn = build_loss(cfg)
+    loss_fn = objective.build_loss(cfg)
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
     optimizer = make_optimizer(model, cfg)
@@ -384,14 +437,15 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
                               f"worker(s); resume with data.num_workers={position.num_workers}",
                               file=str(resume_path), field="data.num_workers")
 
-    raw = DualEncoder(model)
+    raw = objective.wrap(model)
     net: nn.Module = raw
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(
             raw, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=t.find_unused_parameters)
     params = [p for p in model.parameters() if p.requires_grad]
-    ctx = StepContext(net, raw, model, loss_fn, optimizer, scaler, info, precision, cfg.optim.grad_clip, params)
+    ctx = StepContext(net, raw, model, loss_fn, optimizer, scaler, info, precision, cfg.optim.grad_clip, params,
+                      objective)
 
     logger = None
     if info.is_main:
@@ -407,7 +461,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
 
     position = position or StreamPosition(num_workers=max(1, cfg.data.num_workers), world=info.world)
     loader = train_loader(shards, cfg.data, rank=info.rank, world=info.world, start=position,
-                          pin_memory=device.type == "cuda")
+                          pin_memory=device.type == "cuda", inputs=objective.inputs)
     batches: Iterator[dict] = iter(loader)
     bad = {"bad_shards": 0, "bad_samples": 0}
     errors_by_slot: dict[int, dict] = {}
@@ -427,6 +481,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
         if state is not None:
             for name in names:
                 ckpt.save_atomic(state, out_dir / ckpt.CHECKPOINT_DIR / name)
+                for extra, content in objective.exports(cfg, state, name).items():
+                    ckpt.save_atomic(content, out_dir / ckpt.CHECKPOINT_DIR / extra)
 
     def run_validation() -> None:
         nonlocal best
@@ -434,7 +490,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
             return
         if info.is_main:
             t0 = time.perf_counter()
-            metrics = validate(model, val, cfg, device, precision, rules)
+            with autocast_ctx(precision, device):
+                metrics = objective.validate(model, val, cfg, device, rules)
             key = cfg.eval.best_metric
             if key not in metrics:
                 raise SchemaError(f"not a validation metric; some available: {sorted(metrics)[:12]}",

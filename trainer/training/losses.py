@@ -52,6 +52,7 @@ class LossConfig:
     # a spatial embedding that knows the sound (the leakage checks); the spatial-caption samples still train
     # both sides, and the text head learns to read past source words (docs/spatial.md, ablation)
     full_caption_space_grad: bool = True
+    physics: bool = True             # false: no physical loss (the release's disable_physics_loss)
     max_logit_scale: float = 100.0   # exp(log scale) clamped to [min, max] (CLIP: 100)
     min_logit_scale: float = 1.0
 
@@ -193,7 +194,7 @@ class DELSALoss(nn.Module):
         if c.independence_weight:
             terms["independence"] = independence(audio_out["space"].float(), audio_out["source"].detach().float())
             total = total + c.independence_weight * terms["independence"]
-        if batch.get("targets") is not None and "phys" in audio_out:
+        if c.physics and batch.get("targets") is not None and "phys" in audio_out:
             phys = audio_out["phys"]
             n = phys["direction"].shape[0]
             tgt = normalize_targets({k: v.to(phys["direction"].device) if torch.is_tensor(v) else v
