@@ -99,8 +99,9 @@ HEAD_RADIUS_M = 0.0875       # spherical-head model (Brown & Duda 1998): an aver
 SPEED_OF_SOUND_M_S = 343.0
 EAR_AZIMUTH_DEG = 100.0      # the ears sit slightly behind the head's centre line (Brown & Duda): front != back
 _SHADOW_ALPHA_MIN, _SHADOW_THETA_MIN_DEG = 0.1, 150.0  # head-shadow filter constants (Brown & Duda, eq. 2)
-PINNA_SHADOW_DB = 6.0        # high-frequency loss of sound from straight behind (the pinna faces forward)
+PINNA_SHADOW_DB = 10.0       # high-frequency loss of sound from straight behind (the pinna faces forward; KEMAR: 5-15 dB)
 PINNA_SHADOW_HZ = 3000.0     # corner of that shelf
+CROSSOVER_HZ = 1500.0        # basic decode below (interaural time), in-phase above (level, front/back)
 BINAURAL_TAPS = 512          # FIR length of each ear's filter per FOA channel (10.7 ms at 48 kHz)
 
 
@@ -153,29 +154,39 @@ def spherical_head_response(direction: np.ndarray, ear: str, freqs_hz: np.ndarra
     return shadow * pinna * np.exp(-1j * w * delay)
 
 
-def decode_matrix(speakers: np.ndarray) -> np.ndarray:
-    """Mode-matching decode matrix ``(K, 4)`` (speaker, AmbiX W, Y, Z, X) for ``speakers`` ``(K, 3)`` unit
-    vectors: the pseudo-inverse of their SN3D encoding, so re-encoding the speaker signals gives the FOA
-    back. The sound field is then exact near the centre of the array, so a head placed there gets the right
-    interaural time difference at low frequencies (a cardioid "in-phase" decode blurs it to zero)."""
+def decode_matrix(speakers: np.ndarray, weights: str = "basic") -> np.ndarray:
+    """Decode matrix ``(K, 4)`` (speaker, AmbiX W, Y, Z, X) for ``speakers`` ``(K, 3)`` unit vectors.
+
+    ``"basic"``: mode matching, the pseudo-inverse of the speakers' SN3D encoding, so re-encoding the speaker
+    signals gives the FOA back: the sound field is exact near the centre of the array, so a head placed there
+    gets the right interaural time difference at low frequencies. ``"in-phase"``: cardioid weights
+    ``(W + d . [X, Y, Z]) / K``: no negative lobes, so the speakers opposite a source stay silent (used above
+    the crossover, where a head is larger than the exact region and level cues matter)."""
     enc = np.stack([np.ones(len(speakers)), speakers[:, 1], speakers[:, 2], speakers[:, 0]])  # (4, K)
-    return np.linalg.pinv(enc)
+    if weights == "basic":
+        return np.linalg.pinv(enc)
+    if weights == "in-phase":
+        return enc.T / len(speakers)
+    raise ValueError(f"weights must be 'basic' or 'in-phase', got {weights!r}")
 
 
 def binaural_filters(sample_rate: int = 48000, taps: int = BINAURAL_TAPS) -> np.ndarray:
     """FIR filters ``(2, 4, taps)`` float64 (left, right ear) x (AmbiX W, Y, Z, X): the FOA decoded to 16
-    virtual loudspeakers (:func:`decode_matrix`), each heard through :func:`spherical_head_response`.
-    A bulk delay of ``taps // 4`` keeps them causal."""
+    virtual loudspeakers (:func:`decode_matrix`: ``basic`` below ``CROSSOVER_HZ``, ``in-phase`` above, with a
+    raised-cosine blend an octave wide), each heard through :func:`spherical_head_response`. A bulk delay of
+    ``taps // 4`` keeps them causal."""
     speakers = _virtual_speakers()
     n = taps
     freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
     bulk = np.exp(-2j * np.pi * freqs * (n // 4) / sample_rate)
-    decode = decode_matrix(speakers)
+    octave = np.clip(np.log2(np.maximum(freqs, 1.0) / CROSSOVER_HZ) + 0.5, 0.0, 1.0)  # 0 below, 1 above
+    high = 0.5 - 0.5 * np.cos(np.pi * octave)
+    low_dec, high_dec = decode_matrix(speakers, "basic"), decode_matrix(speakers, "in-phase")
     window = np.hanning(2 * n)[n:]  # fade the tail of each impulse response
     out = np.zeros((2, 4, n))
     for e, ear in enumerate(("left", "right")):
         spectra = np.array([spherical_head_response(d, ear, freqs) for d in speakers])  # (K, F)
-        per_channel = decode.T @ spectra                                                 # (4, F)
+        per_channel = (low_dec.T @ spectra) * (1 - high) + (high_dec.T @ spectra) * high  # (4, F)
         out[e] = np.fft.irfft(per_channel * bulk, n=n, axis=-1) * window
     return out
 

@@ -213,7 +213,7 @@ def _sample_page(c: Candidate, info: dict, prev: str | None, nxt: str | None) ->
             f'<p><b>source caption:</b> {esc(m.source_caption)}<br><b>spatial caption:</b> {esc(m.spatial_caption)}</p>'
             + audio_tag(f"../media/{f['binaural']}", info["seconds"], "headphones: binaural (spherical-head model)")
             + audio_tag(f"../media/{f['stereo']}", info["seconds"], "stereo: cardioids at ±90°")
-            + "<h2>Metadata</h2>" + table(["", ""], rows)
+            + "<h2>Metadata</h2>" + table(["field", "value"], rows)
             + "<h2>W spectrogram</h2>" + image_tag(f"../media/{f['spectrogram']}", "W spectrogram")
             + "<h2>Direction: intensity over time and the metadata</h2>"
             + image_tag(f"../media/{f['direction']}", "intensity direction over time and metadata direction"))
