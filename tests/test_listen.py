@@ -267,3 +267,104 @@ def test_no_readable_sample_is_an_error(tmp_path):
     write_tar(tmp_path / "bad" / "x-000000.tar", [make_sample("a", "x", 0, 0.0)], drop={"a": ("json",)})
     res = synth("inspect", tmp_path / "bad", "--html", tmp_path / "out")
     assert res.exit_code == 2 and "no readable samples" in res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# the pages in a real browser (headless Chromium, the system package)
+# ---------------------------------------------------------------------------------------------
+
+CHECK_MEDIA = """(async () => {
+  const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+  const audios = await Promise.all(Array.from(document.querySelectorAll("audio")).map((a) => new Promise((resolve) => {
+    let finished = false;
+    const done = async () => {
+      if (finished) { return; }
+      finished = true;
+      let played = null;
+      if (!a.error && a.readyState >= 1) {
+        try { await a.play(); await wait(300); played = a.currentTime; a.pause(); } catch (e) { played = String(e); }
+      }
+      resolve({src: a.currentSrc, duration: a.duration, expected: parseFloat(a.dataset.seconds),
+               error: a.error ? a.error.code : null, played: played});
+    };
+    if (a.readyState >= 1 || a.error) { done(); return; }
+    a.addEventListener("loadedmetadata", done);
+    a.addEventListener("error", done, true);
+    setTimeout(done, 15000);
+  })));
+  const images = Array.from(document.images).map((i) => ({src: i.currentSrc, ok: i.complete && i.naturalWidth > 0}));
+  return {audios: audios, images: images};
+})()"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from browser import CHROMIUM, Chromium  # tests/browser.py: CDP over a pipe, no extra package
+
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no browser: {CHROMIUM} is not installed (Debian: apt-get install -y chromium), so the "
+                    "generated pages were not opened in a browser")
+    with Chromium() as b:
+        yield b
+
+
+def _check_media(page, n_audio: int, n_images: int) -> None:
+    media = page.evaluate(CHECK_MEDIA)
+    assert len(media["audios"]) == n_audio and len(media["images"]) == n_images, media
+    for a in media["audios"]:
+        assert a["error"] is None and a["src"].endswith(".ogg"), a
+        assert abs(a["duration"] - a["expected"]) < 0.05, a          # Opus: exact up to its padding
+        assert isinstance(a["played"], (int, float)) and a["played"] > 0, a  # it decodes and plays
+    assert all(i["ok"] for i in media["images"]), media["images"]
+
+
+def test_pages_in_a_browser(site, browser, tmp_path):
+    index = browser.open(site / "index.html")
+    assert index.evaluate("document.querySelectorAll('table.items tbody tr').length") == 9
+    visible = "Array.from(document.querySelectorAll('table.items tbody tr')).filter((r) => !r.hidden).length"
+    assert index.evaluate(visible) == 9
+    assert index.evaluate("document.getElementById('filter-count').textContent") == "9 of 9 samples shown"
+    # choosing a value in a filter hides the other rows
+    index.evaluate("const s = document.querySelector('select[name=direction]'); s.value = 'left';"
+                   "s.dispatchEvent(new Event('change'))")
+    assert index.evaluate(visible) == 4        # test_000, test_004, the hostile one, v1_000
+    index.evaluate("const t = document.querySelector('select[name=split]'); t.value = 'old';"
+                   "t.dispatchEvent(new Event('change'))")
+    assert index.evaluate(visible) == 1
+    shot = index.screenshot(tmp_path / "index.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+    index.drain(0.3)
+    assert index.problems == [], index.problems
+    # filters preset from the address; an unknown name or value is reported on the page and ignored
+    preset = browser.open(site / "index.html", "direction=right&split=nowhere&colour=red")
+    assert preset.evaluate(visible) == 3       # test_001, test_005, v2_000
+    notice = preset.evaluate("document.getElementById('filter-notice')")
+    text = preset.evaluate("document.getElementById('filter-notice').textContent")
+    assert notice is not None and "split=nowhere (no such value)" in text and "colour (no such filter)" in text
+    assert preset.problems == [], preset.problems
+    summary = browser.open(site / "summary.html")
+    _check_media(summary, 0, 1)
+    assert summary.problems == []
+    for page_path in sorted((site / "samples").glob("*.html")):
+        page = browser.open(page_path)
+        _check_media(page, 2, 2)
+        page.drain(0.2)
+        assert page.problems == [], (page_path.name, page.problems)
+        # only the site's files (data: URLs are the browser's own player icons)
+        assert all(u.startswith(("file:", "data:")) for u in page.requests), page.requests
+    page.screenshot(tmp_path / "sample.png")
+
+
+def test_hostile_caption_shows_as_text_and_runs_nothing(site, browser):
+    page = browser.open(site / "samples" / f"{slug(XSS_KEY)}.html")
+    page.drain(0.5)  # time for any injected image error handler to fire
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert page.evaluate("document.images.length") == 2        # no injected <img>
+    body = page.evaluate("document.body.innerText")
+    assert XSS_CAPTION in body and XSS_KEY in body
+    assert page.problems == [], page.problems
+    index = browser.open(site / "index.html")
+    index.drain(0.5)
+    assert index.evaluate("typeof window.__pwned") == "undefined"
+    assert XSS_CAPTION in index.evaluate("document.body.innerText")
+    assert index.evaluate("document.images.length") == 0
