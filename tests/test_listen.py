@@ -149,6 +149,8 @@ def shards(tmp_path_factory) -> Path:
     write_tar(root / "test" / "test-000001.tar", test[4:], drop={"no_foa": ("w.wav", "yzx.flac")})
     write_tar(root / "old" / "old-000000.tar", [make_sample("v1_000", "old", 8, 90.0, schema_version=1),
                                                make_sample("v2_000", "old", 9, -90.0, schema_version=2)])
+    (root / "test" / "sizes.json").write_text(json.dumps({"test-000000.tar": 4, "test-000001.tar": 4}))
+    (root / "old" / "sizes.json").write_text(json.dumps({"old-000000.tar": 2}))
     (root / "rirs.csv").write_text("rir_id,room_index\n" + "".join(f"room{i % 2}_p{i},{i % 2}\n" for i in range(10)))
     manifest = {"inputs": {"rirs_csv": "rirs.csv"}, "options": {"room_column": "room_index"},
                 "skipped": [{"file": "audio/<b>gone</b>.wav", "row": None, "field": None, "reason": "no such file",
@@ -368,3 +370,90 @@ def test_hostile_caption_shows_as_text_and_runs_nothing(site, browser):
     assert index.evaluate("typeof window.__pwned") == "undefined"
     assert XSS_CAPTION in index.evaluate("document.body.innerText")
     assert index.evaluate("document.images.length") == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# disse-eval --html
+# ---------------------------------------------------------------------------------------------
+
+def _embeddings(path: Path) -> "object":
+    """Embeddings of the fixture's samples (keys as in the shards; "no_foa" has no audio there, "gone" is in
+    no shard): source embeddings cluster by source_id, spatial ones by direction; directions with errors."""
+    from disse.trainer.evaluation import metrics as M
+    from disse.trainer.evaluation.evaluate import Embeddings
+
+    keys = [f"test_{i:03d}" for i in range(6)] + [XSS_KEY, "no_foa", "v1_000", "v2_000", "gone"]
+    idx = list(range(10)) + [10]
+    rng = np.random.default_rng(0)
+    src = np.array([f"clip{i % 3}" for i in idx])
+    az = np.array([AZIMUTHS[i % 4] for i in idx])
+    space = np.array([{90.0: "left", -90.0: "right", 0.0: "front", 180.0: "behind"}[a] for a in az])
+    p_src, p_spa = rng.normal(size=(3, 8)), rng.normal(size=(4, 8))
+    s_code = np.array([i % 3 for i in idx])
+    a_code = np.array([AZIMUTHS.index(a) for a in az])
+    noisy = lambda p, c: (p[c] + 0.5 * rng.normal(size=(len(idx), 8))).astype(np.float32)  # noqa: E731
+    el = np.zeros(len(idx))
+    emb = Embeddings(noisy(p_src, s_code), noisy(p_spa, a_code), noisy(p_src, s_code), noisy(p_spa, a_code),
+                     src, space, physical={"true_azimuth_deg": az, "true_elevation_deg": el,
+                                           "pred_direction": M.direction_from_angles(az + 10.0 * np.arange(len(idx)), el),
+                                           "iv_direction": M.direction_from_angles(az + 5.0, el)},
+                     keys=np.array(keys))
+    emb.save(path)
+    return emb
+
+
+@pytest.fixture(scope="module")
+def eval_pages(shards, tmp_path_factory) -> Path:
+    from disse.trainer.cli.eval import main as eval_main
+
+    d = tmp_path_factory.mktemp("evalhtml")
+    _embeddings(d / "emb.npz")
+    every = f"{shards}/{{test/test-000000,test/test-000001,old/old-000000}}.tar"
+    res = CliRunner().invoke(eval_main, ["--embeddings", str(d / "emb.npz"), "--shards", every,
+                                         "--out", str(d / "out"), "--html", "--html-queries", "4", "--no-plots"])
+    assert res.exit_code == 0, res.output
+    assert "pages: " in res.output and "2 clip(s) shown without audio" in res.output
+    return d / "out"
+
+
+def test_eval_html_pages(eval_pages):
+    html_dir = eval_pages / "html"
+    for name in ("index.html", "text.html", "audio.html", "direction.html"):
+        assert (html_dir / name).is_file()
+    text = (html_dir / "text.html").read_text()
+    assert text.count("<h2>Query ") == 4 and text.count('class="pos"') >= 4  # each query retrieves itself at least
+    assert "<script>window" not in text and "<img src=x" not in text
+    direction = (html_dir / "direction.html").read_text()
+    assert "The 10 worst items" in direction and "direction_error.png" in direction
+    # the worst item has the largest error: "gone" (index 10, 100° off) is listed first, without audio
+    assert direction.index("gone") < direction.index("v2_000")
+    oggs = list((html_dir / "media").glob("*.ogg"))
+    assert len(oggs) == len(set(oggs)) and 0 < len(oggs) <= 9   # once per clip, only readable clips
+    assert "html/index.html" in (eval_pages / "report.md").read_text()
+    index = (html_dir / "index.html").read_text()
+    assert "no_foa" in index and "gone: not found in the shards" in index
+
+
+def test_eval_html_bad_input(shards, tmp_path):
+    from disse.trainer.cli.eval import main as eval_main
+
+    emb = _embeddings(tmp_path / "emb.npz")
+    res = CliRunner().invoke(eval_main, ["--embeddings", str(tmp_path / "emb.npz"), "--out", str(tmp_path / "o"),
+                                         "--html"])
+    assert res.exit_code == 2 and "field '--html': needs --shards" in res.output
+    emb.keys = None
+    emb.save(tmp_path / "nokeys.npz")
+    res = CliRunner().invoke(eval_main, ["--embeddings", str(tmp_path / "nokeys.npz"), "--shards", str(shards / "test"),
+                                         "--out", str(tmp_path / "o2"), "--html", "--no-plots"])
+    assert res.exit_code == 2 and "carry no sample keys" in res.output
+
+
+def test_eval_pages_in_a_browser(eval_pages, browser):
+    for name, n_images in (("index.html", 0), ("text.html", 0), ("audio.html", 0), ("direction.html", 9)):
+        page = browser.open(eval_pages / "html" / name)
+        n_audio = page.evaluate("document.querySelectorAll('audio').length")
+        assert (n_audio > 0) == (name != "index.html")
+        _check_media(page, n_audio, n_images)
+        page.drain(0.2)
+        assert page.problems == [], (name, page.problems)
+        assert page.evaluate("typeof window.__pwned") == "undefined"
