@@ -457,3 +457,18 @@ def test_eval_pages_in_a_browser(eval_pages, browser):
         page.drain(0.2)
         assert page.problems == [], (name, page.problems)
         assert page.evaluate("typeof window.__pwned") == "undefined"
+
+
+def test_demo_site_size_per_sample(demo_shards, tmp_path):
+    """docs/synthesis.md states the site of the demo's test split (288 samples): 65.5 MB measured (227 kB a
+    sample), under 87 MB: each sample (10-s clips, as in the full demo) must stay under 300 kB."""
+    out = tmp_path / "site"
+    res = synth("inspect", demo_shards / "test", "--html", out, "--limit", 3)
+    assert res.exit_code == 0, res.output
+    pages = sorted((out / "samples").glob("*.html"))
+    assert len(pages) == 3
+    for p in pages:
+        files = [p, *(out / "media").glob(f"{p.stem}.*")]
+        assert len(files) == 5
+        size = sum(f.stat().st_size for f in files)
+        assert 100_000 < size < 300_000, (p.name, size)
