@@ -242,6 +242,19 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _save_png(fig, path: Path) -> Path:
+    """Save ``fig`` as a palette PNG (256 colours, Pillow's median cut): a noise spectrogram shrinks from
+    ~170 kB to about a third, with no visible change at this size."""
+    from PIL import Image  # local: Pillow comes with matplotlib, needed only for the pictures
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        im.convert("RGB").quantize(colors=256, dither=Image.Dither.NONE).save(path, optimize=True)
+    return path
+
+
 def spectrogram_png(w: np.ndarray, sample_rate: int, path: Path, title: str = "W (omni) spectrogram") -> Path:
     """The W channel's spectrogram (``w`` ``(T,)``; 1024-point frames, 80 dB range) as a small PNG."""
     n_fft, hop = 1024, 512
@@ -255,8 +268,7 @@ def spectrogram_png(w: np.ndarray, sample_rate: int, path: Path, title: str = "W
                    extent=(0, len(w) / sample_rate, 0, sample_rate / 2000))
     ax.set(title=title, xlabel="time (s)", ylabel="kHz")
     fig.colorbar(im, ax=ax, label="dB")
-    fig.savefig(path)
-    return path
+    return _save_png(fig, path)
 
 
 def direction_png(iv: np.ndarray, features: dict | None, meta_direction: tuple[float, float], seconds: float,
@@ -282,5 +294,4 @@ def direction_png(iv: np.ndarray, features: dict | None, meta_direction: tuple[f
            xlabel="azimuth (°): + = left, 0 = front", ylabel="elevation (°)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left", framealpha=0.8)
-    fig.savefig(path)
-    return path
+    return _save_png(fig, path)
