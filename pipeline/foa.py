@@ -99,7 +99,7 @@ HEAD_RADIUS_M = 0.0875       # spherical-head model (Brown & Duda 1998): an aver
 SPEED_OF_SOUND_M_S = 343.0
 EAR_AZIMUTH_DEG = 100.0      # the ears sit slightly behind the head's centre line (Brown & Duda): front != back
 _SHADOW_ALPHA_MIN, _SHADOW_THETA_MIN_DEG = 0.1, 150.0  # head-shadow filter constants (Brown & Duda, eq. 2)
-PINNA_SHADOW_DB = 10.0       # high-frequency loss of sound from straight behind (the pinna faces forward; KEMAR: 5-15 dB)
+PINNA_SHADOW_DB = 10.0       # high-frequency loss of sound from straight behind (pinna faces forward; KEMAR 5-15 dB)
 PINNA_SHADOW_HZ = 3000.0     # corner of that shelf
 CROSSOVER_HZ = 1500.0        # basic decode below (interaural time), in-phase above (level, front/back)
 BINAURAL_TAPS = 512          # FIR length of each ear's filter per FOA channel (10.7 ms at 48 kHz)

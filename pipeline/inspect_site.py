@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from disse.pipeline.inspect import QUANTITIES, dataset_stats, format_stats, iter_samples, iv_direction, plot_stats
-from disse.pipeline.listen import (audio_tag, decode_shown, direction_png, esc, finish_site, fmt, image_tag, page,
-                                   read_samples, slug, spectrogram_png, start_site, table, write_previews)
+from disse.pipeline.listen import (audio_tag, decode_shown, direction_png, discard_site, esc, finish_site, fmt,
+                                   image_tag, page, read_samples, slug, spectrogram_png, start_site, table,
+                                   write_previews)
 from disse.pipeline.render import skip_report
 from disse.schemas import SchemaError, ShardMeta
 
@@ -153,40 +154,45 @@ def build_site(shards: list[Path], out: str | Path, *, limit: int = DEFAULT_LIMI
         raise SchemaError("no readable samples", file=title)
     chosen = select(candidates, filters, limit, seed)
     stage = start_site(out, force, "disse-synth inspect")
-    (stage / "samples").mkdir()
-    shown: list[tuple[Candidate, dict]] = []
-    by_shard: dict[Path, set[str]] = defaultdict(set)
-    for c in chosen:
-        by_shard[c.shard].add(c.key)
-    members = {}
-    for shard, keys in by_shard.items():
-        members.update(read_samples([shard], keys))
-    for i, c in enumerate(chosen):
-        where = f"{c.shard}:{c.key}"
-        try:
-            meta, foa, sr, iv = decode_shown(members[c.key][0], where)
-            name = slug(c.key)
-            media = stage / "media"
-            files = write_previews(foa, sr, media, name)
-            files["spectrogram"] = spectrogram_png(foa[0], sr, media / f"{name}.spectrogram.png").name
-            est = iv_direction(iv, meta.features)
-            files["direction"] = direction_png(iv, meta.features, (meta.azimuth_deg, meta.elevation_deg),
-                                               foa.shape[1] / sr, media / f"{name}.direction.png",
-                                               [("whole-clip intensity", est[0], est[1], "o")]).name
-        except SchemaError as err:
-            skipped.append({"where": where, "reason": str(err)})
-            continue
-        shown.append((c, {"files": files, "seconds": foa.shape[1] / sr, "name": name, "iv_direction": est}))
-    if not shown:
-        raise SchemaError(f"none of the {len(chosen)} chosen samples could be shown, e.g. {skipped[-1]['reason']}",
-                          file=title)
-    for i, (c, info) in enumerate(shown):
-        prev = shown[i - 1][1]["name"] if i > 0 else None
-        nxt = shown[i + 1][1]["name"] if i + 1 < len(shown) else None
-        (stage / "samples" / f"{info['name']}.html").write_text(_sample_page(c, info, prev, nxt))
-    (stage / "index.html").write_text(_index_page(shown, title, len(candidates), filters, seed, limit))
-    stats_png = plot_stats(metas, stage / "media" / "stats.png", title=title)
-    (stage / "summary.html").write_text(_summary_page(metas, stats_png.name, manifest, manifest_path, skipped, title))
+    try:
+        (stage / "samples").mkdir()
+        shown: list[tuple[Candidate, dict]] = []
+        by_shard: dict[Path, set[str]] = defaultdict(set)
+        for c in chosen:
+            by_shard[c.shard].add(c.key)
+        members = {}
+        for shard, keys in by_shard.items():
+            members.update(read_samples([shard], keys))
+        for i, c in enumerate(chosen):
+            where = f"{c.shard}:{c.key}"
+            try:
+                meta, foa, sr, iv = decode_shown(members[c.key][0], where)
+                name = slug(c.key)
+                media = stage / "media"
+                files = write_previews(foa, sr, media, name)
+                files["spectrogram"] = spectrogram_png(foa[0], sr, media / f"{name}.spectrogram.png").name
+                est = iv_direction(iv, meta.features)
+                files["direction"] = direction_png(iv, meta.features, (meta.azimuth_deg, meta.elevation_deg),
+                                                   foa.shape[1] / sr, media / f"{name}.direction.png",
+                                                   [("whole-clip intensity", est[0], est[1], "o")]).name
+            except SchemaError as err:
+                skipped.append({"where": where, "reason": str(err)})
+                continue
+            shown.append((c, {"files": files, "seconds": foa.shape[1] / sr, "name": name, "iv_direction": est}))
+        if not shown:
+            raise SchemaError(f"none of the {len(chosen)} chosen samples could be shown, e.g. {skipped[-1]['reason']}",
+                              file=title)
+        for i, (c, info) in enumerate(shown):
+            prev = shown[i - 1][1]["name"] if i > 0 else None
+            nxt = shown[i + 1][1]["name"] if i + 1 < len(shown) else None
+            (stage / "samples" / f"{info['name']}.html").write_text(_sample_page(c, info, prev, nxt))
+        (stage / "index.html").write_text(_index_page(shown, title, len(candidates), filters, seed, limit))
+        stats_png = plot_stats(metas, stage / "media" / "stats.png", title=title)
+        summary = _summary_page(metas, stats_png.name, manifest, manifest_path, skipped, title)
+        (stage / "summary.html").write_text(summary)
+    except BaseException:
+        discard_site(stage)
+        raise
     n_bytes = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
     result = {"out": str(out), "samples": len(shown), "skipped": skipped, "candidates": len(candidates),
               "bytes": n_bytes, "seconds": round(time.perf_counter() - t0, 1)}

@@ -136,6 +136,11 @@ def start_site(out: str | Path, force: bool, what: str, field: str = "--html") -
     return stage
 
 
+def discard_site(stage: Path) -> None:
+    """Remove a staging folder after a failure, so no half-written site is left behind."""
+    shutil.rmtree(stage, ignore_errors=True)
+
+
 def finish_site(stage: Path, out: str | Path, record: dict) -> Path:
     """Write the marker (``record``: what wrote the site and its counts) and move the staged site to ``out``
     (replacing a previous one, see :func:`start_site`)."""

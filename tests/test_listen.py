@@ -269,6 +269,12 @@ def test_no_readable_sample_is_an_error(tmp_path):
     write_tar(tmp_path / "bad" / "x-000000.tar", [make_sample("a", "x", 0, 0.0)], drop={"a": ("json",)})
     res = synth("inspect", tmp_path / "bad", "--html", tmp_path / "out")
     assert res.exit_code == 2 and "no readable samples" in res.output
+    # readable, but nothing to play: the staged site is removed, nothing is left behind
+    write_tar(tmp_path / "mute" / "x-000000.tar", [make_sample("a", "x", 0, 0.0)], drop={"a": ("yzx.flac",)})
+    res = synth("inspect", tmp_path / "mute", "--html", tmp_path / "out")
+    assert res.exit_code == 2 and "none of the 1 chosen samples could be shown" in res.output, res.output
+    assert "missing member" in res.output and res.output.count("\n") == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,7 +401,8 @@ def _embeddings(path: Path) -> "object":
     el = np.zeros(len(idx))
     emb = Embeddings(noisy(p_src, s_code), noisy(p_spa, a_code), noisy(p_src, s_code), noisy(p_spa, a_code),
                      src, space, physical={"true_azimuth_deg": az, "true_elevation_deg": el,
-                                           "pred_direction": M.direction_from_angles(az + 10.0 * np.arange(len(idx)), el),
+                                           "pred_direction": M.direction_from_angles(az + 10.0 * np.arange(len(idx)),
+                                                                                     el),
                                            "iv_direction": M.direction_from_angles(az + 5.0, el)},
                      keys=np.array(keys))
     emb.save(path)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from disse.pipeline.foa import direction_of
-from disse.pipeline.listen import (audio_tag, decode_shown, direction_png, esc, finish_site, fmt, image_tag, page,
-                                   read_samples, slug, start_site, table, write_previews)
+from disse.pipeline.listen import (audio_tag, decode_shown, direction_png, discard_site, esc, finish_site, fmt,
+                                   image_tag, page, read_samples, slug, start_site, table, write_previews)
 from disse.schemas import SchemaError, ShardMeta
 from disse.trainer.evaluation.evaluate import Embeddings, per_item_direction_error
 from disse.trainer.evaluation.report import fmt as fmt_metric
@@ -68,39 +68,45 @@ def write_pages(emb: Embeddings, shards: list[str], out_dir: str | Path, metrics
     ranked = retrieve(emb, q_idx, k)
     err, base = per_item_direction_error(emb), per_item_direction_error(emb, "iv_direction")
     worst_idx = np.argsort(-err, kind="stable")[:worst] if err is not None else np.array([], dtype=int)
-    shown = set(q_idx.tolist()) | set(worst_idx.tolist())
+    worst_set = set(worst_idx.tolist())
+    shown = set(q_idx.tolist()) | worst_set
     for r in ranked.values():
         shown |= set(r["index"].ravel().tolist())
     stage = start_site(out, True, "disse-eval --html", field="--html")
-    media = stage / "media"
-    raw = read_samples(shards, {keys[i] for i in shown})
-    clips: dict[int, dict] = {}
-    missing: list[str] = []
-    for i in sorted(shown):
-        found = raw.get(keys[i])
-        try:
-            if found is None:
-                raise SchemaError("not found in the shards")
-            meta, foa, sr, iv = decode_shown(*found)
-        except SchemaError as exc:
-            missing.append(f"{keys[i]}: {exc}")
-            continue
-        name = slug(keys[i])
-        files = write_previews(foa, sr, media, name, stereo=False)
-        clips[i] = {"meta": meta, "name": name, "audio": f"media/{files['binaural']}", "seconds": foa.shape[1] / sr}
-        if i in set(worst_idx.tolist()):
-            marks = [(label, *direction_of(emb.physical[arr][i]), marker)
-                     for label, arr, marker in (("model", "pred_direction", "o"), ("IV baseline", "iv_direction", "s"))
-                     if arr in emb.physical]
-            clips[i]["direction"] = "media/" + direction_png(iv, meta.features, (meta.azimuth_deg, meta.elevation_deg),
-                                                             foa.shape[1] / sr, media / f"{name}.direction.png",
-                                                             marks).name
-    nav = [("index.html", "overview"), ("text.html", "caption queries"), ("audio.html", "audio queries"),
-           ("direction.html", "direction")]
-    (stage / "text.html").write_text(_query_page(emb, keys, q_idx, ranked, clips, "t2a", nav))
-    (stage / "audio.html").write_text(_query_page(emb, keys, q_idx, ranked, clips, "a2t", nav))
-    (stage / "direction.html").write_text(_direction_page(emb, keys, err, base, worst_idx, clips, stage, nav))
-    (stage / "index.html").write_text(_overview(metrics, len(emb), len(q_idx), seed, k, missing, nav))
+    try:
+        media = stage / "media"
+        raw = read_samples(shards, {keys[i] for i in shown})
+        clips: dict[int, dict] = {}
+        missing: list[str] = []
+        for i in sorted(shown):
+            found = raw.get(keys[i])
+            try:
+                if found is None:
+                    raise SchemaError("not found in the shards")
+                meta, foa, sr, iv = decode_shown(*found)
+            except SchemaError as exc:
+                missing.append(f"{keys[i]}: {exc}")
+                continue
+            name = slug(keys[i])
+            files = write_previews(foa, sr, media, name, stereo=False)
+            clips[i] = {"meta": meta, "name": name, "audio": f"media/{files['binaural']}", "seconds": foa.shape[1] / sr}
+            if i in worst_set:
+                marks = [(label, *direction_of(emb.physical[arr][i]), marker)
+                         for label, arr, marker in (("model", "pred_direction", "o"),
+                                                    ("IV baseline", "iv_direction", "s"))
+                         if arr in emb.physical]
+                png = direction_png(iv, meta.features, (meta.azimuth_deg, meta.elevation_deg), foa.shape[1] / sr,
+                                    media / f"{name}.direction.png", marks)
+                clips[i]["direction"] = f"media/{png.name}"
+        nav = [("index.html", "overview"), ("text.html", "caption queries"), ("audio.html", "audio queries"),
+               ("direction.html", "direction")]
+        (stage / "text.html").write_text(_query_page(emb, keys, q_idx, ranked, clips, "t2a", nav))
+        (stage / "audio.html").write_text(_query_page(emb, keys, q_idx, ranked, clips, "a2t", nav))
+        (stage / "direction.html").write_text(_direction_page(emb, keys, err, base, worst_idx, clips, stage, nav))
+        (stage / "index.html").write_text(_overview(metrics, len(emb), len(q_idx), seed, k, missing, nav))
+    except BaseException:
+        discard_site(stage)
+        raise
     n_bytes = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
     finish_site(stage, out, {"written_by": "disse-eval --html", "queries": len(q_idx), "seed": seed,
                              "clips": len(clips), "missing": len(missing), "bytes": n_bytes})
