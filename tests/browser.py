@@ -25,7 +25,8 @@ from pathlib import Path
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--autoplay-policy=no-user-gesture-required", "--mute-audio", "--remote-debugging-pipe")
+         "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required", "--mute-audio",
+         "--remote-debugging-pipe")  # small /dev/shm in containers; players may start without a click
 
 
 class CDPError(RuntimeError):
