@@ -19,6 +19,7 @@ from disse.pipeline.demo import SOUND_TYPES, DemoConfig, run_demo
 from disse.pipeline.inspect import (collect_metas, dataset_stats, export_wav, find_sample, find_shards,
                                     format_bytes, format_sample, format_stats, format_summary, plot_sample,
                                     plot_stats, summarise)
+from disse.pipeline.inspect_site import DEFAULT_LIMIT, build_site
 from disse.pipeline.official_grid import GRID_SIZE, build_grid, plan_grid
 from disse.pipeline.render import (CAPTION_CONFLICT_POLICIES, RenderOptions, RirCheckFailed, parse_shard_range,
                                    plan_from_files, run_plan, select_shards, skip_report, worst_failure)
@@ -350,7 +351,20 @@ def demo_command(out_dir, types, clips_per_type, rooms, positions_per_room, rirs
               help="Write a sample's 4-channel AmbiX FOA as a WAV.")
 @click.option("--plot-sample", "sample_plot", nargs=2, metavar="KEY OUT.png", default=None,
               help="Draw a sample's W spectrogram and intensity features.")
-def inspect_command(target, show_key, stats, plot_path, export, sample_plot):
+@click.option("--html", "html_out", type=click.Path(file_okay=False), metavar="OUT",
+              help="Write a static site to OUT: an index with filters, a page per sample (captions, metadata, "
+                   "binaural and stereo previews, spectrogram, direction map) and a summary page.")
+@click.option("--limit", type=click.IntRange(1), default=DEFAULT_LIMIT, show_default=True,
+              help="With --html: at most this many samples, drawn reproducibly (--seed).")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --html: the draw of the samples.")
+@click.option("--force", is_flag=True, help="With --html: replace OUT if it holds a site written before.")
+@click.option("--split", "split_filter", help="With --html: only samples of this split.")
+@click.option("--room", "room_filter", help="With --html: only samples of this room (the RIR CSV's room column).")
+@click.option("--source", "source_filter", metavar="SOURCE_ID", help="With --html: only samples of this dry clip.")
+@click.option("--descriptor", "descriptor_filter", multiple=True, metavar="ATTR=LABEL",
+              help="With --html: only samples with this caption descriptor (e.g. direction=left); repeatable.")
+def inspect_command(target, show_key, stats, plot_path, export, sample_plot, html_out, limit, seed, force,
+                    split_filter, room_filter, source_filter, descriptor_filter):
     """Summarise shards: TARGET is a folder (all *.tar below), a brace pattern
     ('shards/train/train-{000000..000003}.tar') or one tar."""
     try:
@@ -371,7 +385,20 @@ def inspect_command(target, show_key, stats, plot_path, export, sample_plot):
                 click.echo(f"skipped {len(bad)} unreadable sample(s), e.g. {bad[0]}")
             if plot_path:
                 click.echo(f"wrote {plot_stats(metas, plot_path, title=str(target))}")
-        if not (show_key or export or sample_plot or stats or plot_path):
+        site_options = {"--split": split_filter, "--room": room_filter, "--source": source_filter,
+                        "--descriptor": descriptor_filter, "--force": force}
+        if not html_out and any(site_options.values()):
+            raise SchemaError("applies only with --html OUT", field=next(k for k, v in site_options.items() if v))
+        if html_out:
+            site = build_site(shards, html_out, limit=limit, seed=seed, force=force, title=str(target),
+                              filters={"split": split_filter, "room": room_filter, "source": source_filter,
+                                       "descriptor": descriptor_filter})
+            click.echo(f"wrote {site['out']}/index.html: {site['samples']} sample page(s) of {site['candidates']} "
+                       f"readable, {site['bytes'] / 1e6:.1f} MB, {site['seconds']} s")
+            if site["skipped"]:
+                click.echo(f"skipped {len(site['skipped'])} sample(s), e.g. {site['skipped'][0]['where']}: "
+                           f"{site['skipped'][0]['reason']} (all listed in {site['out']}/summary.html)")
+        if not (show_key or export or sample_plot or stats or plot_path or html_out):
             click.echo(format_summary(summarise(shards), str(target)))
     except SchemaError as err:
         click.echo(f"error: {err}", err=True)

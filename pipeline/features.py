@@ -138,3 +138,19 @@ def direction_from_iv(iv: np.ndarray, min_directivity: float = 0.0, features: di
             raise ValueError(f"no time-frequency cell reaches directivity {min_directivity}")
         return direction_of(act[:, keep].sum(axis=1))
     return direction_of(act.sum(axis=(1, 2)))
+
+
+def direction_track(iv: np.ndarray, features: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The direction the active intensity gives frame by frame: ``(azimuth_deg (F,), elevation_deg (F,),
+    directivity (F,))``, the sum of the frame's active vectors over its bands (or bins), and that sum's length
+    over the band count (1 for one plane wave, near 0 for a diffuse field or silence). ``iv``: ``(6, F, M)``
+    as stored; an ``official`` preset ``iv`` (``(6, bins, frames)``, [act Y, Z, X] first) is read as such."""
+    iv = np.asarray(iv)
+    if features is not None and features.get("preset", "project") == "official":
+        act = np.asarray(iv[[2, 0, 1]], dtype=np.float64).transpose(0, 2, 1)  # -> (3, frames, bins), x y z
+    else:
+        act = np.asarray(iv[:3], dtype=np.float64)
+    v = act.sum(axis=2)                                                        # (3, F)
+    az = np.degrees(np.arctan2(v[1], v[0]))
+    el = np.degrees(np.arctan2(v[2], np.hypot(v[0], v[1])))
+    return az, el, np.linalg.norm(v, axis=0) / max(act.shape[2], 1)

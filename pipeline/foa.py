@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.signal import oaconvolve
 
 ACN_ORDER = ("W", "Y", "Z", "X")
 # FuMa stores W scaled by 1/sqrt(2) and orders the channels W, X, Y, Z. At first order the
@@ -88,3 +89,126 @@ def angular_error_deg(az1: float, el1: float, az2: float, el2: float) -> float:
     a = plane_wave_gains(az1, el1)[[3, 1, 2]]
     b = plane_wave_gains(az2, el2)[[3, 1, 2]]
     return math.degrees(math.acos(max(-1.0, min(1.0, float(a @ b)))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Headphone previews: FOA -> two channels a person can listen to (disse-synth inspect --html, disse-eval --html)
+# ---------------------------------------------------------------------------------------------
+
+HEAD_RADIUS_M = 0.0875       # spherical-head model (Brown & Duda 1998): an average adult head
+SPEED_OF_SOUND_M_S = 343.0
+EAR_AZIMUTH_DEG = 100.0      # the ears sit slightly behind the head's centre line (Brown & Duda): front != back
+_SHADOW_ALPHA_MIN, _SHADOW_THETA_MIN_DEG = 0.1, 150.0  # head-shadow filter constants (Brown & Duda, eq. 2)
+PINNA_SHADOW_DB = 10.0       # high-frequency loss of sound from straight behind (pinna faces forward; KEMAR 5-15 dB)
+PINNA_SHADOW_HZ = 3000.0     # corner of that shelf
+CROSSOVER_HZ = 1500.0        # basic decode below (interaural time), in-phase above (level, front/back)
+BINAURAL_TAPS = 512          # FIR length of each ear's filter per FOA channel (10.7 ms at 48 kHz)
+
+
+def _virtual_speakers() -> np.ndarray:
+    """16 directions ``(16, 3)`` (x front, y left, z up) that cover the sphere evenly enough for a
+    first-order decode: a horizontal ring of 8 (every 45°) and rings of 4 at ±45° elevation."""
+    dirs = [(az, 0.0) for az in range(0, 360, 45)]
+    dirs += [(az, el) for el in (45.0, -45.0) for az in (45.0, 135.0, 225.0, 315.0)]
+    return np.array([plane_wave_gains(az, el)[[3, 1, 2]] for az, el in dirs])
+
+
+def _as_ambix(foa: np.ndarray, foa_format: str) -> np.ndarray:
+    if foa_format == "fuma":
+        return fuma_to_ambix(np.asarray(foa))
+    if foa_format != "ambix":
+        raise ValueError(f"foa_format must be 'ambix' or 'fuma', got {foa_format!r}")
+    if foa.shape[0] != 4:
+        raise ValueError(f"FOA must have 4 channels first, got shape {foa.shape}")
+    return np.asarray(foa)
+
+
+def spherical_head_response(direction: np.ndarray, ear: str, freqs_hz: np.ndarray) -> np.ndarray:
+    """Transfer function ``(F,)`` complex from a far source in ``direction`` (unit vector, x front, y left,
+    z up) to the ``ear`` (``"left"`` or ``"right"``) of a rigid spherical head, at ``freqs_hz`` ``(F,)``.
+
+    Brown & Duda's structural model: the ear sits at ±``EAR_AZIMUTH_DEG``; ``theta`` is the angle between
+    the source and the ear's axis. Delay: Woodworth's formula (``-a/c cos(theta)`` facing the ear,
+    ``a/c (theta - pi/2)`` round the head), offset by ``a/c`` so it is never negative. Head shadow: the
+    one-pole, one-zero filter ``(1 + j alpha w / 2 w0) / (1 + j w / 2 w0)``, ``w0 = c / a``, with ``alpha``
+    from 2 (+6 dB, facing the ear) to 0.1 (shadowed, at 150°). Pinna: a first-order shelf that takes up to
+    ``PINNA_SHADOW_DB`` off the highs of sound from behind, in proportion to how far behind it is.
+    """
+    sign = {"left": 1.0, "right": -1.0}[ear]
+    ear_axis = np.array([math.cos(math.radians(EAR_AZIMUTH_DEG)), sign * math.sin(math.radians(EAR_AZIMUTH_DEG)), 0.0])
+    d = np.asarray(direction, dtype=np.float64)
+    d = d / np.linalg.norm(d)
+    theta = math.acos(max(-1.0, min(1.0, float(d @ ear_axis))))
+    a_c = HEAD_RADIUS_M / SPEED_OF_SOUND_M_S
+    delay = -a_c * math.cos(theta) if theta < math.pi / 2 else a_c * (theta - math.pi / 2)
+    delay += a_c
+    theta_min = math.radians(_SHADOW_THETA_MIN_DEG)
+    alpha = (1 + _SHADOW_ALPHA_MIN / 2) + (1 - _SHADOW_ALPHA_MIN / 2) * math.cos(theta / theta_min * math.pi)
+    w = 2 * np.pi * np.asarray(freqs_hz, dtype=np.float64)
+    w0 = SPEED_OF_SOUND_M_S / HEAD_RADIUS_M
+    shadow = (1 + 1j * alpha * w / (2 * w0)) / (1 + 1j * w / (2 * w0))
+    behind = max(0.0, -float(d[0]))                       # 0 in the front half, 1 straight behind
+    g = 10.0 ** (-PINNA_SHADOW_DB * behind / 20.0)        # high-frequency gain of the shelf
+    wc = 2 * np.pi * PINNA_SHADOW_HZ
+    pinna = (1 + 1j * g * w / wc) / (1 + 1j * w / wc)     # 1 at DC, g well above PINNA_SHADOW_HZ
+    return shadow * pinna * np.exp(-1j * w * delay)
+
+
+def decode_matrix(speakers: np.ndarray, weights: str = "basic") -> np.ndarray:
+    """Decode matrix ``(K, 4)`` (speaker, AmbiX W, Y, Z, X) for ``speakers`` ``(K, 3)`` unit vectors.
+
+    ``"basic"``: mode matching, the pseudo-inverse of the speakers' SN3D encoding, so re-encoding the speaker
+    signals gives the FOA back: the sound field is exact near the centre of the array, so a head placed there
+    gets the right interaural time difference at low frequencies. ``"in-phase"``: cardioid weights
+    ``(W + d . [X, Y, Z]) / K``: no negative lobes, so the speakers opposite a source stay silent (used above
+    the crossover, where a head is larger than the exact region and level cues matter)."""
+    enc = np.stack([np.ones(len(speakers)), speakers[:, 1], speakers[:, 2], speakers[:, 0]])  # (4, K)
+    if weights == "basic":
+        return np.linalg.pinv(enc)
+    if weights == "in-phase":
+        return enc.T / len(speakers)
+    raise ValueError(f"weights must be 'basic' or 'in-phase', got {weights!r}")
+
+
+def binaural_filters(sample_rate: int = 48000, taps: int = BINAURAL_TAPS) -> np.ndarray:
+    """FIR filters ``(2, 4, taps)`` float64 (left, right ear) x (AmbiX W, Y, Z, X): the FOA decoded to 16
+    virtual loudspeakers (:func:`decode_matrix`: ``basic`` below ``CROSSOVER_HZ``, ``in-phase`` above, with a
+    raised-cosine blend an octave wide), each heard through :func:`spherical_head_response`. A bulk delay of
+    ``taps // 4`` keeps them causal."""
+    speakers = _virtual_speakers()
+    n = taps
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+    bulk = np.exp(-2j * np.pi * freqs * (n // 4) / sample_rate)
+    octave = np.clip(np.log2(np.maximum(freqs, 1.0) / CROSSOVER_HZ) + 0.5, 0.0, 1.0)  # 0 below, 1 above
+    high = 0.5 - 0.5 * np.cos(np.pi * octave)
+    low_dec, high_dec = decode_matrix(speakers, "basic"), decode_matrix(speakers, "in-phase")
+    window = np.hanning(2 * n)[n:]  # fade the tail of each impulse response
+    out = np.zeros((2, 4, n))
+    for e, ear in enumerate(("left", "right")):
+        spectra = np.array([spherical_head_response(d, ear, freqs) for d in speakers])  # (K, F)
+        per_channel = (low_dec.T @ spectra) * (1 - high) + (high_dec.T @ spectra) * high  # (4, F)
+        out[e] = np.fft.irfft(per_channel * bulk, n=n, axis=-1) * window
+    return out
+
+
+def binaural_decode(foa: np.ndarray, sample_rate: int = 48000, foa_format: str = "ambix") -> np.ndarray:
+    """FOA ``(4, T)`` -> a headphone (binaural) signal ``(2, T)`` float32 (left, right), through a spherical-head
+    model (:func:`binaural_filters`): a source on the left is louder and earlier at the left ear; front and back
+    differ only as much as a head and pinna shadow allow at first order. ``foa_format="fuma"`` converts first."""
+    x = _as_ambix(foa, foa_format).astype(np.float64)
+    h = binaural_filters(sample_rate)
+    t = x.shape[1]
+    delay = h.shape[-1] // 4
+    out = np.zeros((2, t))
+    for e in range(2):
+        y = sum(oaconvolve(x[c], h[e, c]) for c in range(4))
+        out[e] = y[delay:delay + t]
+    return out.astype(np.float32)
+
+
+def stereo_decode(foa: np.ndarray, foa_format: str = "ambix") -> np.ndarray:
+    """FOA ``(4, T)`` -> plain stereo ``(2, T)`` float32: two coincident virtual cardioids pointing left and
+    right (+90°, -90°), ``L = (W + Y) / 2``, ``R = (W - Y) / 2`` (SN3D). No delays: left/right by level only,
+    front and back sound alike."""
+    x = _as_ambix(foa, foa_format).astype(np.float64)
+    return (0.5 * np.stack([x[0] + x[1], x[0] - x[1]])).astype(np.float32)

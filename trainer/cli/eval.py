@@ -24,7 +24,7 @@ from disse.schemas.atomic import atomic_write
 from disse.pipeline.cli import PresetOrFile
 from disse.schemas.captions import RULE_SETS
 from disse.trainer.data.loader import check_shard_rules, eval_loader, resolve_shards, shard_features, shard_rules
-from disse.trainer.evaluation import report
+from disse.trainer.evaluation import pages, report
 from disse.trainer.evaluation.embedder import Embedder
 from disse.trainer.evaluation.evaluate import (embed, embed_official, evaluate_embeddings, load_embeddings_any,
                                                to_official_arrays)
@@ -81,6 +81,12 @@ def _device(name: str) -> str:
 @click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK, show_default=True,
               help="Rows per similarity block (memory ~ 4 * chunk^2 bytes).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--html", "html", is_flag=True,
+              help="Also write OUT/html/: for a reproducible set of test items, the top-5 clips each caption "
+                   "retrieves and the top-5 captions each clip retrieves (binaural players, positives marked), and "
+                   "the direction errors with the worst items. Needs --shards (the clips' audio).")
+@click.option("--html-queries", type=click.IntRange(1), default=pages.DEFAULT_QUERIES, show_default=True,
+              help="With --html: how many query items (drawn with seed 0).")
 @click.option("--zero-shot-prompts", type=click.Choice(["ensemble", "single"]), default=None,
               help="Zero-shot class prototypes: mean text embedding of every spatial caption with the label, "
                    "or one 'A sound {phrase}.' prompt per label. Default: ensemble; single for the released model.")
@@ -95,14 +101,15 @@ def main(checkpoint: str | None, shards: str | None, embeddings: str | None, com
          out: str, save_embeddings: str | None, rules: str | None, batch_size: int, num_workers: int,
          max_items: int | None, device: str, chunk_size: int, no_plots: bool, zero_shot_prompts: str,
          metric_set: str = "project", save_official_embeddings: str | None = None, roberta_dir: str | None = None,
-         official_config: str | None = None, shard_retries: int = 2) -> None:
+         official_config: str | None = None, shard_retries: int = 2, html: bool = False,
+         html_queries: int = pages.DEFAULT_QUERIES) -> None:
     """Score retrieval (SRC, SPA), leakage (X-SRC, X-SPA, audio-side AX-SRC, AX-SPA), invariance ratios,
     physical errors (direction next to the intensity-vector physics baseline) and zero-shot descriptors,
     each next to its chance level; write metrics.json, report.md and PNG plots."""
     try:
         _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules, batch_size, num_workers,
              max_items, device, chunk_size, no_plots, zero_shot_prompts, metric_set, save_official_embeddings,
-             roberta_dir, official_config, shard_retries)
+             roberta_dir, official_config, shard_retries, html, html_queries)
     except SchemaError as exc:
         _fail(str(exc))
     except MemoryError:
@@ -111,7 +118,8 @@ def main(checkpoint: str | None, shards: str | None, embeddings: str | None, com
 
 def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_path, batch_size, num_workers,
          max_items, device, chunk_size, no_plots, zero_shot_prompts=None, metric_set="project",
-         save_official_embeddings=None, roberta_dir=None, official_config=None, shard_retries=2) -> None:
+         save_official_embeddings=None, roberta_dir=None, official_config=None, shard_retries=2, html=False,
+         html_queries=pages.DEFAULT_QUERIES) -> None:
     if compare:
         if checkpoint or embeddings or shards:
             raise SchemaError("--compare takes two metrics.json files and nothing else", field="--compare")
@@ -122,8 +130,13 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
         raise SchemaError("give either --checkpoint with --shards, or --embeddings", field="--checkpoint/--embeddings")
     if checkpoint and not shards:
         raise SchemaError("--checkpoint needs --shards (the fixed validation or test shards)", field="--shards")
-    if embeddings and (shards or max_items):
-        raise SchemaError("--shards / --max-items only apply with --checkpoint", field="--shards")
+    if embeddings and (max_items or (shards and not html)):
+        raise SchemaError("--shards / --max-items only apply with --checkpoint (or --shards with --embeddings "
+                          "and --html: the clips' audio)", field="--shards")
+    if html and not shards:
+        raise SchemaError("needs --shards (the evaluated shards: the pages play their clips)", field="--html")
+    if html and metric_set == "official":
+        raise SchemaError("the pages show this project's retrieval: use --metrics project or both", field="--html")
     # the checkpoint is read once, here; its kind picks the model and the preset its shards must carry
     ckpt = read_checkpoint(checkpoint, expect=("project", "official"), what="--checkpoint") if checkpoint else None
     official = _official_options(ckpt, roberta_dir, official_config, metric_set) if ckpt else None
@@ -183,8 +196,20 @@ def _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules_pa
                  "n_source_ids": int(len(np.unique(emb.source_id))), "n_space_ids": int(len(np.unique(emb.space_id))),
                  "dim_source": int(emb.audio_source.shape[1]), "dim_space": int(emb.audio_space.shape[1])})
     paths = report.write_report(metrics, emb, out, meta, rules, plots=not no_plots)
+    if html:
+        site = pages.write_pages(emb, resolve_shards(shards, what="--shards").urls, out, metrics,
+                                 queries=html_queries)
+        with open(paths["report"], "a") as f:
+            f.write(f"\n## Listen\n\n[html/index.html](html/index.html): {site['queries']} caption and audio "
+                    f"queries with their top-{pages.TOP_K}, the direction errors and the worst items, "
+                    f"{site['clips']} clips.\n")
     click.echo(report.console_summary(metrics))
     click.echo(f"\nreport: {paths['report']}\nmetrics: {paths['metrics']}")
+    if html:
+        click.echo(f"pages: {site['out']}/index.html ({site['clips']} clips, {site['bytes'] / 1e6:.1f} MB)")
+        if site["missing"]:
+            click.echo(f"warning: {len(site['missing'])} clip(s) shown without audio, e.g. {site['missing'][0]}",
+                       err=True)
     if metric_set == "both":
         with open(paths["report"], "a") as f:
             f.write("\n" + official_markdown(metrics) + "\n")
