@@ -332,7 +332,7 @@ def user_inputs(root: Path) -> None:
     for i, name in enumerate(("rec.wav", "rec2.wav", "a.wav", "b.wav")):
         sf.write(root / name, foa_noise(2.0, SR, 45.0 * i - 90, 3 + i), SR)
     # a FuMa (B-format) recording for README's foa_format="fuma" line
-    sf.write(root / "bformat.wav", ambix_to_fuma(foa_noise(2.0, SR, 30.0, 7)), SR)
+    sf.write(root / "bformat.wav", ambix_to_fuma(foa_noise(2.0, SR, 30.0, 7).T).T, SR)
     write_csv(root / "items.csv", [{"audio_path": "rec.wav", "caption": "A dog barks to the left."},
                                    {"audio_path": "rec2.wav", "caption": "Rain falls far behind."}])
     # roberta-base: tiny, with roberta-base's 514 positions (the release pads captions to 512 tokens)
