@@ -48,7 +48,7 @@ import tarfile
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field, fields
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -438,12 +438,16 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def group_tar_members(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, tarfile.TarInfo]]]:
-    """A shard's samples as ``(key, {ext: TarInfo})``: consecutive regular members sharing a key,
-    grouped as WebDataset groups them. Headers only: the caller reads the members it needs.
+def group_tar_members(tar: tarfile.TarFile, read: Callable[[str, dict], bool] | None = None
+                      ) -> Iterator[tuple[str, dict]]:
+    """A shard's samples as ``(key, {ext: member})``: consecutive regular members sharing a key,
+    grouped as WebDataset groups them.
 
-    Raises :class:`tarfile.ReadError` for a key that repeats an extension, and tarfile's own errors
-    for a corrupt or truncated archive.
+    ``read=None``: headers only, each member a ``TarInfo`` the caller reads as it needs (a seekable
+    archive). Otherwise members are read as they come, so a stream (``mode="r|"``) works too: a member
+    is its bytes where ``read(ext, group_so_far)`` is true, else ``None`` (seen, not read; a seekable
+    archive seeks past it). Raises :class:`tarfile.ReadError` for a key that repeats an extension, and
+    tarfile's own errors for a corrupt or truncated archive.
     """
     key, group = None, {}
     for info in tar:
@@ -458,7 +462,10 @@ def group_tar_members(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, tar
             key, group = parts[0], {}
         if parts[1] in group:
             raise tarfile.ReadError(f"{info.name}: duplicate member name in one sample")
-        group[parts[1]] = info
+        if read is None:
+            group[parts[1]] = info
+        else:
+            group[parts[1]] = tar.extractfile(info).read() if read(parts[1], group) else None  # type: ignore[union-attr]
     if group:
         yield key, group
 

@@ -60,7 +60,7 @@ from disse.schemas import CaptionRules, SchemaError, load_caption_rules, stable_
 from disse.schemas.captions import rule_set_of_version
 from disse.schemas.features import FeatureParams, OfficialFeatureParams, feature_params_from_dict
 from disse.schemas.shard import (W_MEMBER, ShardMeta, decode_foa_sample, decode_iv, decode_meta, decode_w,
-                                 iv_member, split_member_name)
+                                 group_tar_members, iv_member)
 from disse.trainer.data.augment import check_rules, drop_source_clause, rotate_sample
 from disse.trainer.model.physics import direction_from_angles, iv_to_float
 
@@ -598,26 +598,12 @@ def _tar_samples(url: str, *, with_audio: bool = True, keep_foa: bool = False) -
     try:
         seekable = bool(getattr(stream, "seekable", lambda: False)())
         with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|") as tar:
-            sample: dict | None = None
-            for info in tar:
-                if not info.isfile():
-                    continue
-                parts = split_member_name(info.name)
-                if parts is None:
-                    continue
-                key, ext = parts
-                if sample is None or key != sample["__key__"]:
-                    if sample is not None:
-                        yield _without_unused(sample, with_audio, keep_foa)
-                    sample = {"__key__": key, "__url__": url}
-                if ext in sample:
-                    raise tarfile.ReadError(f"{info.name}: duplicate member name in one sample")
-                if ext in skip and (not with_audio or "w.wav" in sample):
-                    sample[ext] = None  # seen, not read (a v2 sample's foa.flac comes before its w.wav)
-                    continue
-                sample[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
-            if sample is not None:
-                yield _without_unused(sample, with_audio, keep_foa)
+            def wanted(ext: str, seen: dict) -> bool:
+                # a v2 sample's foa.flac comes before its w.wav: read it unless W has its own member
+                return ext not in skip or (with_audio and "w.wav" not in seen)
+
+            for key, members in group_tar_members(tar, read=wanted):
+                yield _without_unused({"__key__": key, "__url__": url, **members}, with_audio, keep_foa)
         finished = True
     finally:
         if finished:
@@ -632,8 +618,8 @@ def _tar_samples(url: str, *, with_audio: bool = True, keep_foa: bool = False) -
 def _without_unused(sample: dict, with_audio: bool, keep_foa: bool = False) -> dict:
     """Drop the members a sample read but the model does not use (and the ones only seen)."""
     if keep_foa:
-        pass
-    elif not with_audio:
+        return {k: v for k, v in sample.items() if v is not None}
+    if not with_audio:
         for ext in _OTHER_CHANNELS + _W_MEMBERS:
             sample.pop(ext, None)
     elif "w.wav" in sample:
