@@ -136,3 +136,30 @@ def test_full_caption_samples_train_only_the_text_side_of_the_space_pair():
         rows = a.grad.abs().sum(1) > 0
         assert rows.all() if grad_all else torch.equal(rows, dropped)   # full-caption rows: no audio gradient
         assert (t.grad.abs().sum(1) > 0).all()                          # the text side always learns
+
+
+def test_caption_distillation_moves_only_the_full_caption_rows_of_dropped_samples():
+    torch.manual_seed(0)
+    full = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1).requires_grad_(True)
+    spatial = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1).requires_grad_(True)
+    dropped = torch.tensor([True, False, True, True, False])
+    batch = {"source_id": torch.arange(5), "space_id": torch.arange(5), "space_caption_dropped": dropped}
+    off = dict(source_weight=0, space_weight=0, direction_weight=0, area_weight=0, distance_weight=0, t30_weight=0)
+    a = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    total, terms = DELSALoss(LossConfig(**off, caption_distill_weight=1.0))(
+        {"space": a, "source": a}, {"space": spatial, "source": spatial, "space_of_caption": full}, batch, torch.tensor(1.0), torch.tensor(1.0))
+    expected = (1 - torch.nn.functional.cosine_similarity(full[dropped], spatial[dropped], dim=-1)).mean()
+    assert torch.isclose(terms["caption_distill"], expected)
+    total.backward()
+    assert torch.equal(full.grad.abs().sum(1) > 0, dropped)   # only samples that have a spatial caption to copy
+    assert spatial.grad is None or not spatial.grad.any()     # the spatial caption's embedding is the target
+
+
+def test_caption_distillation_needs_spatial_captions():
+    import pytest
+
+    from disse.schemas import SchemaError
+    from disse.trainer.training.config import load_train_config
+
+    with pytest.raises(SchemaError, match="space_caption_drop"):
+        load_train_config(None, ["data.train=x", "loss.caption_distill_weight=1.0"])

@@ -135,6 +135,7 @@ _RANGES: tuple[tuple[str, str, str], ...] = (
     ("loss.source_adversary_weight", "[0", "0 = off"),
     ("loss.source_critic_weight", "[0", "0 = off"),
     ("loss.independence_weight", "[0", "0 = off"),
+    ("loss.caption_distill_weight", "[0", "0 = off; acts only where data.space_caption_drop > 0"),
     ("loss.min_logit_scale", "(0", ""),
     ("model.shared_dim", "[1", ""),
     ("model.source_dim", "[1", ""),
@@ -200,6 +201,9 @@ def check_config(cfg: TrainConfig, source: Source = "config") -> TrainConfig:
            f"must be project (DELSA) or official (the release's model), got {cfg.model.preset!r}", source)
     _check(not t.export_release or cfg.model.preset == "official", "train.export_release",
            "the release's checkpoint layout holds the official model only (model.preset: official)", source)
+    _check(not (getattr(loss, "caption_distill_weight", 0) or 0) or d.space_caption_drop > 0,
+           "loss.caption_distill_weight", "acts on the samples whose space head reads the spatial caption: "
+           "set data.space_caption_drop > 0 too", source)
     return cfg
 
 

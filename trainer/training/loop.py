@@ -66,7 +66,9 @@ class DualEncoder(nn.Module):
         text = self.model.encode_text(tokens)
         b = waveform.shape[0]
         if text["source"].shape[0] == 2 * b:
-            text = {"source": text["source"][:b], "space": text["space"][b:]}
+            # the space head on the full captions too: what LossConfig.caption_distill_weight pulls towards
+            # the spatial caption's embedding
+            text = {"source": text["source"][:b], "space": text["space"][b:], "space_of_caption": text["space"][:b]}
         if len(getattr(self.model, "descriptor_heads", ())):
             audio["descriptors"] = self.model.descriptor_logits(audio["space"])
             text["descriptors"] = self.model.descriptor_logits(text["space"])

@@ -52,6 +52,11 @@ class LossConfig:
     # a spatial embedding that knows the sound (the leakage checks); the spatial-caption samples still train
     # both sides, and the text head learns to read past source words (docs/spatial.md, ablation)
     full_caption_space_grad: bool = True
+    # for the samples whose text space head read the spatial caption (data.space_caption_drop): 1 - cosine
+    # between the space head's embedding of the FULL caption and the (detached) embedding of the spatial
+    # caption. The text head learns to read past source words, so full captions find the space without the
+    # audio side ever being asked to know the sound (docs/spatial.md, ablation)
+    caption_distill_weight: float = 0.0
     physics: bool = True             # false: no physical loss (the release's disable_physics_loss)
     max_logit_scale: float = 100.0   # exp(log scale) clamped to [min, max] (CLIP: 100)
     min_logit_scale: float = 1.0
@@ -194,6 +199,12 @@ class DELSALoss(nn.Module):
         if c.independence_weight:
             terms["independence"] = independence(audio_out["space"].float(), audio_out["source"].detach().float())
             total = total + c.independence_weight * terms["independence"]
+        dropped = batch.get("space_caption_dropped")
+        if c.caption_distill_weight and dropped is not None and "space_of_caption" in text_out and dropped.any():
+            rows = dropped.bool()
+            terms["caption_distill"] = (1.0 - F.cosine_similarity(
+                text_out["space_of_caption"][rows], text_out["space"][rows].detach(), dim=-1)).mean()
+            total = total + c.caption_distill_weight * terms["caption_distill"]
         if c.physics and batch.get("targets") is not None and "phys" in audio_out:
             phys = audio_out["phys"]
             n = phys["direction"].shape[0]
