@@ -35,27 +35,20 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from disse.configs import config_path
+from disse.trainer.model.hf import write_random_roberta
+from disse.trainer.model.official import DISSEOfficial, OfficialConfig
+from disse.trainer.training.config import load_train_config
+from disse.trainer.training.loop import build_model
+
 H100_BF16_DENSE = 989e12  # FLOP/s, H100 SXM dense bf16 (NVIDIA data sheet; 1979 with 2:4 sparsity)
 DATASETS = {"Spatial AudioCaps": 51_308, "Clotho": 5_929}  # clips; x rooms per clip = samples
 
 
 def roberta_stand_in(path: Path, quick: bool = False) -> Path:
-    """A local roberta-base-shaped folder (config + a character vocabulary): weights are random anyway."""
-    from transformers import RobertaConfig
-
-    chars = list("abcdefghijklmnopqrstuvwxyz.,") + ["\u0120" + c for c in "abcdefghijklmnopqrstuvwxyz"]
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
-    for c in chars:
-        vocab[c] = len(vocab)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
+    """A local roberta-base-shaped folder (random weights; the vocabulary size does not change FLOPs)."""
     size = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64) if quick else {}
-    # roberta-base: 768 wide, 12 layers, 12 heads, 514 positions; the vocabulary size does not change FLOPs
-    RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
-                  bos_token_id=0, eos_token_id=2, **size).save_pretrained(path)
-    return path
+    return write_random_roberta(path, vocab_size=50265, **size)
 
 
 def _count(step) -> float:
@@ -67,9 +60,6 @@ def _count(step) -> float:
 
 def paper_flops(roberta: Path, tokens: int, quick: bool) -> float:
     """Forward + backward FLOPs of one sample of configs/paper.yaml's DELSA (random weights)."""
-    from disse.configs import config_path
-    from disse.trainer.training.config import load_train_config
-    from disse.trainer.training.loop import build_model
 
     over = ["data.train=unused", f"model.text.hf_dir={roberta}", "model.text.pretrained=false"]
     if quick:
@@ -97,7 +87,6 @@ def paper_flops(roberta: Path, tokens: int, quick: bool) -> float:
 
 def official_flops(roberta: Path, quick: bool) -> float:
     """Forward + backward FLOPs of one sample of the release's DISSEOfficial (random weights)."""
-    from disse.trainer.model.official import DISSEOfficial, OfficialConfig
 
     over = {"depths": [1, 1, 1, 1], "hidden_size": 96, "patch_embeds_hidden_size": 12,
             "num_attention_heads": [1, 2, 4, 8]} if quick else None

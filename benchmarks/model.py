@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from disse.configs import config_path
 from disse.schemas.config import _build
 from disse.trainer.training.losses import DELSALoss, LossConfig
 from disse.trainer.model.delsa import DELSA, ModelConfig
+from disse.trainer.model.hf import write_random_roberta
 
 
 def load_sections(name: str) -> tuple[ModelConfig, LossConfig]:
@@ -36,18 +36,7 @@ def load_sections(name: str) -> tuple[ModelConfig, LossConfig]:
 
 def roberta_base_stand_in(folder: Path) -> Path:
     """roberta-base's config (random weights) and a character vocabulary: the sizes without the download."""
-    from transformers import RobertaConfig
-
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
-    for c in "abcdefghijklmnopqrstuvwxyz.,":
-        vocab[c], vocab["\u0120" + c] = len(vocab), len(vocab) + 1
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
-    RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
-                  bos_token_id=0, eos_token_id=2).save_pretrained(folder)
-    return folder
+    return write_random_roberta(folder, vocab_size=50265)
 
 
 def random_batch(b: int, device: torch.device, seed: int = 0) -> dict:

@@ -26,6 +26,14 @@ from pathlib import Path
 
 import torch
 
+from disse.pipeline.demo import DemoConfig, run_demo
+from disse.trainer.cli.train import resolve_config_path
+from disse.trainer.data.loader import resolve_shards
+from disse.trainer.model.hf import write_random_roberta
+from disse.trainer.training.checkpoint import load_checkpoint
+from disse.trainer.training.config import load_train_config
+from disse.trainer.training.loop import build_model, objective_for, resolve_caption_rules, train
+
 CPU_HTSAT = "{patch_embeds_hidden_size: 16, hidden_size: 128, depths: [1, 1, 1, 1], num_attention_heads: [1, 1, 2, 2]}"
 ROWS = (  # (label, metric key of evaluate_embeddings, chance / baseline key or None)
     ("SRC t2a R@1", "SRC/t2a/R@1", "SRC/t2a/R@1/chance"),
@@ -47,20 +55,7 @@ ROWS = (  # (label, metric key of evaluate_embeddings, chance / baseline key or 
 
 def toy_roberta(path: Path) -> Path:
     """A local Hugging Face folder: character-level BPE vocabulary and a small RoBERTa config (random weights)."""
-    from transformers import RobertaConfig
-
-    chars = list("abcdefghijklmnopqrstuvwxyz.,:'-") + ["\u0120" + c for c in "abcdefghijklmnopqrstuvwxyz"]
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
-    for c in chars:
-        vocab[c] = len(vocab)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    RobertaConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=128, max_position_embeddings=514, pad_token_id=1, bos_token_id=0,
-                  eos_token_id=2).save_pretrained(path)
-    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
-    return path
+    return write_random_roberta(path, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
 
 
 def arm_overrides(arm: str, roberta: Path, full_size: bool, pretrained: bool) -> tuple[str, list[str]]:
@@ -75,11 +70,6 @@ def arm_overrides(arm: str, roberta: Path, full_size: bool, pretrained: bool) ->
 
 
 def run_arm(arm: str, seed: int, shards: Path, out: Path, args, roberta: Path) -> dict:
-    from disse.trainer.cli.train import resolve_config_path
-    from disse.trainer.data.loader import resolve_shards
-    from disse.trainer.training.checkpoint import load_checkpoint
-    from disse.trainer.training.config import load_train_config
-    from disse.trainer.training.loop import objective_for, resolve_caption_rules, train
 
     config, extra = arm_overrides(arm, roberta, args.full_size, args.roberta_dir is not None)
     run_dir = out / f"{arm}_seed{seed}"
@@ -96,7 +86,6 @@ def run_arm(arm: str, seed: int, shards: Path, out: Path, args, roberta: Path) -
     model = objective.build_model(cfg) if arm == "official" else None
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
     if model is None:
-        from disse.trainer.training.loop import build_model
         model = build_model(cfg)
     model.load_state_dict(state["model"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -131,7 +120,6 @@ def main(argv: list[str] | None = None) -> None:
     tmp = tempfile.TemporaryDirectory()
     shards = Path(args.shards) if args.shards else None
     if shards is None:
-        from disse.pipeline.demo import DemoConfig, run_demo
         print("rendering a small demo set ...", file=sys.stderr)
         shards = Path(tmp.name) / "demo"
         run_demo(shards, DemoConfig(types=8, clips_per_type=3, rooms=6, positions_per_room=3, rirs_per_clip=2,

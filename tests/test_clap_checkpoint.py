@@ -5,7 +5,6 @@ Nothing is downloaded: the checkpoints are made in the test in the released file
 (tests/laion_reference.py); the tests that need it are skipped without it.
 """
 import collections
-import json
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch
 from disse.schemas import SchemaError
 from disse.trainer.model.audio_encoder import HTSATBranch, HTSATConfig
 from disse.trainer.model.clap_checkpoint import read_state_dict
+from disse.trainer.model.hf import write_random_roberta
 from disse.trainer.model.text_encoder import TextConfig, TextEncoder, Tokenizer
 from laion_reference import laion_htsat, needs_laion_clap
 
@@ -113,21 +113,9 @@ def test_missing_unexpected_and_mismatched_keys_are_reported(tmp_path):
 
 
 def _toy_roberta_dir(path, hidden=32, layers=2):
-    """A local Hugging Face folder with a tiny RoBERTa config and a character-level BPE vocabulary."""
-    from transformers import RobertaConfig
-
-    chars = list("abcdefghijklmnopqrstuvwxyz.,") + ["\u0120" + c for c in "abcdefghijklmnopqrstuvwxyz"]
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
-    for c in chars:
-        vocab[c] = len(vocab)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    RobertaConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                  intermediate_size=2 * hidden, max_position_embeddings=100, pad_token_id=1,
-                  bos_token_id=0, eos_token_id=2).save_pretrained(path)
-    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
-    return path
+    """A local Hugging Face folder with a tiny random RoBERTa and a character-level BPE vocabulary."""
+    return write_random_roberta(path, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                                intermediate_size=2 * hidden)
 
 
 def test_clap_roberta_text_branch_loads_from_checkpoint(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from disse.schemas import SchemaError
+from disse.trainer.model.hf import write_random_roberta
 from disse.trainer.model.official import (DISSEOfficial, OfficialConfig, build_official, load_official_state,
                                           map_release_keys, read_official_state)
 
@@ -76,16 +77,11 @@ SMALL_HTSAT = {"depths": [1, 1, 1, 1], "num_attention_heads": [1, 2, 2, 4]}  # s
 
 
 def _roberta_dir(path: Path, *, full: bool) -> Path:
-    from transformers import RobertaConfig
-
     from test_clap_checkpoint import _toy_roberta_dir
 
-    path = _toy_roberta_dir(path)
     if full:  # roberta-base's config.json values
-        RobertaConfig(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                      intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
-                      bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5).save_pretrained(path)
-    return path
+        return write_random_roberta(path, vocab_size=50265, layer_norm_eps=1e-5)
+    return _toy_roberta_dir(path)
 
 
 @pytest.fixture(scope="module")
