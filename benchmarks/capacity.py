@@ -60,7 +60,6 @@ def _count(step) -> float:
 
 def paper_flops(roberta: Path, tokens: int, quick: bool) -> float:
     """Forward + backward FLOPs of one sample of configs/paper.yaml's DELSA (random weights)."""
-
     over = ["data.train=unused", f"model.text.hf_dir={roberta}", "model.text.pretrained=false"]
     if quick:
         over += ["model.audio.htsat.embed_dim=16", "model.audio.htsat.depths=[1,1,1]",
@@ -87,7 +86,6 @@ def paper_flops(roberta: Path, tokens: int, quick: bool) -> float:
 
 def official_flops(roberta: Path, quick: bool) -> float:
     """Forward + backward FLOPs of one sample of the release's DISSEOfficial (random weights)."""
-
     over = {"depths": [1, 1, 1, 1], "hidden_size": 96, "patch_embeds_hidden_size": 12,
             "num_attention_heads": [1, 2, 4, 8]} if quick else None
     torch.manual_seed(0)

@@ -70,7 +70,6 @@ def arm_overrides(arm: str, roberta: Path, full_size: bool, pretrained: bool) ->
 
 
 def run_arm(arm: str, seed: int, shards: Path, out: Path, args, roberta: Path) -> dict:
-
     config, extra = arm_overrides(arm, roberta, args.full_size, args.roberta_dir is not None)
     run_dir = out / f"{arm}_seed{seed}"
     cfg = load_train_config(resolve_config_path(config), [

@@ -201,7 +201,7 @@ def check_config(cfg: TrainConfig, source: Source = "config") -> TrainConfig:
            f"must be project (DELSA) or official (the release's model), got {cfg.model.preset!r}", source)
     _check(not t.export_release or cfg.model.preset == "official", "train.export_release",
            "the release's checkpoint layout holds the official model only (model.preset: official)", source)
-    _check(not (getattr(loss, "caption_distill_weight", 0) or 0) or d.space_caption_drop > 0,
+    _check(not loss.caption_distill_weight or d.space_caption_drop > 0,
            "loss.caption_distill_weight", "acts on the samples whose space head reads the spatial caption: "
            "set data.space_caption_drop > 0 too", source)
     return cfg

@@ -200,10 +200,11 @@ class DELSALoss(nn.Module):
             terms["independence"] = independence(audio_out["space"].float(), audio_out["source"].detach().float())
             total = total + c.independence_weight * terms["independence"]
         dropped = batch.get("space_caption_dropped")
-        if c.caption_distill_weight and dropped is not None and "space_of_caption" in text_out and dropped.any():
-            rows = dropped.bool()
-            terms["caption_distill"] = (1.0 - F.cosine_similarity(
-                text_out["space_of_caption"][rows], text_out["space"][rows].detach(), dim=-1)).mean()
+        if c.caption_distill_weight and dropped is not None and "space_of_caption" in text_out:
+            # a masked mean, not boolean indexing: no host sync per step; 0 when no sample was dropped
+            w = dropped.to(text_out["space"].dtype)
+            gap = 1.0 - F.cosine_similarity(text_out["space_of_caption"], text_out["space"].detach(), dim=-1)
+            terms["caption_distill"] = (w * gap).sum() / w.sum().clamp_min(1.0)
             total = total + c.caption_distill_weight * terms["caption_distill"]
         if c.physics and batch.get("targets") is not None and "phys" in audio_out:
             phys = audio_out["phys"]
