@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn.to(device)
     opt = make_optimizer(model, cfg)
-    raw = objective.wrap(model)
+    raw = objective.wrap(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     ctx = StepContext(raw, raw, model, loss_fn, opt, torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
                       DistInfo(device=device), precision, cfg.optim.grad_clip, params, objective)

@@ -163,3 +163,27 @@ def test_caption_distillation_needs_spatial_captions():
 
     with pytest.raises(SchemaError, match="space_caption_drop"):
         load_train_config(None, ["data.train=x", "loss.caption_distill_weight=1.0"])
+
+
+def test_caption_distillation_features_have_the_same_keys_whether_or_not_a_batch_drops_captions():
+    """Under DDP every rank gathers the same keys; whether a rank's batch has a spatial caption to read
+    (2B text rows) or not (B rows) depends on its data, so the keys must not."""
+    from disse.trainer.training.loop import DualEncoder, micro_inputs
+
+    torch.manual_seed(0)
+    model = DELSA(dataclasses.replace(small_config(), text_input="full")).eval()
+    net = DualEncoder(model, space_of_caption=True)
+    batch = make_batch(3)
+    none = dict(batch, space_head_text=list(batch["caption"]), space_caption_dropped=torch.zeros(3, dtype=torch.bool))
+    some = dict(batch, space_head_text=[batch["space_text"][0], *batch["caption"][1:]],
+                space_caption_dropped=torch.tensor([True, False, False]))
+    with torch.no_grad():
+        out_none = net(*micro_inputs(model, none, torch.device("cpu")))["text"]
+        out_some = net(*micro_inputs(model, some, torch.device("cpu")))["text"]
+        caption = model.encode_text(model.tokenize(list(batch["caption"])))
+    assert out_none.keys() == out_some.keys() and "space_of_caption" in out_none
+    assert {k: v.shape for k, v in out_none.items()} == {k: v.shape for k, v in out_some.items()}
+    torch.testing.assert_close(out_none["space_of_caption"], caption["space"])   # B rows: the caption itself
+    torch.testing.assert_close(out_some["space_of_caption"], caption["space"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_some["space"][1:], caption["space"][1:], rtol=1e-4, atol=1e-5)
+    assert "space_of_caption" not in DualEncoder(model)(*micro_inputs(model, some, torch.device("cpu")))["text"]

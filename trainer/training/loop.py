@@ -54,21 +54,28 @@ class DualEncoder(nn.Module):
     """One forward for everything the loss needs, so DDP's hooks see a single forward per backward.
 
     ``tokens`` holds the source-head texts then the space-head texts (2B rows, one text pass), or
-    B rows read by both heads when the model's ``text_input`` is ``"full"`` (see ``DELSA.text_pairs``).
+    B rows read by both heads when the two lists are equal (``DELSA.text_pairs``).
+
+    ``space_of_caption``: also return the space head's embedding of the source head's text (the full
+    caption under ``text_input: full``), for ``LossConfig.caption_distill_weight``. Fixed per run, not per
+    batch: under DDP every rank must gather the same keys, and whether a rank's batch has 2B or B text
+    rows depends on its data.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, space_of_caption: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.space_of_caption = space_of_caption
 
     def forward(self, waveform: torch.Tensor, iv: torch.Tensor, tokens: dict[str, torch.Tensor]) -> dict:
         audio = self.model.encode_audio(waveform, iv)
         text = self.model.encode_text(tokens)
         b = waveform.shape[0]
+        of_caption = text["space"][:b]  # B rows: both heads read the same text, so this is text["space"]
         if text["source"].shape[0] == 2 * b:
-            # the space head on the full captions too: what LossConfig.caption_distill_weight pulls towards
-            # the spatial caption's embedding
-            text = {"source": text["source"][:b], "space": text["space"][b:], "space_of_caption": text["space"][:b]}
+            text = {"source": text["source"][:b], "space": text["space"][b:]}
+        if self.space_of_caption:
+            text["space_of_caption"] = of_caption
         if len(getattr(self.model, "descriptor_heads", ())):
             audio["descriptors"] = self.model.descriptor_logits(audio["space"])
             text["descriptors"] = self.model.descriptor_logits(text["space"])
@@ -128,8 +135,8 @@ class ProjectObjective:
     def build_loss(self, cfg: TrainConfig) -> Any:
         return build_loss(cfg)
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        return DualEncoder(model)
+    def wrap(self, model: nn.Module, cfg: TrainConfig) -> nn.Module:
+        return DualEncoder(model, space_of_caption=cfg.loss.caption_distill_weight > 0)
 
     def micro_inputs(self, model: nn.Module, batch: dict, device: torch.device) -> tuple:
         return micro_inputs(model, batch, device)
@@ -439,7 +446,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
                               f"worker(s); resume with data.num_workers={position.num_workers}",
                               file=str(resume_path), field="data.num_workers")
 
-    raw = objective.wrap(model)
+    raw = objective.wrap(model, cfg)
     net: nn.Module = raw
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(

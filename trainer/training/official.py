@@ -196,7 +196,7 @@ class OfficialObjective:
     def build_loss(self, cfg: Any) -> nn.Module:
         return OfficialLoss(cfg.loss)
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, cfg: Any) -> nn.Module:
         return OfficialDual(model)
 
     def micro_inputs(self, model: nn.Module, batch: dict, device: torch.device) -> tuple:
