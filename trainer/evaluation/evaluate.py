@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy.stats import binom
 
 from disse.schemas import CaptionRules, SchemaError
 from disse.schemas.captions import NO_DESCRIPTOR
@@ -203,6 +204,19 @@ def disentanglement(m: dict[str, float]) -> dict[str, dict[str, Any]]:
         verdicts = [c[3] for c in checks]
         out[emb] = {"disentangled": None if None in verdicts else all(verdicts), "checks": checks}
     return out
+
+
+def chance_tail(m: dict[str, float], key: str) -> float | None:
+    """How surprising a leakage check's R@1 is: P(hits >= the measured hits) for a model exactly at chance on the
+    same queries, hits ~ Binomial(n_queries, chance). ``key`` is e.g. ``"X-SPA/a2t/R@1"``. Each query's own chance
+    differs a little; the binomial at the mean rate is slightly wider, so it errs towards calling an excess noise.
+    None when a figure is missing."""
+    value, chance = m.get(key), m.get(f"{key}/chance")
+    n = m.get(key.rsplit("/", 1)[0] + "/n_queries")
+    if not (_finite(value) and _finite(chance) and _finite(n)) or n <= 0:
+        return None
+    hits = round(value * n)
+    return float(binom.sf(hits - 1, int(n), min(max(chance, 0.0), 1.0)))
 
 
 def _finite(x: Any) -> bool:

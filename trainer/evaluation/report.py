@@ -15,8 +15,8 @@ import numpy as np
 from disse.schemas import CaptionRules, SchemaError
 from disse.schemas.atomic import atomic_write
 from disse.schemas.display import display_labels
-from disse.trainer.evaluation.evaluate import (IR_MIN, IV_MIN_DIRECTIVITY, LEAK_FACTOR, Embeddings, disentanglement,
-                                              finite_or_none, per_item_direction_error)
+from disse.trainer.evaluation.evaluate import (IR_MIN, IV_MIN_DIRECTIVITY, LEAK_FACTOR, Embeddings, chance_tail,
+                                              disentanglement, finite_or_none, per_item_direction_error)
 from disse.trainer.evaluation.metrics import RANDOM_DIRECTION_ERROR_DEG
 
 METRICS_FORMAT = "disse-eval metrics"
@@ -179,9 +179,12 @@ def disentanglement_markdown(m: dict) -> list[str]:
              f"level and its invariance ratio is at least {IR_MIN}.", ""]
     lines += [f"- **{verdict_line(emb, v)}**" for emb, v in verdicts.items()] + [""]
     rows = [[_EMBEDDING_NAMES[emb], key, fmt(value, 4), ("≤ " if kind == "leak" else "≥ ") + fmt(limit, 4),
-             {True: "yes", False: "**no**", None: "—"}[ok]]
+             {True: "yes", False: "**no**", None: "—"}[ok], fmt(chance_tail(m, key), 3) if kind == "leak" else "—"]
             for emb, v in verdicts.items() for key, value, limit, ok, kind in v["checks"]]
-    return lines + [_table(["embedding", "figure", "value", "needs", "met"], rows), ""]
+    return lines + [_table(["embedding", "figure", "value", "needs", "met", "P at chance"], rows), "",
+                    "*P at chance*: the probability that a model exactly at chance scores at least this R@1 on "
+                    "these queries (binomial). A failed check with P well above 0.05 is within this test set's "
+                    "noise; more test items tell it apart from a real leak.", ""]
 
 
 def render_markdown(m: dict, meta: dict[str, Any], plots: dict[str, str]) -> str:
