@@ -66,7 +66,8 @@ def arm_overrides(arm: str, roberta: Path, full_size: bool, pretrained: bool) ->
         return "official", extra
     return ("paper" if full_size else "demo"), [
         "model.text.kind=clap_roberta", f"model.text.hf_dir={roberta}", f"model.text.pretrained={str(pretrained).lower()}",
-        "model.text.freeze_backbone=false", "model.text.cache_frozen=false", "model.text.max_length=128"]
+        "model.text.freeze_backbone=false", "model.text.cache_frozen=false", "model.text.max_length=128",
+        "model.text.pooling=mean"]  # CLAP's RoBERTa is read through its pooler, as the official arm reads it
 
 
 def run_arm(arm: str, seed: int, shards: Path, out: Path, args, roberta: Path) -> dict:

@@ -124,7 +124,8 @@ class TextEncoder(nn.Module):
             else:
                 self.backbone = RobertaModel.from_pretrained(str(path), local_files_only=True)
             if cfg.pooling != "mean":
-                raise SchemaError("token pooling is for kind=minilm; clap_roberta reads CLAP's pooler",
+                raise SchemaError("token pooling is for kind=minilm; clap_roberta reads CLAP's pooler "
+                                  "(set model.text.pooling=mean)",
                                   field="model.text.pooling")
             self.token_query = None
             # CLAP's text_projection (model.py of laion-clap), names kept so checkpoint keys map.
