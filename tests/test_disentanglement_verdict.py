@@ -2,7 +2,10 @@
 check's R@1 within 1.5x its chance level and the invariance ratio at least 3.5."""
 from __future__ import annotations
 
-from disse.trainer.evaluation.evaluate import disentanglement
+import numpy as np
+from scipy.stats import binom
+
+from disse.trainer.evaluation.evaluate import chance_tail, disentanglement
 from disse.trainer.evaluation.report import console_summary, render_markdown
 
 
@@ -40,10 +43,6 @@ def test_report_and_console_state_the_verdict():
 
 
 def test_chance_tail_says_whether_an_excess_over_chance_is_noise():
-    from scipy.stats import binom
-
-    from disse.trainer.evaluation.evaluate import chance_tail
-
     key = "X-SPA/a2t/R@1"
     m = {key: 5 / 288, f"{key}/chance": 0.0112, "X-SPA/a2t/n_queries": 288}   # 5 hits where chance gives 3.2
     assert 0.15 < chance_tail(m, key) < 0.3                                     # over 1.5x chance, yet common
@@ -52,7 +51,7 @@ def test_chance_tail_says_whether_an_excess_over_chance_is_noise():
     m[key] = 0.0
     assert chance_tail(m, key) == 1.0                                           # no hits: as likely as can be
     # a model at chance, drawn many times, gets P <= 0.05 about 5 % of the time or less (discrete, conservative)
-    rng = __import__("numpy").random.default_rng(0)
+    rng = np.random.default_rng(0)
     draws = rng.binomial(288, 0.0112, 20000)
     ps = [chance_tail({key: h / 288, f"{key}/chance": 0.0112, "X-SPA/a2t/n_queries": 288}, key) for h in draws]
     assert sum(p <= 0.05 for p in ps) / len(ps) <= 0.05 + 0.005

@@ -80,9 +80,9 @@ def test_gathered_loss_gradient_equals_big_batch_gradient(tmp_path):
 def test_torchrun_two_ranks_on_cpu(demo_shards, tmp_path):
     """`torchrun --nproc_per_node 2` (gloo) trains, with one log and one checkpoint writer.
 
-    The demo config drops half the source clauses from the space head's captions, so with two samples one
-    rank's batch may have no spatial caption while the other's has, and the ranks' text rows differ
-    (B vs 2B); with caption distillation on, what they gather must not."""
+    Half the source clauses dropped from the space head's captions (pinned here: the demo drops them all), so
+    with two samples one rank's batch may have no spatial caption while the other's has, and the ranks' text
+    rows differ (B vs 2B); with caption distillation on, what they gather must not."""
     from test_train import SMALL
 
     out = tmp_path / "run"
@@ -90,7 +90,7 @@ def test_torchrun_two_ranks_on_cpu(demo_shards, tmp_path):
            "-m", "disse.trainer.cli.train", "--config", "demo", *SMALL, "train.threads=1",
            f"data.train={demo_shards / 'train'}", "data.val=", f"train.out_dir={out}", "train.max_steps=2",
            "data.batch_size=2", "data.num_workers=1", "eval.at_start=false", "eval.each_epoch=false",
-           "loss.caption_distill_weight=1.0"]
+           "data.space_caption_drop=0.5", "loss.caption_distill_weight=1.0"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
