@@ -118,3 +118,26 @@ def test_spatial_branch_outputs_and_config_errors():
         SpatialBranch(SpatialConfig(direction="cnn"))
     with pytest.raises(ValueError, match="waveform"):
         branch(torch.rand(1, 6, 1001, 64))
+
+
+def test_room_dim_lets_only_a_few_room_summaries_into_the_spatial_features():
+    """``room_dim=k``: the branch's features see the room statistics only through a rank-k map (what the spatial
+    embedding can learn of the source's fingerprint is capped), while ``room`` keeps every statistic for the
+    physical heads."""
+    from disse.schemas import SchemaError
+
+    torch.manual_seed(0)
+    branch = SpatialBranch(SpatialConfig(channels=[], input_pool=[4, 1], mlp_hidden=16, room_dim=4)).eval()
+    iv, w = torch.rand(2, 6, 1001, 64) - 0.5, torch.randn(2, 480000) * 0.1
+    base = branch(iv, w)
+    assert base["room"].shape == (2, ROOM_STATS_DIM)
+    weight = branch.room_proj.weight.detach()                       # (4, ROOM_STATS_DIM)
+    null = torch.randn(2, ROOM_STATS_DIM)
+    null -= null @ torch.linalg.pinv(weight) @ weight               # remove the row-space part
+    for delta, same in ((null * 10.0, True), (weight.sum(0, keepdim=True).expand(2, -1), False)):
+        hook = branch.room_norm.register_forward_hook(lambda m, i, o, d=delta: o + d)
+        moved = branch(iv, w)["features"]
+        hook.remove()
+        assert torch.allclose(moved, base["features"], atol=1e-4) is same
+    with pytest.raises(SchemaError, match="room_dim"):
+        SpatialBranch(SpatialConfig(channels=[], room_stats=False, room_dim=4))

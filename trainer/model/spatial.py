@@ -207,6 +207,10 @@ class SpatialConfig:
     attention_hidden: int = 8
     attention_pool: list[int] = field(default_factory=lambda: [4, 1])  # 40 ms frames: 6x cheaper than 20 ms
     room_stats: bool = True      # the MLP also reads room_statistics(iv, W) (batch-normalised)
+    # > 0: the MLP reads the room statistics through a linear map to this many dims (the physical heads still
+    # read all of them): the spatial embedding gets a few room summaries, not the source's fingerprint that
+    # the full statistics also carry (docs/spatial.md, leakage ablation); 0 = all ROOM_STATS_DIM of them
+    room_dim: int = 0
 
 
 def direction_features(d: torch.Tensor) -> torch.Tensor:
@@ -267,8 +271,11 @@ class SpatialBranch(nn.Module):
         if self.direction is not None:
             flat += DIRECTION_FEATURES
         self.room_norm = nn.BatchNorm1d(ROOM_STATS_DIM) if cfg.room_stats else None
+        if cfg.room_dim < 0 or (cfg.room_dim and not cfg.room_stats):
+            raise SchemaError("must be >= 0, and 0 without room_stats", field="model.audio.spatial.room_dim")
+        self.room_proj = nn.Linear(ROOM_STATS_DIM, cfg.room_dim) if cfg.room_dim else None
         if cfg.room_stats:
-            flat += ROOM_STATS_DIM
+            flat += cfg.room_dim or ROOM_STATS_DIM
         self.mlp = nn.Sequential(nn.Linear(flat, cfg.mlp_hidden), nn.GELU(),
                                  nn.Linear(cfg.mlp_hidden, cfg.bottleneck))
         self.proj = nn.Linear(cfg.bottleneck, cfg.out_dim)
@@ -293,6 +300,6 @@ class SpatialBranch(nn.Module):
                 raise ValueError("room_stats needs the W waveform")
             hop = waveform.shape[-1] // max(iv.shape[2] - 1, 1)
             room = self.room_norm(room_statistics(iv, waveform, hop=hop, cells=cells))
-            parts.append(room)
+            parts.append(room if self.room_proj is None else self.room_proj(room))
         return {"features": self.proj(self.mlp(torch.cat(parts, dim=1))), "direction": direction,
                 "room": room if self.room_norm is not None else None}
