@@ -327,3 +327,29 @@ def test_angular_error():
     b = physics.direction_from_angles(torch.tensor([90.0, 180.0, 10.0]), torch.tensor([0.0, 0.0, 0.0]))
     assert torch.allclose(physics.angular_error_deg(a, b), torch.tensor([90.0, 180.0, 0.0], dtype=torch.float64),
                           atol=1e-4)
+
+
+def test_fusion_room_stats_gives_the_source_side_what_room_dim_keeps_from_the_spatial_features():
+    """With ``spatial.room_dim`` a room-statistics change in the null space of the rank-k map leaves the spatial
+    features alone; with ``fusion_room_stats`` the shared (source-side) embedding still moves with it."""
+    from dataclasses import replace
+
+    from disse.trainer.model.audio_encoder import AudioEncoder
+
+    base = small_config().audio
+    cfg = replace(base, fusion_room_stats=True, spatial=replace(base.spatial, channels=[], room_dim=4))
+    torch.manual_seed(0)
+    enc = AudioEncoder(cfg, 32).eval()
+    x, iv = 0.1 * torch.randn(2, 480000), torch.rand(2, 6, 251, 64) - 0.5
+    with torch.no_grad():
+        shared, spatial = enc(x, iv)
+        weight = enc.spatial.room_proj.weight
+        null = torch.randn(2, weight.shape[1])
+        null -= null @ torch.linalg.pinv(weight) @ weight
+        hook = enc.spatial.room_norm.register_forward_hook(lambda m, i, o: o + 10.0 * null)
+        moved_shared, moved = enc(x, iv)
+        hook.remove()
+    assert torch.allclose(moved["features"], spatial["features"], atol=1e-4)
+    assert not torch.allclose(moved_shared, shared, atol=1e-3)
+    with pytest.raises(SchemaError, match="fusion_room_stats"):
+        AudioEncoder(replace(cfg, spatial=replace(cfg.spatial, room_stats=False, room_dim=0)), 32)

@@ -16,7 +16,8 @@ from torch import nn
 
 from disse.trainer.model.htsat import (FFTSpectrogram, HTSATBranch, HTSATConfig, htsat_arch,  # noqa: F401  (re-exported)
                                  htsat_audio_cfg)
-from disse.trainer.model.spatial import SpatialBranch, SpatialConfig, mlp  # noqa: F401  (re-exported)
+from disse.schemas.errors import SchemaError
+from disse.trainer.model.spatial import ROOM_STATS_DIM, SpatialBranch, SpatialConfig, mlp  # noqa: F401  (re-exported)
 from disse.trainer.model.physics import iv_to_float
 
 
@@ -26,6 +27,10 @@ class AudioConfig:
     spatial: SpatialConfig = field(default_factory=SpatialConfig)
     fusion_hidden: list[int] = field(default_factory=lambda: [1024])  # concat(htsat, spatial) -> hidden... -> shared
     dropout: float = 0.0
+    # the fusion (the source embedding's input) also reads the full batch-normalised room statistics: with
+    # ``spatial.room_dim`` the spatial features keep only a few room summaries, and the source side would lose the
+    # band levels and onsets of W that help it name the sound (docs/spatial.md, leakage ablation)
+    fusion_room_stats: bool = False
 
 
 PCM16_SCALE = 2.0 ** -15  # int16 sample -> float in [-1, 1), the inverse of schemas.shard.w_to_pcm16
@@ -60,7 +65,11 @@ class AudioEncoder(nn.Module):
         # the spatial side (direction, SPA) learns several times slower (measured on the demo).
         self.norm_source = nn.LayerNorm(self.source.out_dim)
         self.norm_spatial = nn.LayerNorm(self.spatial.out_dim)
-        self.fusion = mlp([self.source.out_dim + self.spatial.out_dim, *cfg.fusion_hidden, out_dim], cfg.dropout)
+        if cfg.fusion_room_stats and not cfg.spatial.room_stats:
+            raise SchemaError("needs model.audio.spatial.room_stats: true", field="model.audio.fusion_room_stats")
+        self.fusion_room_stats = cfg.fusion_room_stats
+        room = ROOM_STATS_DIM if cfg.fusion_room_stats else 0
+        self.fusion = mlp([self.source.out_dim + self.spatial.out_dim + room, *cfg.fusion_hidden, out_dim], cfg.dropout)
 
     def forward(self, waveform: torch.Tensor, iv: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """-> ``(shared (B, out_dim), spatial)``; ``spatial`` is :meth:`SpatialBranch.forward`'s dict
@@ -69,4 +78,5 @@ class AudioEncoder(nn.Module):
         source = self.norm_source(self.source(waveform))
         spatial = self.spatial(iv, waveform)
         spatial["normed"] = self.norm_spatial(spatial["features"])
-        return self.fusion(torch.cat([source, spatial["normed"]], dim=1)), spatial
+        parts = [source, spatial["normed"]] + ([spatial["room"]] if self.fusion_room_stats else [])
+        return self.fusion(torch.cat(parts, dim=1)), spatial
