@@ -60,7 +60,7 @@ NOT_RUN = {
                      "the same fine-tuning path on a release-layout file at tiny sizes",
     "README.md:22": "`make demo` renders and trains the full demo (about 12 minutes on 2 cores; its three commands "
                     "run as README.md:33) and `make test` runs the whole suite, this file included",
-    "docs/training.md:100": "two-node torchrun: needs a second host (HOST0) to meet; the one-node form runs "
+    "docs/training.md:101": "two-node torchrun: needs a second host (HOST0) to meet; the one-node form runs "
                            "(README step 4, docs/training.md's one-node example)",
     "docs/official.md:370": "trains the full-size official model (fused HTSAT, RoBERTa-base), far beyond CPU; "
                             "tests/test_official_train.py runs the same code path at tiny sizes (random start, "
@@ -522,7 +522,12 @@ def results(request, sandbox, tmp_path_factory):
     def one(b: Block):
         work = root / re.sub(r"\W+", "_", b.id)
         t0 = time.perf_counter()
-        ran = run_block(b, base, env, work)
+        try:
+            ran = run_block(b, base, env, work)
+        except subprocess.TimeoutExpired as e:  # fails this block only, not every block of the session
+            said = [x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr)]
+            ran = (str(e.cmd), subprocess.CompletedProcess(e.cmd, -9, said[0],
+                                                           f"{said[1]}\ntimed out after {e.timeout} s"))
         result = ran[1]
         if not isinstance(result, str):  # what it printed stays beside its folder, for reading
             work.with_suffix(".log").write_text(f"{time.perf_counter() - t0:.1f} s\n{ran[0]}\n---\n"
