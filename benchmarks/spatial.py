@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/spatial.py --shards demo --rooms 2,8,30 --steps 300 --threads 2
 
 For each N in ``--rooms`` it trains, on the training samples of the first N training rooms only,
-(a) the intensity-attention direction (trainer/spatial.py, what DELSA uses) and (b) the plain
+(a) the intensity-attention direction (trainer/model/spatial.py, what DELSA uses) and (b) the plain
 reference: the original spatial branch (two intensity CNNs, MLP) with an MLP direction head
 (``direction: head``), both with the cosine direction loss, same steps and batch; then scores both
 on the *test rooms* (never trained on) beside the parameter-free intensity-vector estimate

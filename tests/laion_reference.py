@@ -1,6 +1,6 @@
 """laion-clap as the reference implementation the tests compare DISSE's HTSAT against.
 
-DISSE does not import laion-clap at run time (trainer/htsat.py builds HTSAT on transformers'
+DISSE does not import laion-clap at run time (trainer/model/htsat.py builds HTSAT on transformers'
 ``ClapAudioModel``). The tests build laion-clap's own ``HTSAT_Swin_Transformer`` with the same sizes
 and check that the same weights give the same embedding. laion-clap's package ``__init__`` imports its
 training code, which fetches tokenizers from the hub at import time, so single files of

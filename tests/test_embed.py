@@ -74,7 +74,7 @@ def test_any_rate_format_and_length_recovers_the_rendered_direction(embedder, fi
                      math.cos(math.radians(EL)) * math.sin(math.radians(AZ)), math.sin(math.radians(EL))])
     err = math.degrees(math.acos(float(np.clip(out["iv_direction"][0] @ true, -1, 1))))
     assert err < 5.0, err  # the front end keeps the AmbiX axes whatever the file's rate and convention
-    # the model's own estimate: the intensity-attention direction (trainer/spatial.py) averages the
+    # the model's own estimate: the intensity-attention direction (trainer/model/spatial.py) averages the
     # intensity vectors of the cells it attends to, so on a single plane wave it recovers the direction
     # the file was rendered at whatever its (here random) attention weights
     assert abs(out["est_azimuth_deg"][0] - AZ) < 1.0 and abs(out["est_elevation_deg"][0] - EL) < 1.0, \

@@ -83,7 +83,7 @@ class DataConfig:
     val_batch_size: int = 16
     val_num_workers: int = 1
     # turn every training sample by a random angle about the vertical axis (exact on FOA: iv's x/y
-    # rotate, the azimuth shifts, captions are rebuilt; trainer/augment.py)
+    # rotate, the azimuth shifts, captions are rebuilt; trainer/data/augment.py)
     rotate_azimuth: bool = False
     caption_rules: str = ""       # rule table for the rebuilt captions ('' = the packaged v1 table)
     # probability that the text *space* head reads a sample's spatial caption alone instead of the
@@ -717,7 +717,7 @@ class TrainStream(IterableDataset):
                 f"cannot resume the data stream exactly: it was saved with {start.world} rank(s) x "
                 f"{start.num_workers} worker(s), now {world} x {self.n_workers}", field="data.num_workers")
         self.with_audio = with_audio
-        # rotation augmentation (trainer/augment.py) rebuilds captions with the rule table
+        # rotation augmentation (trainer/data/augment.py) rebuilds captions with the rule table
         self.rules = load_caption_rules(cfg.caption_rules or None) if cfg.rotate_azimuth else None
 
     def slot_of(self, worker: int) -> int:

@@ -1,10 +1,10 @@
 """DELSA audio side: HTSAT source branch, intensity-vector CNN spatial branch, fusion.
 
 ``AudioEncoder(cfg, out_dim)(waveform (B, T), iv (B, 6, F, M)) -> ((B, out_dim), spatial)``: the shared
-audio embedding and the spatial branch's outputs (trainer/spatial.py).
+audio embedding and the spatial branch's outputs (trainer/model/spatial.py).
 
 The HTSAT is transformers' ``ClapAudioModel`` with laion-clap's HTSAT-{tiny,base} architecture and
-front end (trainer/htsat.py), the class the official DISSE preset uses too; released LAION-CLAP
+front end (trainer/model/htsat.py), the class the official DISSE preset uses too; released LAION-CLAP
 checkpoints load through a key mapping. laion-clap is not imported at run time.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Audio: HTSAT(W) (+) spatial branch(intensity vectors, W) -> fusion MLP -> shared (512) -> source head
 (512) and space head (256). Physical heads (area, distance, T30) read the space head's output (and,
 with ``phys_input="space+spatial"``, the spatial branch's features); the direction is the spatial
-branch's intensity-attention estimate (trainer/spatial.py), or a head on the space embedding with
+branch's intensity-attention estimate (trainer/model/spatial.py), or a head on the space embedding with
 ``audio.spatial.direction="head"``.
 Text: sentence encoder -> shared (512) -> source head and space head of the same sizes.
 Embeddings are L2-normalised; two learnable log temperatures (source pair, space pair).

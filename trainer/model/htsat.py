@@ -6,7 +6,7 @@
   mel filterbank -> ``10 log10(max(x, 1e-10))``, i.e. exactly laion-clap's torchlibrosa front end,
   computed in torch (the filterbank from ``transformers.audio_utils``, no librosa).
 * Backbone: transformers' ``ClapAudioModel`` (input batch norm over mel bins, Swin stages, pooled
-  ``pooler_output``), the class the official DISSE preset uses (trainer/official_model.py).
+  ``pooler_output``), the class the official DISSE preset uses (trainer/model/official.py).
   :data:`LAION_AUDIO_CFG` and :data:`PRESETS` are laion-clap's ``HTSAT-{tiny,base}`` values, written here.
 * Two laion-clap behaviours ``ClapAudioModel`` lacks are restored: a stage smaller than the attention
   window gets a window of its own size (laion-clap shrinks the window there; transformers keeps the
