@@ -120,6 +120,23 @@ def test_critic_and_independence_terms_are_wired_through_the_loss():
     assert all(p.grad is None or not p.grad.any() for p in model.audio_source_head.parameters())
 
 
+def test_source_independence_trains_the_source_embedding_away_from_the_room_and_leaves_the_space_side():
+    torch.manual_seed(0)
+    model = DELSA(small_config())
+    batch = make_batch(6)
+    audio = model.encode_audio(batch["waveform"], batch["iv"])
+    text = model.encode_text(model.tokenize(batch["caption"]))
+    off = dict(source_weight=0, space_weight=0, direction_weight=0, area_weight=0, distance_weight=0, t30_weight=0)
+    total, terms = DELSALoss(LossConfig(**off, source_independence_weight=1.0))(
+        audio, text, batch, model.logit_scale_source, model.logit_scale_space)
+    assert set(terms) >= {"source_independence"} and "independence" not in terms
+    assert torch.isclose(total, independence(audio["source"], audio["space"]))
+    total.backward()
+    # the spatial embedding is the detached target: the space head gets no gradient, the source head does
+    assert all(p.grad is None or not p.grad.any() for p in model.audio_space_head.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.audio_source_head.parameters())
+
+
 def test_full_caption_samples_train_only_the_text_side_of_the_space_pair():
     torch.manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1).requires_grad_(True)

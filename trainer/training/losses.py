@@ -45,6 +45,9 @@ class LossConfig:
     # normalised HSIC (kernel CKA) between the audio spatial and the detached audio source embeddings of the
     # batch: penalises any statistical dependence between the two, no extra parameters (independence())
     independence_weight: float = 0.0
+    # the same HSIC the other way round: between the audio SOURCE and the detached audio spatial embeddings, so
+    # the source embedding unlearns the room that the spatial embedding holds (AX-SPA / X-SPA, docs/spatial.md)
+    source_independence_weight: float = 0.0
     critic_temperature: float = 0.1
     # false: the audio space embedding of a sample whose text space head read the FULL caption (source words
     # included; data.space_caption_drop decides which) gets no gradient from the space and per-descriptor
@@ -199,6 +202,9 @@ class DELSALoss(nn.Module):
         if c.independence_weight:
             terms["independence"] = independence(audio_out["space"].float(), audio_out["source"].detach().float())
             total = total + c.independence_weight * terms["independence"]
+        if c.source_independence_weight:
+            terms["source_independence"] = independence(audio_out["source"].float(), audio_out["space"].detach().float())
+            total = total + c.source_independence_weight * terms["source_independence"]
         dropped = batch.get("space_caption_dropped")
         if c.caption_distill_weight and dropped is not None and "space_of_caption" in text_out:
             # a masked mean, not boolean indexing: no host sync per step; 0 when no sample was dropped
