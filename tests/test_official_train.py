@@ -106,6 +106,12 @@ def test_published_objective_learns_one_batch(demo_shards, roberta):
     nophys = OfficialLoss(LossConfig(physics=False))(out["audio"], out["text"], meta, out["scales"]["logit"])[1]
     assert "direction" not in nophys and math.isclose(float(nophys["total"]), float(nophys["source"] + nophys["space"]),
                                                       rel_tol=1e-6)
+    # the project preset's disentanglement penalties apply to the official model by the same fields
+    hsic = OfficialLoss(LossConfig(physics=False, independence_weight=1.0, source_independence_weight=2.0))(
+        out["audio"], out["text"], meta, out["scales"]["logit"])[1]
+    assert 0.0 < float(hsic["independence"]) <= 1.0 and 0.0 < float(hsic["source_independence"]) <= 1.0
+    assert math.isclose(float(hsic["total"]), float(hsic["source"] + hsic["space"] + hsic["independence"]
+                                                     + 2.0 * hsic["source_independence"]), rel_tol=1e-5)
 
 
 def test_fine_tuning_a_release_file_keeps_every_frozen_tensor(demo_shards, roberta, tmp_path):

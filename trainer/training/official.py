@@ -17,6 +17,9 @@ The published objective (../shared/reference/disse-official-release.md §1.7, §
 * ``total = w_src L_src + w_spa L_spa + [physics] (w_dir L_dir + w_area L_area + w_dist L_dist + w_t30 L_t30)``
   (``loss.*_weight``, ``loss.physics``; the research code summed them with weight 1).
 
+Not in the release: the project preset's HSIC penalties (``loss.independence_weight``,
+``loss.source_independence_weight``; docs/spatial.md, leakage ablation) apply here by the same fields, off by default.
+
 Both text heads read the one full caption (the release trains them on the same sentence).
 """
 from __future__ import annotations
@@ -44,7 +47,7 @@ from disse.trainer.evaluation.inference import embed_official, official_batches,
 from disse.trainer.model.official import (PHYS_HEADS, TARGET_STATS_KEYS, DISSEOfficial, build_official,
                                           check_target_stats, stats_to_tensor)
 from disse.trainer.model.weights import read_checkpoint
-from disse.trainer.training.losses import LossConfig, multi_positive_contrastive
+from disse.trainer.training.losses import LossConfig, independence, multi_positive_contrastive
 
 log = logging.getLogger("disse.train")
 
@@ -122,6 +125,14 @@ class OfficialLoss(nn.Module):
                                                   F.normalize(text[name].float(), dim=-1), meta[f"{name}_id"], scale)
                  for name in ("source", "space")}
         total = c.source_weight * terms["source"] + c.space_weight * terms["space"]
+        # the disentanglement penalties of the project preset (trainer/training/losses.py), same fields
+        space, source = F.normalize(audio["space"].float(), dim=-1), F.normalize(audio["source"].float(), dim=-1)
+        if c.independence_weight:
+            terms["independence"] = independence(space, source.detach())
+            total = total + c.independence_weight * terms["independence"]
+        if c.source_independence_weight:
+            terms["source_independence"] = independence(source, space.detach())
+            total = total + c.source_independence_weight * terms["source_independence"]
         if c.physics:
             z = meta["targets_z"]
             terms["direction"] = -F.cosine_similarity(audio["direction"].float(), z["direction"], dim=-1).mean()
