@@ -137,6 +137,22 @@ def test_source_independence_trains_the_source_embedding_away_from_the_room_and_
     assert any(p.grad is not None and p.grad.any() for p in model.audio_source_head.parameters())
 
 
+def test_text_source_independence_trains_the_text_source_head_and_leaves_the_text_space_head():
+    torch.manual_seed(0)
+    model = DELSA(small_config())
+    batch = make_batch(6)
+    audio = model.encode_audio(batch["waveform"], batch["iv"])
+    text = model.encode_text(model.tokenize(batch["caption"]))
+    off = dict(source_weight=0, space_weight=0, direction_weight=0, area_weight=0, distance_weight=0, t30_weight=0)
+    total, terms = DELSALoss(LossConfig(**off, text_source_independence_weight=1.0))(
+        audio, text, batch, model.logit_scale_source, model.logit_scale_space)
+    assert torch.isclose(total, independence(text["source"], text["space"]))
+    total.backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.text_space_head.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.text_source_head.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in model.audio.parameters())  # audio side untouched
+
+
 def test_full_caption_samples_train_only_the_text_side_of_the_space_pair():
     torch.manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1).requires_grad_(True)

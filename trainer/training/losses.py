@@ -48,6 +48,9 @@ class LossConfig:
     # the same HSIC the other way round: between the audio SOURCE and the detached audio spatial embeddings, so
     # the source embedding unlearns the room that the spatial embedding holds (AX-SPA / X-SPA, docs/spatial.md)
     source_independence_weight: float = 0.0
+    # and on the text side: HSIC between the text source embedding (of the full caption) and the detached text
+    # spatial embedding, so the text source head reads past the caption's spatial words (X-SPA, docs/spatial.md)
+    text_source_independence_weight: float = 0.0
     critic_temperature: float = 0.1
     # false: the audio space embedding of a sample whose text space head read the FULL caption (source words
     # included; data.space_caption_drop decides which) gets no gradient from the space and per-descriptor
@@ -205,6 +208,9 @@ class DELSALoss(nn.Module):
         if c.source_independence_weight:
             terms["source_independence"] = independence(audio_out["source"].float(), audio_out["space"].detach().float())
             total = total + c.source_independence_weight * terms["source_independence"]
+        if c.text_source_independence_weight:
+            terms["text_source_independence"] = independence(text_out["source"].float(), text_out["space"].detach().float())
+            total = total + c.text_source_independence_weight * terms["text_source_independence"]
         dropped = batch.get("space_caption_dropped")
         if c.caption_distill_weight and dropped is not None and "space_of_caption" in text_out:
             # a masked mean, not boolean indexing: no host sync per step; 0 when no sample was dropped

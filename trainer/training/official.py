@@ -18,7 +18,8 @@ The published objective (../shared/reference/disse-official-release.md §1.7, §
   (``loss.*_weight``, ``loss.physics``; the research code summed them with weight 1).
 
 Not in the release: the project preset's HSIC penalties (``loss.independence_weight``,
-``loss.source_independence_weight``; docs/spatial.md, leakage ablation) apply here by the same fields, off by default.
+``loss.source_independence_weight``, ``loss.text_source_independence_weight``; docs/spatial.md, leakage
+ablation) apply here by the same fields, off by default.
 
 Both text heads read the one full caption (the release trains them on the same sentence).
 """
@@ -133,6 +134,10 @@ class OfficialLoss(nn.Module):
         if c.source_independence_weight:
             terms["source_independence"] = independence(source, space.detach())
             total = total + c.source_independence_weight * terms["source_independence"]
+        if c.text_source_independence_weight:
+            terms["text_source_independence"] = independence(F.normalize(text["source"].float(), dim=-1),
+                                                             F.normalize(text["space"].float(), dim=-1).detach())
+            total = total + c.text_source_independence_weight * terms["text_source_independence"]
         if c.physics:
             z = meta["targets_z"]
             terms["direction"] = -F.cosine_similarity(audio["direction"].float(), z["direction"], dim=-1).mean()
