@@ -120,37 +120,39 @@ def test_critic_and_independence_terms_are_wired_through_the_loss():
     assert all(p.grad is None or not p.grad.any() for p in model.audio_source_head.parameters())
 
 
-def test_source_independence_trains_the_source_embedding_away_from_the_room_and_leaves_the_space_side():
+def _only_penalty(**weight: float):
+    """A small model's audio and text outputs on 6 samples and the loss with every term off but ``weight``:
+    ``(model, audio, text, total, terms)``."""
     torch.manual_seed(0)
     model = DELSA(small_config())
     batch = make_batch(6)
     audio = model.encode_audio(batch["waveform"], batch["iv"])
     text = model.encode_text(model.tokenize(batch["caption"]))
     off = dict(source_weight=0, space_weight=0, direction_weight=0, area_weight=0, distance_weight=0, t30_weight=0)
-    total, terms = DELSALoss(LossConfig(**off, source_independence_weight=1.0))(
-        audio, text, batch, model.logit_scale_source, model.logit_scale_space)
+    total, terms = DELSALoss(LossConfig(**off, **weight))(audio, text, batch, model.logit_scale_source,
+                                                          model.logit_scale_space)
+    return model, audio, text, total, terms
+
+
+def _moved(module: torch.nn.Module) -> bool:
+    return any(p.grad is not None and p.grad.any() for p in module.parameters())
+
+
+def test_source_independence_trains_the_source_embedding_away_from_the_room_and_leaves_the_space_side():
+    model, audio, _, total, terms = _only_penalty(source_independence_weight=1.0)
     assert set(terms) >= {"source_independence"} and "independence" not in terms
     assert torch.isclose(total, independence(audio["source"], audio["space"]))
     total.backward()
     # the spatial embedding is the detached target: the space head gets no gradient, the source head does
-    assert all(p.grad is None or not p.grad.any() for p in model.audio_space_head.parameters())
-    assert any(p.grad is not None and p.grad.any() for p in model.audio_source_head.parameters())
+    assert not _moved(model.audio_space_head) and _moved(model.audio_source_head)
 
 
 def test_text_source_independence_trains_the_text_source_head_and_leaves_the_text_space_head():
-    torch.manual_seed(0)
-    model = DELSA(small_config())
-    batch = make_batch(6)
-    audio = model.encode_audio(batch["waveform"], batch["iv"])
-    text = model.encode_text(model.tokenize(batch["caption"]))
-    off = dict(source_weight=0, space_weight=0, direction_weight=0, area_weight=0, distance_weight=0, t30_weight=0)
-    total, terms = DELSALoss(LossConfig(**off, text_source_independence_weight=1.0))(
-        audio, text, batch, model.logit_scale_source, model.logit_scale_space)
+    model, _, text, total, _ = _only_penalty(text_source_independence_weight=1.0)
     assert torch.isclose(total, independence(text["source"], text["space"]))
     total.backward()
-    assert all(p.grad is None or not p.grad.any() for p in model.text_space_head.parameters())
-    assert any(p.grad is not None and p.grad.any() for p in model.text_source_head.parameters())
-    assert all(p.grad is None or not p.grad.any() for p in model.audio.parameters())  # audio side untouched
+    assert not _moved(model.text_space_head) and _moved(model.text_source_head)
+    assert not _moved(model.audio)  # the audio side is untouched
 
 
 def test_full_caption_samples_train_only_the_text_side_of_the_space_pair():
