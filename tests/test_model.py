@@ -14,6 +14,7 @@ from disse.schemas.config import load_config
 from disse.trainer.model import physics
 from disse.trainer.model.audio_encoder import FFTSpectrogram, HTSATBranch
 from disse.trainer.model.htsat import LAION_AUDIO_CFG, LogMel
+from disse.trainer.model.spatial import ROOM_STATS_DIM
 from disse.trainer.training.losses import DELSALoss, LossConfig
 from disse.trainer.model.delsa import DELSA, AudioConfig, HTSATConfig, ModelConfig, SpatialConfig, TextConfig
 from disse.trainer.model.text_encoder import TextEncoder
@@ -281,7 +282,10 @@ def test_packaged_configs_build(tmp_path):
     torch.manual_seed(0)
     m = DELSA(demo.model)
     assert m.audio.source.out_dim == 256  # 32 * 2**3: the fusion input follows from the HTSAT sizes
-    assert m.audio.fusion[0].in_features == 256 + 192
+    # the fusion reads HTSAT, the spatial features and (fusion_room_stats) the full room statistics, while the
+    # spatial features read them through the rank-4 room_dim map
+    assert m.audio.fusion[0].in_features == 256 + 192 + ROOM_STATS_DIM
+    assert m.audio.spatial.room_proj.out_features == 4
     counts = m.param_counts()
     assert counts["text_backbone"][1] == 0 and counts["total"][1] > 0  # frozen MiniLM
     batch = make_batch(2)
