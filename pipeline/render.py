@@ -495,8 +495,9 @@ def render_shard(task: ShardTask, out_dir: Path, renderer: Renderer,
             if on_sample is not None:
                 on_sample()
 
-    for stale in stale_tmp_files(shard_path(out_dir, task)):
-        stale.unlink(missing_ok=True)  # left by a killed run of this same shard
+    # left by a killed run of this same shard: of its tar, or of its part record (killed between the two)
+    for stale in stale_tmp_files(shard_path(out_dir, task)) + stale_tmp_files(part_path(out_dir, task)):
+        stale.unlink(missing_ok=True)
     n = write_tar_atomic(shard_path(out_dir, task), samples())
     record = {"shard": task.name, "split": task.split, "index": task.index, "samples": n,
               "planned": len(task.samples), "keys": keys, "skipped": skipped,

@@ -227,6 +227,23 @@ def test_killed_render_resumes_to_identical_shards(inputs, reference, tmp_path):
     assert not list(out.rglob(".*.tmp"))
 
 
+def test_a_render_killed_between_a_shard_and_its_part_record_resumes_without_leftovers(inputs, reference, tmp_path):
+    """The kill that lands after a shard's tar is renamed into place but while its part record is a
+    temporary file: the resumed render rewrites the shard and leaves no temporary file behind."""
+    root, clips, rirs = inputs
+    out = tmp_path / "between"
+    args = _render_args(clips, rirs, root / "audio", out, "--workers", "1")
+    assert CliRunner().invoke(main, args).exit_code == 0
+    part = sorted((out / "_parts").glob("*.json"))[0]
+    killed = part.with_name(f".{part.name}.otherhost-4242.tmp")
+    killed.write_text(part.read_text()[:20])  # half a record, as a killed writer leaves it
+    part.unlink()
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert _checksums(out) == _checksums(reference)
+    assert part.exists() and not list(out.rglob(".*.tmp"))
+
+
 # ----------------------------------------------------------------------------------------------
 # A simulated room: the direct path is recovered from the shard
 # ----------------------------------------------------------------------------------------------
