@@ -134,6 +134,18 @@ def independence(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (hxy / (_hsic(kx, kx) * _hsic(ky, ky)).clamp_min(1e-12).sqrt()).clamp_min(0.0)
 
 
+def independence_penalties(cfg: LossConfig, audio: dict[str, torch.Tensor], text: dict[str, torch.Tensor]
+                           ) -> dict[str, tuple[float, torch.Tensor]]:
+    """The HSIC penalties ``cfg`` turns on, ``{term: (weight, value)}``: ``independence`` (audio space vs
+    detached audio source), ``source_independence`` (audio source vs detached audio space) and
+    ``text_source_independence`` (text source vs detached text space). ``audio`` / ``text``: ``"source"``
+    and ``"space"`` embeddings ``(B, D)``, L2-normalised; both presets' losses call this."""
+    pairs = (("independence", cfg.independence_weight, audio["space"], audio["source"]),
+             ("source_independence", cfg.source_independence_weight, audio["source"], audio["space"]),
+             ("text_source_independence", cfg.text_source_independence_weight, text["source"], text["space"]))
+    return {name: (w, independence(x.float(), y.detach().float())) for name, w, x, y in pairs if w}
+
+
 def balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ``logits (B, n)`` for ``target (B,)`` (-1 = ignored) with each class present in
     the batch weighted by 1 / its count: every label counts equally, as in the balanced accuracy
@@ -202,15 +214,9 @@ class DELSALoss(nn.Module):
             terms["source_critic"] = critic_loss(audio_out["source_critic"].float(), audio_out["source"].detach().float(),
                                                  batch["source_id"], c.critic_temperature)
             total = total + c.source_critic_weight * terms["source_critic"]
-        if c.independence_weight:
-            terms["independence"] = independence(audio_out["space"].float(), audio_out["source"].detach().float())
-            total = total + c.independence_weight * terms["independence"]
-        if c.source_independence_weight:
-            terms["source_independence"] = independence(audio_out["source"].float(), audio_out["space"].detach().float())
-            total = total + c.source_independence_weight * terms["source_independence"]
-        if c.text_source_independence_weight:
-            terms["text_source_independence"] = independence(text_out["source"].float(), text_out["space"].detach().float())
-            total = total + c.text_source_independence_weight * terms["text_source_independence"]
+        for name, (weight, value) in independence_penalties(c, audio_out, text_out).items():
+            terms[name] = value
+            total = total + weight * value
         dropped = batch.get("space_caption_dropped")
         if c.caption_distill_weight and dropped is not None and "space_of_caption" in text_out:
             # a masked mean, not boolean indexing: no host sync per step; 0 when no sample was dropped

@@ -48,7 +48,7 @@ from disse.trainer.evaluation.inference import embed_official, official_batches,
 from disse.trainer.model.official import (PHYS_HEADS, TARGET_STATS_KEYS, DISSEOfficial, build_official,
                                           check_target_stats, stats_to_tensor)
 from disse.trainer.model.weights import read_checkpoint
-from disse.trainer.training.losses import LossConfig, independence, multi_positive_contrastive
+from disse.trainer.training.losses import LossConfig, independence_penalties, multi_positive_contrastive
 
 log = logging.getLogger("disse.train")
 
@@ -122,22 +122,13 @@ class OfficialLoss(nn.Module):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.cfg
         scale = torch.exp(torch.clamp(logit_scale.float(), max=math.log(100.0)))
-        terms = {name: multi_positive_contrastive(F.normalize(audio[name].float(), dim=-1),
-                                                  F.normalize(text[name].float(), dim=-1), meta[f"{name}_id"], scale)
-                 for name in ("source", "space")}
+        a, t = ({name: F.normalize(side[name].float(), dim=-1) for name in ("source", "space")} for side in (audio, text))
+        terms = {name: multi_positive_contrastive(a[name], t[name], meta[f"{name}_id"], scale) for name in a}
         total = c.source_weight * terms["source"] + c.space_weight * terms["space"]
-        # the disentanglement penalties of the project preset (trainer/training/losses.py), same fields
-        space, source = F.normalize(audio["space"].float(), dim=-1), F.normalize(audio["source"].float(), dim=-1)
-        if c.independence_weight:
-            terms["independence"] = independence(space, source.detach())
-            total = total + c.independence_weight * terms["independence"]
-        if c.source_independence_weight:
-            terms["source_independence"] = independence(source, space.detach())
-            total = total + c.source_independence_weight * terms["source_independence"]
-        if c.text_source_independence_weight:
-            terms["text_source_independence"] = independence(F.normalize(text["source"].float(), dim=-1),
-                                                             F.normalize(text["space"].float(), dim=-1).detach())
-            total = total + c.text_source_independence_weight * terms["text_source_independence"]
+        # the disentanglement penalties of the project preset, same fields
+        for name, (weight, value) in independence_penalties(c, a, t).items():
+            terms[name] = value
+            total = total + weight * value
         if c.physics:
             z = meta["targets_z"]
             terms["direction"] = -F.cosine_similarity(audio["direction"].float(), z["direction"], dim=-1).mean()
