@@ -108,13 +108,14 @@ def test_published_objective_learns_one_batch(demo_shards, roberta):
                                                       rel_tol=1e-6)
     # the project preset's disentanglement penalties apply to the official model by the same fields
     hsic = OfficialLoss(LossConfig(physics=False, independence_weight=1.0, source_independence_weight=2.0,
-                                   text_source_independence_weight=3.0))(
+                                   text_source_independence_weight=3.0, room_independence_weight=4.0))(
         out["audio"], out["text"], meta, out["scales"]["logit"])[1]
-    penalties = ("independence", "source_independence", "text_source_independence")
+    penalties = ("independence", "source_independence", "text_source_independence", "room_independence")
     assert all(0.0 < float(hsic[name]) <= 1.0 for name in penalties), {n: float(hsic[n]) for n in penalties}
     assert math.isclose(float(hsic["total"]), float(hsic["source"] + hsic["space"] + hsic["independence"]
                                                      + 2.0 * hsic["source_independence"]
-                                                     + 3.0 * hsic["text_source_independence"]), rel_tol=1e-5)
+                                                     + 3.0 * hsic["text_source_independence"]
+                                                     + 4.0 * hsic["room_independence"]), rel_tol=1e-5)
 
 
 def test_fine_tuning_a_release_file_keeps_every_frozen_tensor(demo_shards, roberta, tmp_path):

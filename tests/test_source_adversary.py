@@ -8,7 +8,9 @@ import torch
 
 from disse.trainer.model.adversary import SourceAdversary, SourceCritic, grad_reverse
 from disse.trainer.model.delsa import DELSA
-from disse.trainer.training.losses import DELSALoss, LossConfig, critic_loss, independence
+from disse.trainer.model.physics import SCALARS, normalize_targets
+from disse.trainer.training.losses import (DELSALoss, LossConfig, critic_loss, independence,
+                                          independence_penalties, room_parameters)
 
 from test_model import make_batch, small_config
 
@@ -153,6 +155,40 @@ def test_text_source_independence_trains_the_text_source_head_and_leaves_the_tex
     total.backward()
     assert not _moved(model.text_space_head) and _moved(model.text_source_head)
     assert not _moved(model.audio)  # the audio side is untouched
+
+
+def test_room_independence_compares_the_source_embedding_with_the_true_room_and_trains_only_the_source_side():
+    model, audio, _, total, terms = _only_penalty(room_independence_weight=1.0)
+    tgt = normalize_targets(make_batch(6)["targets"])
+    room = room_parameters(tgt["direction"], [tgt[k] for k in SCALARS])
+    assert room.shape == (6, 6) and set(terms) >= {"room_independence"}
+    assert torch.isclose(total, independence(audio["source"], room))
+    total.backward()
+    assert _moved(model.audio_source_head) and not _moved(model.audio_space_head)
+    assert not _moved(model.text_source_head) and not _moved(model.text_space_head)
+
+
+def test_room_independence_drives_an_embedding_that_encodes_the_room_towards_independence():
+    # a linear "source head" that starts out reading the room: minimising the term alone makes its output
+    # forget the room while the sound it also reads stays in it
+    torch.manual_seed(0)
+    n, sound = 64, torch.randn(64, 4)
+    room = torch.cat([torch.nn.functional.normalize(torch.randn(n, 3), dim=-1), torch.randn(n, 3)], dim=1)
+    head = torch.nn.Linear(10, 8)
+    x = torch.cat([sound, room], dim=1)
+    cfg = LossConfig(room_independence_weight=1.0)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    start = None
+    for _ in range(150):
+        emb = torch.nn.functional.normalize(head(x), dim=-1)
+        value = independence_penalties(cfg, {"source": emb, "space": emb}, {"source": emb, "space": emb}, room)["room_independence"][1]
+        start = float(value.detach()) if start is None else start
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    emb = torch.nn.functional.normalize(head(x), dim=-1).detach()
+    assert start > 0.3 and float(independence(emb, room)) < 0.05, (start, float(independence(emb, room)))
+    assert float(independence(emb, sound)) > 0.3
 
 
 def test_full_caption_samples_train_only_the_text_side_of_the_space_pair():

@@ -137,6 +137,7 @@ _RANGES: tuple[tuple[str, str, str], ...] = (
     ("loss.independence_weight", "[0", "0 = off"),
     ("loss.source_independence_weight", "[0", "0 = off"),
     ("loss.text_source_independence_weight", "[0", "0 = off"),
+    ("loss.room_independence_weight", "[0", "0 = off"),
     ("loss.caption_distill_weight", "[0", "0 = off; acts only where data.space_caption_drop > 0"),
     ("loss.min_logit_scale", "(0", ""),
     ("model.shared_dim", "[1", ""),

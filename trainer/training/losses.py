@@ -51,6 +51,10 @@ class LossConfig:
     # and on the text side: HSIC between the text source embedding (of the full caption) and the detached text
     # spatial embedding, so the text source head reads past the caption's spatial words (X-SPA, docs/spatial.md)
     text_source_independence_weight: float = 0.0
+    # HSIC between the audio SOURCE embedding and the sample's true spatial parameters (direction, area,
+    # distance, T30 from the batch's targets): the source embedding unlearns the room itself, not only what
+    # the spatial embedding has learnt of it (docs/spatial.md, rows o)
+    room_independence_weight: float = 0.0
     critic_temperature: float = 0.1
     # false: the audio space embedding of a sample whose text space head read the FULL caption (source words
     # included; data.space_caption_drop decides which) gets no gradient from the space and per-descriptor
@@ -134,15 +138,25 @@ def independence(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (hxy / (_hsic(kx, kx) * _hsic(ky, ky)).clamp_min(1e-12).sqrt()).clamp_min(0.0)
 
 
-def independence_penalties(cfg: LossConfig, audio: dict[str, torch.Tensor], text: dict[str, torch.Tensor]
-                           ) -> dict[str, tuple[float, torch.Tensor]]:
+def room_parameters(direction: torch.Tensor, scalars: list[torch.Tensor]) -> torch.Tensor:
+    """A sample's true spatial parameters as one vector per row, ``(B, 3 + len(scalars))``: the unit source
+    direction ``(B, 3)`` and normalised scalars (area, distance, T30) ``(B,)`` each; what
+    ``room_independence`` compares the source embedding with."""
+    return torch.cat([direction.float()] + [s.float()[:, None] for s in scalars], dim=1)
+
+
+def independence_penalties(cfg: LossConfig, audio: dict[str, torch.Tensor], text: dict[str, torch.Tensor],
+                           room: torch.Tensor | None = None) -> dict[str, tuple[float, torch.Tensor]]:
     """The HSIC penalties ``cfg`` turns on, ``{term: (weight, value)}``: ``independence`` (audio space vs
-    detached audio source), ``source_independence`` (audio source vs detached audio space) and
-    ``text_source_independence`` (text source vs detached text space). ``audio`` / ``text``: ``"source"``
+    detached audio source), ``source_independence`` (audio source vs detached audio space),
+    ``text_source_independence`` (text source vs detached text space) and ``room_independence`` (audio source
+    vs ``room``, :func:`room_parameters` ``(B, 6)``; skipped without it). ``audio`` / ``text``: ``"source"``
     and ``"space"`` embeddings ``(B, D)``, L2-normalised; both presets' losses call this."""
-    pairs = (("independence", cfg.independence_weight, audio["space"], audio["source"]),
+    pairs = [("independence", cfg.independence_weight, audio["space"], audio["source"]),
              ("source_independence", cfg.source_independence_weight, audio["source"], audio["space"]),
-             ("text_source_independence", cfg.text_source_independence_weight, text["source"], text["space"]))
+             ("text_source_independence", cfg.text_source_independence_weight, text["source"], text["space"])]
+    if room is not None:
+        pairs.append(("room_independence", cfg.room_independence_weight, audio["source"], room))
     return {name: (w, independence(x.float(), y.detach().float())) for name, w, x, y in pairs if w}
 
 
@@ -214,7 +228,13 @@ class DELSALoss(nn.Module):
             terms["source_critic"] = critic_loss(audio_out["source_critic"].float(), audio_out["source"].detach().float(),
                                                  batch["source_id"], c.critic_temperature)
             total = total + c.source_critic_weight * terms["source_critic"]
-        for name, (weight, value) in independence_penalties(c, audio_out, text_out).items():
+        tgt = None
+        if batch.get("targets") is not None and (c.physics or c.room_independence_weight):
+            device = audio_out["source"].device
+            tgt = normalize_targets({k: v.to(device) if torch.is_tensor(v) else v
+                                     for k, v in batch["targets"].items()}, self.stats)
+        room = room_parameters(tgt["direction"], [tgt[k] for k in SCALARS]) if tgt is not None else None
+        for name, (weight, value) in independence_penalties(c, audio_out, text_out, room).items():
             terms[name] = value
             total = total + weight * value
         dropped = batch.get("space_caption_dropped")
@@ -224,11 +244,9 @@ class DELSALoss(nn.Module):
             gap = 1.0 - F.cosine_similarity(text_out["space_of_caption"], text_out["space"].detach(), dim=-1)
             terms["caption_distill"] = (w * gap).sum() / w.sum().clamp_min(1.0)
             total = total + c.caption_distill_weight * terms["caption_distill"]
-        if c.physics and batch.get("targets") is not None and "phys" in audio_out:
+        if c.physics and tgt is not None and "phys" in audio_out:
             phys = audio_out["phys"]
             n = phys["direction"].shape[0]
-            tgt = normalize_targets({k: v.to(phys["direction"].device) if torch.is_tensor(v) else v
-                                     for k, v in batch["targets"].items()}, self.stats)
             if tgt["direction"].shape[0] != n:
                 raise ValueError(f"targets hold {tgt['direction'].shape[0]} samples, phys predictions {n}")
             pred_dir = phys["direction"].float()

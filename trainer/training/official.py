@@ -48,7 +48,8 @@ from disse.trainer.evaluation.inference import embed_official, official_batches,
 from disse.trainer.model.official import (PHYS_HEADS, TARGET_STATS_KEYS, DISSEOfficial, build_official,
                                           check_target_stats, stats_to_tensor)
 from disse.trainer.model.weights import read_checkpoint
-from disse.trainer.training.losses import LossConfig, independence_penalties, multi_positive_contrastive
+from disse.trainer.training.losses import (LossConfig, independence_penalties, multi_positive_contrastive,
+                                          room_parameters)
 
 log = logging.getLogger("disse.train")
 
@@ -126,7 +127,13 @@ class OfficialLoss(nn.Module):
         terms = {name: multi_positive_contrastive(a[name], t[name], meta[f"{name}_id"], scale) for name in a}
         total = c.source_weight * terms["source"] + c.space_weight * terms["space"]
         # the disentanglement penalties of the project preset, same fields
-        for name, (weight, value) in independence_penalties(c, a, t).items():
+        room = None
+        if c.room_independence_weight and meta.get("targets_z") is not None:
+            z = meta["targets_z"]
+            az, el = z["direction"].float().unbind(-1)
+            unit = torch.stack([el.cos() * az.cos(), el.cos() * az.sin(), el.sin()], dim=-1)
+            room = room_parameters(unit, [z["area"], z["distance"], z["reverb"]])
+        for name, (weight, value) in independence_penalties(c, a, t, room).items():
             terms[name] = value
             total = total + weight * value
         if c.physics:
