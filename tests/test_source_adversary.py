@@ -258,3 +258,58 @@ def test_caption_distillation_features_have_the_same_keys_whether_or_not_a_batch
     torch.testing.assert_close(out_some["space_of_caption"], caption["space"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out_some["space"][1:], caption["space"][1:], rtol=1e-4, atol=1e-5)
     assert "space_of_caption" not in DualEncoder(model)(*micro_inputs(model, some, torch.device("cpu")))["text"]
+
+
+def _full_caption_model_and_inputs():
+    from disse.trainer.training.loop import DualEncoder, micro_inputs
+
+    torch.manual_seed(0)
+    model = DELSA(dataclasses.replace(small_config(), text_input="full"))
+    batch = make_batch(6)
+    batch["caption"] = [f"{src} in a large reverberant hall, far to the left" if i % 2 else f"{src}, close behind"
+                        for i, src in enumerate(batch["source_text"])]
+    return model, batch, DualEncoder(model), micro_inputs(model, batch, torch.device("cpu"), source_text=True)
+
+
+def test_source_caption_distillation_pulls_the_full_caption_to_the_clips_own_caption_on_the_text_source_side():
+    model, batch, net, inputs = _full_caption_model_and_inputs()
+    assert len(inputs) == 4  # waveform, iv, the captions' tokens and the clips' own captions' tokens
+    out = net(*inputs)
+    with torch.no_grad():
+        full = model.encode_text(model.tokenize(batch["caption"]))["source"]
+        own = model.encode_text(model.tokenize(batch["source_text"]))["source"]
+    torch.testing.assert_close(out["text"]["source_of_source_text"], own, rtol=1e-4, atol=1e-5)
+    off = dict(source_weight=0, space_weight=0, direction_weight=0, area_weight=0, distance_weight=0, t30_weight=0)
+    total, terms = DELSALoss(LossConfig(**off, source_caption_distill_weight=1.0))(
+        out["audio"], out["text"], batch, model.logit_scale_source, model.logit_scale_space)
+    expected = (1 - torch.nn.functional.cosine_similarity(full, own, dim=-1)).mean()
+    assert torch.isclose(terms["source_caption_distill"], expected, rtol=1e-4) and float(expected) > 0
+    total.backward()
+    assert _moved(model.text_source_head)
+    assert not _moved(model.text_space_head) and not _moved(model.audio)
+
+
+def test_source_caption_distillation_makes_the_text_source_embedding_deaf_to_spatial_words():
+    model, batch, net, inputs = _full_caption_model_and_inputs()
+    off = dict(source_weight=0, space_weight=0, direction_weight=0, area_weight=0, distance_weight=0, t30_weight=0)
+    loss_fn = DELSALoss(LossConfig(**off, source_caption_distill_weight=1.0))
+    opt = torch.optim.Adam(model.text_source_head.parameters(), lr=1e-2)
+    gaps = []
+    for _ in range(30):
+        out = net(*inputs)
+        total, terms = loss_fn(out["audio"], out["text"], batch, model.logit_scale_source, model.logit_scale_space)
+        gaps.append(float(terms["source_caption_distill"]))
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    assert gaps[-1] < 0.25 * gaps[0], gaps
+
+
+def test_source_caption_distillation_needs_full_captions():
+    import pytest
+
+    from disse.schemas import SchemaError
+    from disse.trainer.training.config import load_train_config
+
+    with pytest.raises(SchemaError, match="source_caption_distill_weight"):
+        load_train_config(None, ["data.train=x", "loss.source_caption_distill_weight=1.0"])

@@ -59,7 +59,9 @@ class DualEncoder(nn.Module):
     ``space_of_caption``: also return the space head's embedding of the source head's text (the full
     caption under ``text_input: full``), for ``LossConfig.caption_distill_weight``. Fixed per run, not per
     batch: under DDP every rank must gather the same keys, and whether a rank's batch has 2B or B text
-    rows depends on its data.
+    rows depends on its data. ``source_tokens`` (B rows, the clips' own captions without spatial words):
+    also return their source head's embedding as ``source_of_source_text``, for
+    ``LossConfig.source_caption_distill_weight``.
     """
 
     def __init__(self, model: nn.Module, space_of_caption: bool = False) -> None:
@@ -67,15 +69,19 @@ class DualEncoder(nn.Module):
         self.model = model
         self.space_of_caption = space_of_caption
 
-    def forward(self, waveform: torch.Tensor, iv: torch.Tensor, tokens: dict[str, torch.Tensor]) -> dict:
+    def forward(self, waveform: torch.Tensor, iv: torch.Tensor, tokens: dict[str, torch.Tensor],
+                source_tokens: dict[str, torch.Tensor] | None = None) -> dict:
         audio = self.model.encode_audio(waveform, iv)
         text = self.model.encode_text(tokens)
+        of_source_text = self.model.encode_text(source_tokens)["source"] if source_tokens is not None else None
         b = waveform.shape[0]
         of_caption = text["space"][:b]  # B rows: both heads read the same text, so this is text["space"]
         if text["source"].shape[0] == 2 * b:
             text = {"source": text["source"][:b], "space": text["space"][b:]}
         if self.space_of_caption:
             text["space_of_caption"] = of_caption
+        if of_source_text is not None:
+            text["source_of_source_text"] = of_source_text
         if len(getattr(self.model, "descriptor_heads", ())):
             audio["descriptors"] = self.model.descriptor_logits(audio["space"])
             text["descriptors"] = self.model.descriptor_logits(text["space"])
@@ -124,6 +130,9 @@ class ProjectObjective:
     inputs = "project"   # the loader decodes this project's features and W
     name = "project"
 
+    def __init__(self, source_text: bool = False) -> None:
+        self.source_text = source_text  # also feed the clips' own captions (loss.source_caption_distill_weight)
+
     def prepare(self, cfg: TrainConfig, shards: ShardList, val: ShardList | None) -> None:
         check_training_preset(shards, what="data.train")  # before building the model: one error, not one per sample
         if val is not None:
@@ -139,7 +148,7 @@ class ProjectObjective:
         return DualEncoder(model, space_of_caption=cfg.loss.caption_distill_weight > 0)
 
     def micro_inputs(self, model: nn.Module, batch: dict, device: torch.device) -> tuple:
-        return micro_inputs(model, batch, device)
+        return micro_inputs(model, batch, device, source_text=self.source_text)
 
     def micro_meta(self, model: nn.Module, batch: dict, device: torch.device) -> dict:
         return micro_meta(batch, device, model)
@@ -154,7 +163,9 @@ class ProjectObjective:
 
 def objective_for(cfg: TrainConfig) -> ProjectObjective | OfficialObjective:
     """The objective of ``cfg.model.preset``."""
-    return OfficialObjective() if cfg.model.preset == "official" else ProjectObjective()
+    if cfg.model.preset == "official":
+        return OfficialObjective()
+    return ProjectObjective(source_text=cfg.loss.source_caption_distill_weight > 0)
 
 
 def _freeze_targets(names: list[str], prefix: str) -> list[str]:
@@ -281,11 +292,13 @@ class StepContext:
     objective: Any = field(default_factory=ProjectObjective)
 
 
-def micro_inputs(model: nn.Module, batch: dict, device: torch.device) -> tuple:
+def micro_inputs(model: nn.Module, batch: dict, device: torch.device, source_text: bool = False) -> tuple:
+    """:class:`DualEncoder`'s inputs for a Batch; ``source_text``: also the tokens of the clips' own captions."""
     src, spa = model.text_pairs(batch)
     tokens = model.tokenize(src if src == spa else src + spa)
-    return (batch["waveform"].to(device, non_blocking=True), batch["iv"].to(device, non_blocking=True),
-            _to(dict(tokens), device))
+    inputs = (batch["waveform"].to(device, non_blocking=True), batch["iv"].to(device, non_blocking=True),
+              _to(dict(tokens), device))
+    return inputs + (_to(dict(model.tokenize(list(batch["source_text"]))), device),) if source_text else inputs
 
 
 def micro_meta(batch: dict, device: torch.device, model: nn.Module | None = None) -> dict:

@@ -55,6 +55,10 @@ class LossConfig:
     # distance, T30 from the batch's targets): the source embedding unlearns the room itself, not only what
     # the spatial embedding has learnt of it (docs/spatial.md, rows o)
     room_independence_weight: float = 0.0
+    # 1 - cosine between the text SOURCE embedding of the full caption and the (detached) one of the clip's own
+    # caption, without spatial words: the text source head reads past the spatial words, so a source query
+    # cannot pick, among one sound's captions, the one of its own room (X-SPA a2t, docs/spatial.md, rows o)
+    source_caption_distill_weight: float = 0.0
     critic_temperature: float = 0.1
     # false: the audio space embedding of a sample whose text space head read the FULL caption (source words
     # included; data.space_caption_drop decides which) gets no gradient from the space and per-descriptor
@@ -244,6 +248,10 @@ class DELSALoss(nn.Module):
             gap = 1.0 - F.cosine_similarity(text_out["space_of_caption"], text_out["space"].detach(), dim=-1)
             terms["caption_distill"] = (w * gap).sum() / w.sum().clamp_min(1.0)
             total = total + c.caption_distill_weight * terms["caption_distill"]
+        if c.source_caption_distill_weight and "source_of_source_text" in text_out:
+            gap = 1.0 - F.cosine_similarity(text_out["source"], text_out["source_of_source_text"].detach(), dim=-1)
+            terms["source_caption_distill"] = gap.mean()
+            total = total + c.source_caption_distill_weight * terms["source_caption_distill"]
         if c.physics and tgt is not None and "phys" in audio_out:
             phys = audio_out["phys"]
             n = phys["direction"].shape[0]
