@@ -85,7 +85,7 @@ def test_published_objective_learns_one_batch(demo_shards, roberta):
     torch.manual_seed(0)
     model = DISSEOfficial(OfficialConfig(roberta_dir=str(roberta), text_max_length=96), audio_config_overrides=TINY)
     model.target_stats = target_statistics(resolve_shards(str(demo_shards / "train")))
-    objective, net, loss_fn = OfficialObjective(), OfficialDual(model), OfficialLoss(LossConfig())
+    objective, net, loss_fn = OfficialObjective(source_text=True), OfficialDual(model), OfficialLoss(LossConfig())
     batch = next(iter(eval_loader(demo_shards / "train", 4, preset="foa")))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
     inputs = objective.micro_inputs(model, batch, torch.device("cpu"))
@@ -108,14 +108,23 @@ def test_published_objective_learns_one_batch(demo_shards, roberta):
                                                       rel_tol=1e-6)
     # the project preset's disentanglement penalties apply to the official model by the same fields
     hsic = OfficialLoss(LossConfig(physics=False, independence_weight=1.0, source_independence_weight=2.0,
-                                   text_source_independence_weight=3.0, room_independence_weight=4.0))(
+                                   text_source_independence_weight=3.0, room_independence_weight=4.0,
+                                   source_caption_distill_weight=5.0))(
         out["audio"], out["text"], meta, out["scales"]["logit"])[1]
-    penalties = ("independence", "source_independence", "text_source_independence", "room_independence")
+    penalties = ("independence", "source_independence", "text_source_independence", "room_independence",
+                 "source_caption_distill")
     assert all(0.0 < float(hsic[name]) <= 1.0 for name in penalties), {n: float(hsic[n]) for n in penalties}
     assert math.isclose(float(hsic["total"]), float(hsic["source"] + hsic["space"] + hsic["independence"]
                                                      + 2.0 * hsic["source_independence"]
                                                      + 3.0 * hsic["text_source_independence"]
-                                                     + 4.0 * hsic["room_independence"]), rel_tol=1e-5)
+                                                     + 4.0 * hsic["room_independence"]
+                                                     + 5.0 * hsic["source_caption_distill"]), rel_tol=1e-5)
+    # the clips' own captions went through the text source head: the distillation's target
+    model.eval()
+    with torch.no_grad():
+        fresh = net(*inputs)["text"]["source_of_source_text"]
+        own = model.encode_text(list(batch["source_text"]))["text_source_emb"]
+    torch.testing.assert_close(fresh, own, rtol=1e-4, atol=1e-5)
 
 
 def test_fine_tuning_a_release_file_keeps_every_frozen_tensor(demo_shards, roberta, tmp_path):

@@ -313,3 +313,6 @@ def test_source_caption_distillation_needs_full_captions():
 
     with pytest.raises(SchemaError, match="source_caption_distill_weight"):
         load_train_config(None, ["data.train=x", "loss.source_caption_distill_weight=1.0"])
+    # the official preset's text heads read the full caption by construction
+    assert load_train_config(None, ["data.train=x", "model.preset=official", "data.rotate_azimuth=false",
+                                    "loss.source_caption_distill_weight=1.0"]).loss.source_caption_distill_weight == 1

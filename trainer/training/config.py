@@ -208,9 +208,9 @@ def check_config(cfg: TrainConfig, source: Source = "config") -> TrainConfig:
     _check(not loss.caption_distill_weight or d.space_caption_drop > 0,
            "loss.caption_distill_weight", "acts on the samples whose space head reads the spatial caption: "
            "set data.space_caption_drop > 0 too", source)
-    _check(not loss.source_caption_distill_weight or (cfg.model.preset == "project" and cfg.model.text_input == "full"),
+    _check(not loss.source_caption_distill_weight or cfg.model.preset == "official" or cfg.model.text_input == "full",
            "loss.source_caption_distill_weight", "pulls the full caption's text source embedding to the clip's own "
-           "caption's: it needs model.preset project and model.text_input full", source)
+           "caption's: the text source head must read the full caption (model.text_input full)", source)
     return cfg
 
 

@@ -163,9 +163,10 @@ class ProjectObjective:
 
 def objective_for(cfg: TrainConfig) -> ProjectObjective | OfficialObjective:
     """The objective of ``cfg.model.preset``."""
+    source_text = cfg.loss.source_caption_distill_weight > 0
     if cfg.model.preset == "official":
-        return OfficialObjective()
-    return ProjectObjective(source_text=cfg.loss.source_caption_distill_weight > 0)
+        return OfficialObjective(source_text=source_text)
+    return ProjectObjective(source_text=source_text)
 
 
 def _freeze_targets(names: list[str], prefix: str) -> list[str]:

@@ -164,6 +164,12 @@ def independence_penalties(cfg: LossConfig, audio: dict[str, torch.Tensor], text
     return {name: (w, independence(x.float(), y.detach().float())) for name, w, x, y in pairs if w}
 
 
+def distillation_gap(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(x, target)`` per row ``(B,)`` of two embedding batches ``(B, D)``; ``target`` detached, so only
+    ``x`` moves (the caption distillation terms of both presets)."""
+    return 1.0 - F.cosine_similarity(x.float(), target.detach().float(), dim=-1)
+
+
 def balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ``logits (B, n)`` for ``target (B,)`` (-1 = ignored) with each class present in
     the batch weighted by 1 / its count: every label counts equally, as in the balanced accuracy
@@ -245,12 +251,11 @@ class DELSALoss(nn.Module):
         if c.caption_distill_weight and dropped is not None and "space_of_caption" in text_out:
             # a masked mean, not boolean indexing: no host sync per step; 0 when no sample was dropped
             w = dropped.to(text_out["space"].dtype)
-            gap = 1.0 - F.cosine_similarity(text_out["space_of_caption"], text_out["space"].detach(), dim=-1)
+            gap = distillation_gap(text_out["space_of_caption"], text_out["space"])
             terms["caption_distill"] = (w * gap).sum() / w.sum().clamp_min(1.0)
             total = total + c.caption_distill_weight * terms["caption_distill"]
         if c.source_caption_distill_weight and "source_of_source_text" in text_out:
-            gap = 1.0 - F.cosine_similarity(text_out["source"], text_out["source_of_source_text"].detach(), dim=-1)
-            terms["source_caption_distill"] = gap.mean()
+            terms["source_caption_distill"] = distillation_gap(text_out["source"], text_out["source_of_source_text"]).mean()
             total = total + c.source_caption_distill_weight * terms["source_caption_distill"]
         if c.physics and tgt is not None and "phys" in audio_out:
             phys = audio_out["phys"]

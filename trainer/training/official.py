@@ -48,8 +48,8 @@ from disse.trainer.evaluation.inference import embed_official, official_batches,
 from disse.trainer.model.official import (PHYS_HEADS, TARGET_STATS_KEYS, DISSEOfficial, build_official,
                                           check_target_stats, stats_to_tensor)
 from disse.trainer.model.weights import read_checkpoint
-from disse.trainer.training.losses import (LossConfig, independence_penalties, multi_positive_contrastive,
-                                          room_parameters)
+from disse.trainer.training.losses import (LossConfig, distillation_gap, independence_penalties,
+                                          multi_positive_contrastive, room_parameters)
 
 log = logging.getLogger("disse.train")
 
@@ -98,13 +98,15 @@ class OfficialDual(nn.Module):
         self.model = model
 
     def forward(self, i_act: torch.Tensor, i_rea: torch.Tensor, input_features: torch.Tensor,
-                tokens: dict[str, torch.Tensor]) -> dict:
+                tokens: dict[str, torch.Tensor], source_tokens: dict[str, torch.Tensor] | None = None) -> dict:
         a = self.model.encode_audio({"i_act": i_act, "i_rea": i_rea, "input_features": input_features})
         t = self.model.encode_text(tokens)
         audio = {"source": a["audio_source_emb"], "space": a["audio_space_emb"],
                  **{k: a[k] for k in ("direction", "area", "distance", "reverb")}}
-        return {"audio": audio, "text": {"source": t["text_source_emb"], "space": t["text_space_emb"]},
-                "scales": {"logit": self.model.logit_scale}}
+        text = {"source": t["text_source_emb"], "space": t["text_space_emb"]}
+        if source_tokens is not None:  # the clips' own captions (loss.source_caption_distill_weight)
+            text["source_of_source_text"] = self.model.encode_text(source_tokens)["text_source_emb"]
+        return {"audio": audio, "text": text, "scales": {"logit": self.model.logit_scale}}
 
 
 class OfficialLoss(nn.Module):
@@ -136,6 +138,9 @@ class OfficialLoss(nn.Module):
         for name, (weight, value) in independence_penalties(c, a, t, room).items():
             terms[name] = value
             total = total + weight * value
+        if c.source_caption_distill_weight and "source_of_source_text" in text:
+            terms["source_caption_distill"] = distillation_gap(text["source"], text["source_of_source_text"]).mean()
+            total = total + c.source_caption_distill_weight * terms["source_caption_distill"]
         if c.physics:
             z = meta["targets_z"]
             terms["direction"] = -F.cosine_similarity(audio["direction"].float(), z["direction"], dim=-1).mean()
@@ -168,6 +173,7 @@ class OfficialObjective:
 
     inputs: str = "foa"   # the loader decodes every shard's FOA; the front end runs on the training device
     name: str = "official"
+    source_text: bool = False  # also feed the clips' own captions (loss.source_caption_distill_weight)
 
     def prepare(self, cfg: Any, shards: ShardList, val: ShardList | None) -> None:
         """Checks before anything is built, and the target statistics into ``cfg`` (so config.yaml and every
@@ -216,8 +222,10 @@ class OfficialObjective:
     def micro_inputs(self, model: nn.Module, batch: dict, device: torch.device) -> tuple:
         x = official_inputs(batch, device)
         feats = model.audio_encoder.htsat.features(x["omni_48k"])
-        tokens = model.text_encoder.tokenize(batch["caption"])
-        return x["i_act"], x["i_rea"], feats, {k: v.to(device, non_blocking=True) for k, v in tokens.items()}
+        tok = lambda texts: {k: v.to(device, non_blocking=True)  # noqa: E731
+                             for k, v in model.text_encoder.tokenize(list(texts)).items()}
+        inputs = (x["i_act"], x["i_rea"], feats, tok(batch["caption"]))
+        return inputs + (tok(batch["source_text"]),) if self.source_text else inputs
 
     def micro_meta(self, model: nn.Module, batch: dict, device: torch.device) -> dict:
         return {"source_id": batch["source_id"].to(device), "space_id": batch["space_id"].to(device),
