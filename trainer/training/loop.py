@@ -73,7 +73,10 @@ class DualEncoder(nn.Module):
                 source_tokens: dict[str, torch.Tensor] | None = None) -> dict:
         audio = self.model.encode_audio(waveform, iv)
         text = self.model.encode_text(tokens)
-        of_source_text = self.model.encode_text(source_tokens)["source"] if source_tokens is not None else None
+        of_source_text = None
+        if source_tokens is not None:
+            with torch.no_grad():  # the distillation's target: detached in the loss, so no graph for it
+                of_source_text = self.model.encode_text(source_tokens)["source"]
         b = waveform.shape[0]
         of_caption = text["space"][:b]  # B rows: both heads read the same text, so this is text["space"]
         if text["source"].shape[0] == 2 * b:

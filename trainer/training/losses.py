@@ -53,7 +53,8 @@ class LossConfig:
     text_source_independence_weight: float = 0.0
     # HSIC between the audio SOURCE embedding and the sample's true spatial parameters (direction, area,
     # distance, T30 from the batch's targets): the source embedding unlearns the room itself, not only what
-    # the spatial embedding has learnt of it (docs/spatial.md, rows o)
+    # the spatial embedding has learnt of it (docs/spatial.md, rows o). The scalars are each preset's own
+    # normalised targets: log units here, the release's linear z-scores in the official preset
     room_independence_weight: float = 0.0
     # 1 - cosine between the text SOURCE embedding of the full caption and the (detached) one of the clip's own
     # caption, without spatial words: the text source head reads past the spatial words, so a source query
@@ -243,6 +244,9 @@ class DELSALoss(nn.Module):
             device = audio_out["source"].device
             tgt = normalize_targets({k: v.to(device) if torch.is_tensor(v) else v
                                      for k, v in batch["targets"].items()}, self.stats)
+            if tgt["direction"].shape[0] != audio_out["source"].shape[0]:
+                raise ValueError(f"targets hold {tgt['direction'].shape[0]} samples, "
+                                 f"the audio embeddings {audio_out['source'].shape[0]}")
         room = room_parameters(tgt["direction"], [tgt[k] for k in SCALARS]) if tgt is not None else None
         for name, (weight, value) in independence_penalties(c, audio_out, text_out, room).items():
             terms[name] = value

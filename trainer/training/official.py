@@ -105,7 +105,8 @@ class OfficialDual(nn.Module):
                  **{k: a[k] for k in ("direction", "area", "distance", "reverb")}}
         text = {"source": t["text_source_emb"], "space": t["text_space_emb"]}
         if source_tokens is not None:  # the clips' own captions (loss.source_caption_distill_weight)
-            text["source_of_source_text"] = self.model.encode_text(source_tokens)["text_source_emb"]
+            with torch.no_grad():  # the distillation's target: detached in the loss, so no RoBERTa graph for it
+                text["source_of_source_text"] = self.model.encode_text(source_tokens)["text_source_emb"]
         return {"audio": audio, "text": text, "scales": {"logit": self.model.logit_scale}}
 
 
