@@ -262,10 +262,7 @@ class DELSALoss(nn.Module):
             terms["source_caption_distill"] = distillation_gap(text_out["source"], text_out["source_of_source_text"]).mean()
             total = total + c.source_caption_distill_weight * terms["source_caption_distill"]
         if c.physics and tgt is not None and "phys" in audio_out:
-            phys = audio_out["phys"]
-            n = phys["direction"].shape[0]
-            if tgt["direction"].shape[0] != n:
-                raise ValueError(f"targets hold {tgt['direction'].shape[0]} samples, phys predictions {n}")
+            phys = audio_out["phys"]  # as many rows as the audio embeddings: the count was checked with tgt
             pred_dir = phys["direction"].float()
             terms["direction"] = (1.0 - F.cosine_similarity(pred_dir, tgt["direction"], dim=-1)).mean()
             total = total + c.direction_weight * terms["direction"]

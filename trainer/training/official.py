@@ -47,6 +47,7 @@ from disse.trainer.evaluation.evaluate import evaluate_embeddings
 from disse.trainer.evaluation.inference import embed_official, official_batches, official_inputs
 from disse.trainer.model.official import (PHYS_HEADS, TARGET_STATS_KEYS, DISSEOfficial, build_official,
                                           check_target_stats, stats_to_tensor)
+from disse.trainer.model.physics import direction_from_angles
 from disse.trainer.model.weights import read_checkpoint
 from disse.trainer.training.losses import (LossConfig, distillation_gap, independence_penalties,
                                           multi_positive_contrastive, room_parameters)
@@ -133,9 +134,8 @@ class OfficialLoss(nn.Module):
         room = None
         if c.room_independence_weight and meta.get("targets_z") is not None:
             z = meta["targets_z"]
-            az, el = z["direction"].float().unbind(-1)
-            unit = torch.stack([el.cos() * az.cos(), el.cos() * az.sin(), el.sin()], dim=-1)
-            room = room_parameters(unit, [z["area"], z["distance"], z["reverb"]])
+            az, el = torch.rad2deg(z["direction"].float()).unbind(-1)
+            room = room_parameters(direction_from_angles(az, el), [z["area"], z["distance"], z["reverb"]])
         for name, (weight, value) in independence_penalties(c, a, t, room).items():
             terms[name] = value
             total = total + weight * value
