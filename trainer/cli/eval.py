@@ -23,7 +23,8 @@ from disse.schemas import SchemaError, load_caption_rules
 from disse.schemas.atomic import atomic_write
 from disse.pipeline.cli import PresetOrFile
 from disse.schemas.captions import RULE_SETS
-from disse.trainer.data.loader import check_shard_rules, eval_loader, resolve_shards, shard_features, shard_rules
+from disse.trainer.data.loader import (check_shard_rules, eval_loader, keep_freed_memory, resolve_shards, shard_features,
+                                       shard_rules)
 from disse.trainer.evaluation import pages, report
 from disse.trainer.evaluation.embedder import Embedder
 from disse.trainer.evaluation.evaluate import (embed, embed_official, evaluate_embeddings, load_embeddings_any,
@@ -106,6 +107,7 @@ def main(checkpoint: str | None, shards: str | None, embeddings: str | None, com
     """Score retrieval (SRC, SPA), leakage (X-SRC, X-SPA, audio-side AX-SRC, AX-SPA), invariance ratios,
     physical errors (direction next to the intensity-vector physics baseline) and zero-shot descriptors,
     each next to its chance level; write metrics.json, report.md and PNG plots."""
+    keep_freed_memory()  # the model's large CPU temporaries are reused batch after batch (loader.py)
     try:
         _run(checkpoint, shards, embeddings, compare, out, save_embeddings, rules, batch_size, num_workers,
              max_items, device, chunk_size, no_plots, zero_shot_prompts, metric_set, save_official_embeddings,

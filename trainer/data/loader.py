@@ -813,13 +813,16 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (mallo
 
 
 def keep_freed_memory(threshold_bytes: int = 256 << 20) -> bool:
-    """In a DataLoader worker: let glibc's malloc keep freed blocks up to ``threshold_bytes`` for reuse.
+    """Let glibc's malloc keep freed blocks up to ``threshold_bytes`` for reuse (process-wide; forked
+    DataLoader workers inherit it).
 
-    A worker allocates and frees ~1-2 MB per sample (member bytes, decoded arrays) at a steady rate; by
-    default glibc maps blocks that large afresh and returns them on free, so every sample's memory is
-    page-faulted in again (about a third of a sample's reading and decoding on a VM, where a fault costs
-    microseconds: benchmarks/data.py). Kept, the heap stays at the worker's working set (the shuffle
-    buffer) and is reused. Returns False where malloc is not glibc's (nothing changed).
+    A worker allocates and frees ~1-2 MB per sample (member bytes, decoded arrays) at a steady rate, and
+    the training process hundreds of MB per CPU step (STFTs of W, their powers, activations); by default
+    glibc maps blocks that large afresh and returns them on free, so every sample's or step's memory is
+    page-faulted in again (a third of a sample's reading and decoding on a VM, where a fault costs
+    microseconds: benchmarks/data.py; ~45,000 faults and a fifth of a demo step on 2 CPU cores:
+    benchmarks/train.py). Kept, the heap stays at the process's working set and is reused; results are
+    unchanged. Returns False where malloc is not glibc's (nothing changed).
     """
     try:
         libc = ctypes.CDLL(None)

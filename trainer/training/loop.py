@@ -39,7 +39,8 @@ from disse.trainer.model.delsa import DELSA
 from disse.trainer.training import checkpoint as ckpt
 from disse.trainer.training.config import TrainConfig
 from disse.trainer.data.loader import (ShardList, StreamPosition, check_shard_rules, check_training_preset,
-                                       eval_loader, resolve_shards, shard_rules, steps_per_epoch, train_loader)
+                                       eval_loader, keep_freed_memory, resolve_shards, shard_rules, steps_per_epoch,
+                                       train_loader)
 from disse.trainer.training.distributed import DistInfo, barrier, cleanup, gather_tree, init_distributed
 from disse.trainer.training.logging_utils import RunLogger
 from disse.trainer.training.losses import DELSALoss
@@ -410,6 +411,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
     precision = resolve_precision(t.precision, device)
     if t.threads > 0:
         torch.set_num_threads(t.threads)
+    keep_freed_memory()  # a CPU step's large temporaries are reused, not page-faulted in again (loader.py)
     out_dir = Path(t.out_dir)
     resume_path = ckpt.resolve_resume(resume, out_dir)
     # read before anything is built: a file that is not a checkpoint of this project fails in one line
