@@ -7,7 +7,10 @@
 Figures printed:
 * ``step only``: repeated optimiser steps on one real batch held in memory (model + loss + AdamW,
   with the config's precision and accumulation); the ceiling the data pipeline has to feed
-* ``end to end``: disse-train's loop on the shards for ``--steps`` steps, from its log.jsonl
+* ``end to end``: disse-train's loop on the shards for ``--steps`` steps, from its log.jsonl; then the same
+  with ``train.prefetch=false`` (each step's tokens and new frozen-text states made in turn, not during the
+  step before), and the minor page faults of this process per step (training/loop.py, data/loader.py
+  ``keep_freed_memory``)
 * peak memory: GPU (allocated) on CUDA, else the process's peak resident set (CPU)
 
 Any model preset: the loop's objective (training/loop.py ``objective_for``) builds the model, the loss and the
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from disse.trainer.training.config import load_train_config
-    from disse.trainer.data.loader import eval_loader, resolve_shards
+    from disse.trainer.data.loader import eval_loader, keep_freed_memory, resolve_shards
     from disse.trainer.training.distributed import DistInfo, pick_device
     from disse.trainer.training.loop import (StepContext, apply_freeze, make_optimizer, objective_for,
                                              resolve_precision, train, train_step)
@@ -58,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     precision = resolve_precision(cfg.train.precision, device)
     shards = resolve_shards(spec)
 
-    # --- step only
+    # --- step only (with the loop's process settings: its thread count, freed memory kept)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    keep_freed_memory()
     torch.manual_seed(0)
     objective = objective_for(cfg)
     objective.prepare(cfg, shards, None)
@@ -92,22 +98,29 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in params)
     print(f"config {args.config}: {n_params / 1e6:.1f} M trainable parameters, device {device}, precision {precision}, "
           f"batch {cfg.data.batch_size} x accum {cfg.train.accum_steps}, torch threads {torch.get_num_threads()}")
-    print(f"step only:   {n / dt:8.2f} samples/s  ({1e3 * dt / args.steps:.0f} ms/step)")
+    print(f"{'step only:':24s} {n / dt:8.2f} samples/s  ({1e3 * dt / args.steps:.0f} ms/step)")
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     else:
         print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     del ctx, model, opt
 
-    # --- end to end (the real loop, data pipeline included)
+    # --- end to end (the real loop, data pipeline included); the reference prepares each step in turn
     cfg.train.max_steps = args.steps + 2
-    train(cfg)
-    records = [json.loads(x) for x in open(Path(cfg.train.out_dir) / "log.jsonl")]
-    rates = [r["samples_per_s"] for r in records if r.get("event") == "train"][2:]
-    waits = [r["data_wait_frac"] for r in records if r.get("event") == "train"][2:]
-    if rates:
-        print(f"end to end:  {sum(rates) / len(rates):8.2f} samples/s  (data wait {100 * sum(waits) / len(waits):.0f}% "
-              f"of step time, {cfg.data.num_workers} workers)")
+    for prefetch in (True, False):
+        cfg.train.prefetch = prefetch
+        cfg.train.out_dir = f"{tmp.name}/run-{prefetch}"
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        train(cfg)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        records = [json.loads(x) for x in open(Path(cfg.train.out_dir) / "log.jsonl")]
+        rates = [r["samples_per_s"] for r in records if r.get("event") == "train"][2:]
+        waits = [r["data_wait_frac"] for r in records if r.get("event") == "train"][2:]
+        name = "end to end:" if prefetch else "  train.prefetch=false:"
+        if rates:
+            print(f"{name:24s} {sum(rates) / len(rates):8.2f} samples/s  (data wait "
+                  f"{100 * sum(waits) / len(waits):.0f}% of step time, {cfg.data.num_workers} workers, "
+                  f"{faults / cfg.train.max_steps:,.0f} page faults per step in this process)")
     tmp.cleanup()
 
 

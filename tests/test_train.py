@@ -111,6 +111,62 @@ def test_freeze_keeps_parameters(demo_shards, tmp_path):
         train(cfg_for(demo_shards, tmp_path / "g", "train.freeze=[no_such_module]", "data.val="))
 
 
+def test_prepared_ahead_trains_the_same_run(demo_shards, tmp_path):
+    """train.prefetch (the next step's tokens and new frozen-text states made in a helper thread during the
+    current step) changes nothing: the same loss at every step, the same validation, the same weights and
+    the same data position in the checkpoint as a run that prepares each step in turn. The run crosses
+    validations (the cache gains their texts) and an epoch; the training captions are new every epoch,
+    so the helper thread computes new texts on most steps."""
+    common = ["train.max_steps=7", "data.batch_size=4", "data.num_workers=1", "train.threads=1",
+              "eval.at_start=false", "eval.every_steps=3", "eval.each_epoch=false", "log.every_steps=1"]
+    runs = {}
+    for prefetch in ("true", "false"):
+        train(cfg_for(demo_shards, tmp_path / prefetch, *common, f"train.prefetch={prefetch}"))
+        records = read_log(tmp_path / prefetch / "log.jsonl")
+        runs[prefetch] = {"loss": [r["loss"] for r in records if r["event"] == "train"],
+                          "val": [{k: v for k, v in r.items() if k.startswith("val/") and "seconds" not in k}
+                                  for r in records if r["event"] == "val"],
+                          "state": load_checkpoint(tmp_path / prefetch / "checkpoints" / "latest.pt")}
+    a, b = runs["true"], runs["false"]
+    assert len(a["loss"]) == 7 and len(a["val"]) == 2
+    assert a["loss"] == b["loss"] and a["val"] == b["val"]
+    assert a["state"]["data"] == b["state"]["data"]
+    for k, v in a["state"]["model"].items():
+        assert torch.equal(v, b["state"]["model"][k]), k
+
+
+def test_text_states_made_ahead_equal_the_forward_pass(demo_shards):
+    """TextEncoder.missing_states + admit, then forward == forward alone, bit for bit, and the cache ends
+    the same: with a text twice in a set, a second set that repeats texts of the first, and texts
+    already cached."""
+    from disse.trainer.training.loop import build_model
+
+    cfg = cfg_for(demo_shards, "unused")
+    model = build_model(cfg)
+    sets = [model.tokenize(["a dog barks, far away on the left", "rain on a roof", "a dog barks, far away on the left",
+                            "a siren, close by"]),
+            model.tokenize(["rain on a roof", "a bell rings", "a siren, close by, in a small room"])]
+    warm = model.tokenize(["a bell rings"])
+
+    def run(ahead: bool) -> tuple[list[torch.Tensor], list]:
+        text = model.text
+        text._cache.clear()
+        text(warm)
+        if ahead:
+            with torch.no_grad():
+                states = text.missing_states(sets)
+            assert [len(s) for s in states] == [3, 1]  # the repeats and the cached text are not run
+            text.admit(sets, states)
+        out = [text(s) for s in sets]
+        return out, [(k, v.clone()) for k, v in text._cache.items()]
+
+    plain, plain_cache = run(False)
+    ahead, ahead_cache = run(True)
+    assert all(torch.equal(x, y) for x, y in zip(plain, ahead))
+    assert [k for k, _ in plain_cache] == [k for k, _ in ahead_cache]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(plain_cache, ahead_cache))
+
+
 def run_cli(args, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(args)

@@ -192,27 +192,71 @@ class TextEncoder(nn.Module):
         w = torch.softmax(logits, dim=1)                                             # (B, L, heads)
         return torch.cat([mean, torch.einsum("blh,blw->bhw", w, states).flatten(1)], 1)
 
-    def _frozen_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        keys = [tuple(ids[m.bool()].tolist()) for ids, m in zip(input_ids.cpu(), attention_mask.cpu())]
-        todo = [i for i, k in enumerate(keys) if k not in self._cache]
-        if todo:
-            idx = torch.tensor(todo, device=input_ids.device)
-            sub_mask = attention_mask[idx]
-            length = int(sub_mask.sum(1).max())  # right padding: cut to the longest missing text
-            out = self._backbone_out(input_ids[idx, :length], sub_mask[:, :length])
-            for j, i in enumerate(todo):
-                # fp32 whatever the autocast: reused in and out of it; token states without the padding
-                self._cache[keys[i]] = (out[j, : len(keys[i])] if out.dim() == 3 else out[j]).float()
+    @staticmethod
+    def _keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[int, ...]]:
+        return [tuple(ids[m.bool()].tolist()) for ids, m in zip(input_ids.cpu(), attention_mask.cpu())]
+
+    def _missing(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keys: list[tuple[int, ...]],
+                 known: set | dict) -> dict[tuple[int, ...], torch.Tensor]:
+        """One backbone pass over the rows whose text is neither cached nor in ``known`` -> their states,
+        in row order (a text twice in the batch: its last row's)."""
+        todo = [i for i, k in enumerate(keys) if k not in self._cache and k not in known]
+        if not todo:
+            return {}
+        idx = torch.tensor(todo, device=input_ids.device)
+        sub_mask = attention_mask[idx]
+        length = int(sub_mask.sum(1).max())  # right padding: cut to the longest missing text
+        out = self._backbone_out(input_ids[idx, :length], sub_mask[:, :length])
+        # fp32 whatever the autocast: reused in and out of it; token states without the padding
+        return {keys[i]: (out[j, : len(keys[i])] if out.dim() == 3 else out[j]).float() for j, i in enumerate(todo)}
+
+    def _store(self, keys: list[tuple[int, ...]], states: dict[tuple[int, ...], torch.Tensor]) -> None:
+        self._cache.update(states)
         for k in keys:
             self._cache.move_to_end(k)
+
+    def _evict(self) -> None:
+        while len(self._cache) > self.cfg.cache_size:
+            self._cache.popitem(last=False)
+
+    @property
+    def caches(self) -> bool:
+        """Whether the backbone's outputs are cached per text (``freeze_backbone`` and ``cache_frozen``)."""
+        return bool(self.cfg.freeze_backbone and self.cfg.cache_frozen)
+
+    def missing_states(self, token_sets: list[dict[str, torch.Tensor]]) -> list[dict]:
+        """The backbone passes that :meth:`forward` would run on ``token_sets`` one after another, run now
+        (texts cached or in an earlier set are skipped): one states dict per set, for :meth:`admit`.
+
+        The cache is only read, so a helper thread can run this for the next training step while the
+        current one trains (training/loop.py). Each pass holds the same rows as :meth:`forward`'s would:
+        a text's states depend on the rows beside it in the last bits, and a run must not depend on
+        whether its texts were prepared ahead. Call it under the autocast of the forward it stands for."""
+        known: dict = {}
+        out = []
+        for tok in token_sets:
+            ids, mask = tok["input_ids"], tok["attention_mask"]
+            out.append(self._missing(ids, mask, self._keys(ids, mask), known))
+            known.update(out[-1])
+        return out
+
+    def admit(self, token_sets: list[dict[str, torch.Tensor]], states: list[dict]) -> None:
+        """Store :meth:`missing_states`' result, with the cache updates :meth:`forward` would have made, in
+        the same order; :meth:`forward` on those sets then finds every text cached."""
+        for tok, new in zip(token_sets, states):
+            self._store(self._keys(tok["input_ids"], tok["attention_mask"]), new)
+            self._evict()
+
+    def _frozen_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        keys = self._keys(input_ids, attention_mask)
+        self._store(keys, self._missing(input_ids, attention_mask, keys, {}))
         if not self._tokens_mode():
             out = torch.stack([self._cache[k] for k in keys])
         else:  # re-pad the cached token states to this batch's (B, L)
             out = torch.zeros(len(keys), input_ids.shape[1], self._cache[keys[0]].shape[-1], device=input_ids.device)
             for i, k in enumerate(keys):
                 out[i, : len(k)] = self._cache[k]
-        while len(self._cache) > self.cfg.cache_size:
-            self._cache.popitem(last=False)
+        self._evict()
         return out
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -52,6 +52,8 @@ class LoopConfig:
     save_every_steps: int = 0         # > 0: also keep checkpoints/step_XXXXXXX.pt this often
     find_unused_parameters: bool = False  # DDP option, for models with conditional branches
     threads: int = 0                  # > 0: torch.set_num_threads (CPU runs)
+    prefetch: bool = True             # prepare the next step's inputs (tokens, new frozen-text states) in a
+                                      # helper thread during the current step; results are the same either way
     # official preset: each save also writes the release's layout (checkpoints/latest_release.pt, ...;
     # {"model_state_dict", "epoch", "target_stats"}), what the release, disse-eval and disse-embed read
     export_release: bool = False

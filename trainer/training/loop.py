@@ -23,6 +23,7 @@ import difflib
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,6 +37,7 @@ from disse.schemas import CaptionRules, SchemaError, load_caption_rules
 from disse.schemas.config import config_to_dict, dump_config
 from disse.trainer.evaluation.evaluate import embed, evaluate_embeddings
 from disse.trainer.model.delsa import DELSA
+from disse.trainer.model.text_encoder import TextEncoder
 from disse.trainer.training import checkpoint as ckpt
 from disse.trainer.training.config import TrainConfig
 from disse.trainer.data.loader import (ShardList, StreamPosition, check_shard_rules, check_training_preset,
@@ -306,6 +308,32 @@ def micro_inputs(model: nn.Module, batch: dict, device: torch.device, source_tex
     return inputs + (_to(dict(model.tokenize(list(batch["source_text"]))), device),) if source_text else inputs
 
 
+@dataclass
+class Prepared:
+    """A step's inputs, made before its forward (:func:`prepare_step`)."""
+    inputs: list[tuple]                                      # objective.micro_inputs of each micro-batch
+    token_sets: list[dict] = field(default_factory=list)     # their text token dicts, in forward order
+    text_states: list[dict] = field(default_factory=list)    # TextEncoder.missing_states of token_sets
+
+
+def prepare_step(ctx: StepContext, micro: list[dict]) -> Prepared:
+    """Each micro-batch's model inputs (tokenised, on the device) and the frozen text backbone's states of
+    the texts it has not cached yet (:meth:`TextEncoder.missing_states`).
+
+    It reads the model and changes nothing, so the loop runs it for the next step in a helper thread while
+    the current step trains (``train.prefetch``): the demo's captions are new every epoch (rotated
+    directions, rephrased), and on 2 CPU cores their ~32 MiniLM passes a step then run beside the audio
+    side instead of before it."""
+    device = ctx.info.device
+    inputs = [ctx.objective.micro_inputs(ctx.model, b, device) for b in micro]
+    text = getattr(ctx.model, "text", None)
+    if not isinstance(text, TextEncoder) or not text.caches:
+        return Prepared(inputs)
+    token_sets = [x for args in inputs for x in args if isinstance(x, dict)]  # DualEncoder's text passes, in order
+    with torch.no_grad(), autocast_ctx(ctx.precision, device):
+        return Prepared(inputs, token_sets, text.missing_states(token_sets))
+
+
 def micro_meta(batch: dict, device: torch.device, model: nn.Module | None = None) -> dict:
     meta = {"source_id": batch["source_id"].to(device), "space_id": batch["space_id"].to(device),
             "attribute_ids": batch["attribute_ids"].to(device), "targets": _to(batch["targets"], device)}
@@ -322,10 +350,15 @@ def _loss(ctx: StepContext, feats: dict, meta: dict) -> tuple[torch.Tensor, dict
     return ctx.loss_fn(audio, text, meta, *feats["scales"].values())  # DELSA: source, space; official: one
 
 
-def train_step(ctx: StepContext, micro: list[dict]) -> tuple[float, dict[str, float], float]:
-    """One optimiser step over the micro-batches -> (loss, {term: value}, grad norm before clipping)."""
+def train_step(ctx: StepContext, micro: list[dict], prepared: Prepared | None = None
+               ) -> tuple[float, dict[str, float], float]:
+    """One optimiser step over the micro-batches -> (loss, {term: value}, grad norm before clipping).
+    ``prepared``: :func:`prepare_step` of ``micro``, when made ahead."""
     device = ctx.info.device
-    inputs = [ctx.objective.micro_inputs(ctx.model, b, device) for b in micro]
+    prepared = prepared if prepared is not None else prepare_step(ctx, micro)
+    if prepared.token_sets:
+        ctx.model.text.admit(prepared.token_sets, prepared.text_states)
+    inputs = prepared.inputs
     meta = gather_tree(_cat([ctx.objective.micro_meta(ctx.model, b, device) for b in micro]), ctx.info, grad=False)
     ctx.optimizer.zero_grad(set_to_none=True)
     if len(micro) == 1:
@@ -545,6 +578,24 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
     if cfg.eval.at_start and step == 0:
         run_validation()
 
+    def validates_after(s: int) -> bool:
+        return val is not None and (cfg.eval.every_steps > 0 and s % cfg.eval.every_steps == 0
+                                    or cfg.eval.each_epoch and s % spe == 0)
+
+    def take() -> tuple[list[dict], list[tuple]]:
+        """The next step's micro-batches, and their stream positions and error counts (applied when it runs:
+        a checkpoint records the batches trained, not the one prepared ahead)."""
+        micro, marks = [], []
+        for _ in range(t.accum_steps):
+            b = next(batches)
+            marks.append((b.pop("_position"), b.pop("_errors")))
+            micro.append(b)
+        return micro, marks
+
+    # One helper thread prepares step k + 1 while step k trains (prepare_step). Not across a validation:
+    # validation adds texts to the text cache, and the next step must find the cache as it would unprepared.
+    helper = ThreadPoolExecutor(1, thread_name_prefix="prepare") if t.prefetch else None
+    ahead: tuple | None = None
     bar = None
     if info.is_main and cfg.log.progress:
         bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
@@ -554,17 +605,21 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
     try:
         while step < stop_at:
             t0 = time.perf_counter()
-            micro = []
-            for _ in range(t.accum_steps):
-                b = next(batches)
-                slot, pass_, index = b.pop("_position")
+            if ahead is None:
+                (micro, marks), prepared = take(), None
+            else:
+                micro, marks, future = ahead
+                prepared = future.result()
+            for (slot, pass_, index), (eslot, counts) in marks:
                 position.positions[slot] = (pass_, index)
                 position.batches += 1
-                eslot, counts = b.pop("_errors")
                 errors_by_slot[eslot] = counts
-                micro.append(b)
+            ahead = None
+            if helper is not None and step + 1 < stop_at and not validates_after(step + 1):
+                nxt, nxt_marks = take()
+                ahead = (nxt, nxt_marks, helper.submit(prepare_step, ctx, nxt))
             t1 = time.perf_counter()
-            last_loss, terms, grad_norm = train_step(ctx, micro)
+            last_loss, terms, grad_norm = train_step(ctx, micro, prepared)
             scheduler.step()
             step += 1
             t2 = time.perf_counter()
@@ -596,12 +651,14 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
                                      "sps": f"{rate:.1f}", "wait": f"{100 * wait:.0f}%"}, refresh=False)
                 window = {"samples": 0, "time": 0.0, "wait": 0.0}
             epoch_end = step % spe == 0
-            if cfg.eval.every_steps > 0 and step % cfg.eval.every_steps == 0 or (cfg.eval.each_epoch and epoch_end):
+            if validates_after(step):
                 run_validation()
             periodic = t.save_every_steps > 0 and step % t.save_every_steps == 0
             if periodic or epoch_end or step == stop_at:
                 save([ckpt.LATEST] + ([f"step_{step:07d}.pt"] if periodic else []))
     finally:
+        if helper is not None:
+            helper.shutdown(wait=True)  # no thread reads the model after the loop
         if bar is not None:
             bar.close()
         del batches
