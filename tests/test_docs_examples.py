@@ -54,9 +54,9 @@ KNOWN_COMMANDS = (*COMMANDS, "python", "torchrun", "sha256sum", "make", "source"
 # Blocks the rules keep as examples but that cannot run here; the test below checks every key still
 # names such a block.
 NOT_RUN = {
-    "README.md:134": "streams shards from a bucket and an https server that do not exist here; "
+    "README.md:135": "streams shards from a bucket and an https server that do not exist here; "
                      "tests/test_remote_shards.py trains and evaluates the same way over a loopback server and pipe:cat",
-    "README.md:195": "fine-tunes the released checkpoint, which is not shipped; tests/test_official_train.py runs "
+    "README.md:196": "fine-tunes the released checkpoint, which is not shipped; tests/test_official_train.py runs "
                      "the same fine-tuning path on a release-layout file at tiny sizes",
     "README.md:22": "`make demo` renders and trains the full demo (12-23 minutes on 2 cores; its three commands "
                     "run as README.md:33) and `make test` runs the whole suite, this file included",
