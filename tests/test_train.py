@@ -111,14 +111,28 @@ def test_freeze_keeps_parameters(demo_shards, tmp_path):
         train(cfg_for(demo_shards, tmp_path / "g", "train.freeze=[no_such_module]", "data.val="))
 
 
-def test_prepared_ahead_trains_the_same_run(demo_shards, tmp_path):
-    """train.prefetch (the next step's tokens and new frozen-text states made in a helper thread during the
-    current step) changes nothing: the same loss at every step, the same validation, the same weights and
-    the same data position in the checkpoint as a run that prepares each step in turn. The run crosses
-    validations (the cache gains their texts) and an epoch; the training captions are new every epoch,
-    so the helper thread computes new texts on most steps."""
+def _rows_matter(monkeypatch):
+    """Make the text backbone's output depend on how many rows share its pass, as cuBLAS or bf16 can in the
+    last bits (MiniLM on one CPU thread seldom does): a pass that holds other rows than it would have held
+    unprepared then changes the result."""
+    from disse.trainer.model.text_encoder import TextEncoder
+
+    backbone_out = TextEncoder._backbone_out
+    monkeypatch.setattr(TextEncoder, "_backbone_out",
+                        lambda self, ids, mask: backbone_out(self, ids, mask) + 1e-3 * ids.shape[0])
+
+
+def test_prepared_ahead_trains_the_same_run(demo_shards, tmp_path, monkeypatch):
+    """train.prefetch (step k + 1's tokens and new frozen-text states made in a helper thread while step k
+    trains) changes nothing: the same loss at every step, the same validations, and the same weights and
+    data position in mid-run checkpoints (saved while the next batch is already prepared) as a run that
+    prepares each step in turn. The run crosses validations (the cache gains their texts); the clips' own
+    captions recur from step to step, and the training captions are new, so the helper computes texts
+    on most steps, some of them first seen in the step before."""
+    _rows_matter(monkeypatch)
     common = ["train.max_steps=7", "data.batch_size=4", "data.num_workers=1", "train.threads=1",
-              "eval.at_start=false", "eval.every_steps=3", "eval.each_epoch=false", "log.every_steps=1"]
+              "eval.at_start=false", "eval.every_steps=3", "eval.each_epoch=false", "log.every_steps=1",
+              "train.save_every_steps=2"]
     runs = {}
     for prefetch in ("true", "false"):
         train(cfg_for(demo_shards, tmp_path / prefetch, *common, f"train.prefetch={prefetch}"))
@@ -126,45 +140,55 @@ def test_prepared_ahead_trains_the_same_run(demo_shards, tmp_path):
         runs[prefetch] = {"loss": [r["loss"] for r in records if r["event"] == "train"],
                           "val": [{k: v for k, v in r.items() if k.startswith("val/") and "seconds" not in k}
                                   for r in records if r["event"] == "val"],
-                          "state": load_checkpoint(tmp_path / prefetch / "checkpoints" / "latest.pt")}
+                          "states": [load_checkpoint(tmp_path / prefetch / "checkpoints" / f"step_{n:07d}.pt")
+                                     for n in (2, 4, 6)]}
     a, b = runs["true"], runs["false"]
     assert len(a["loss"]) == 7 and len(a["val"]) == 2
     assert a["loss"] == b["loss"] and a["val"] == b["val"]
-    assert a["state"]["data"] == b["state"]["data"]
-    for k, v in a["state"]["model"].items():
-        assert torch.equal(v, b["state"]["model"][k]), k
+    for sa, sb in zip(a["states"], b["states"]):
+        assert sa["data"] == sb["data"]
+        for k, v in sa["model"].items():
+            assert torch.equal(v, sb["model"][k]), k
 
 
-def test_text_states_made_ahead_equal_the_forward_pass(demo_shards):
+def test_text_states_made_ahead_equal_the_forward_pass(demo_shards, monkeypatch):
     """TextEncoder.missing_states + admit, then forward == forward alone, bit for bit, and the cache ends
-    the same: with a text twice in a set, a second set that repeats texts of the first, and texts
-    already cached."""
+    the same: a text twice in a set, a second set that repeats texts of the first, texts already cached,
+    a second step that repeats a new text of the first (prepared once the first is admitted, as the loop
+    does), a full cache that evicts a text the second set was prepared to find, and a cache too small
+    for the step's texts."""
     from disse.trainer.training.loop import build_model
 
-    cfg = cfg_for(demo_shards, "unused")
-    model = build_model(cfg)
-    sets = [model.tokenize(["a dog barks, far away on the left", "rain on a roof", "a dog barks, far away on the left",
-                            "a siren, close by"]),
-            model.tokenize(["rain on a roof", "a bell rings", "a siren, close by, in a small room"])]
-    warm = model.tokenize(["a bell rings"])
+    _rows_matter(monkeypatch)
+    model = build_model(cfg_for(demo_shards, "unused"))
+    text = model.text
+    step1 = [model.tokenize(["a dog barks, far away on the left", "rain on a roof", "a dog barks, far away on the left",
+                             "a siren, close by"]),
+             model.tokenize(["rain on a roof", "a bell rings", "a siren, close by, in a small room"])]
+    step2 = [model.tokenize(["a siren, close by", "wind in the trees"]), model.tokenize(["a bell rings"])]
+    warm = model.tokenize(["a bell rings", "an owl hoots", "a door creaks"])  # the bell oldest: evicted first
 
-    def run(ahead: bool) -> tuple[list[torch.Tensor], list]:
-        text = model.text
+    def run(ahead: bool, cache_size: int) -> tuple[list[torch.Tensor], list]:
+        text.cfg.cache_size = cache_size
         text._cache.clear()
         text(warm)
-        if ahead:
-            with torch.no_grad():
-                states = text.missing_states(sets)
-            assert [len(s) for s in states] == [3, 1]  # the repeats and the cached text are not run
-            text.admit(sets, states)
-        out = [text(s) for s in sets]
+        out = []
+        for sets in (step1, step2):
+            if ahead:
+                with torch.no_grad():
+                    states = text.missing_states(sets)
+                if sets is step1:
+                    assert [len(s) for s in states] == [3, 1]  # the repeats and the cached text are not run
+                text.admit(sets, states)
+            out += [text(s) for s in sets]
         return out, [(k, v.clone()) for k, v in text._cache.items()]
 
-    plain, plain_cache = run(False)
-    ahead, ahead_cache = run(True)
-    assert all(torch.equal(x, y) for x, y in zip(plain, ahead))
-    assert [k for k, _ in plain_cache] == [k for k, _ in ahead_cache]
-    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(plain_cache, ahead_cache))
+    for cache_size in (1000, 5, 3):
+        plain, plain_cache = run(False, cache_size)
+        ahead, ahead_cache = run(True, cache_size)
+        assert all(torch.equal(x, y) for x, y in zip(plain, ahead)), cache_size
+        assert [k for k, _ in plain_cache] == [k for k, _ in ahead_cache], cache_size
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(plain_cache, ahead_cache)), cache_size
 
 
 def run_cli(args, capsys):

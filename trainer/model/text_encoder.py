@@ -242,9 +242,21 @@ class TextEncoder(nn.Module):
 
     def admit(self, token_sets: list[dict[str, torch.Tensor]], states: list[dict]) -> None:
         """Store :meth:`missing_states`' result, with the cache updates :meth:`forward` would have made, in
-        the same order; :meth:`forward` on those sets then finds every text cached."""
+        the same order; :meth:`forward` on those sets then finds every text cached.
+
+        A set whose prepared pass is not the one :meth:`forward` would run now (the cache changed since:
+        a full cache evicted one of its texts, or another caller added one) is run again here, as
+        :meth:`forward` would. Where the cache cannot hold all the sets' texts at once, nothing is stored:
+        :meth:`forward` then runs each set's pass itself, in turn, as without this."""
+        if len({k for tok in token_sets for k in self._keys(tok["input_ids"], tok["attention_mask"])}) \
+                > self.cfg.cache_size:
+            return
         for tok, new in zip(token_sets, states):
-            self._store(self._keys(tok["input_ids"], tok["attention_mask"]), new)
+            ids, mask = tok["input_ids"], tok["attention_mask"]
+            keys = self._keys(ids, mask)
+            if {k for k in keys if k not in self._cache} != new.keys():
+                new = self._missing(ids, mask, keys, {})
+            self._store(keys, new)
             self._evict()
 
     def _frozen_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -315,15 +315,21 @@ class Prepared:
     token_sets: list[dict] = field(default_factory=list)     # their text token dicts, in forward order
     text_states: list[dict] = field(default_factory=list)    # TextEncoder.missing_states of token_sets
 
+    def admit(self, model: nn.Module) -> None:
+        """Put the text states into the model's text cache (once; on the thread that trains)."""
+        if self.token_sets:
+            model.text.admit(self.token_sets, self.text_states)
+            self.token_sets, self.text_states = [], []
+
 
 def prepare_step(ctx: StepContext, micro: list[dict]) -> Prepared:
     """Each micro-batch's model inputs (tokenised, on the device) and the frozen text backbone's states of
     the texts it has not cached yet (:meth:`TextEncoder.missing_states`).
 
-    It reads the model and changes nothing, so the loop runs it for the next step in a helper thread while
-    the current step trains (``train.prefetch``): the demo's captions are new every epoch (rotated
-    directions, rephrased), and on 2 CPU cores their ~32 MiniLM passes a step then run beside the audio
-    side instead of before it."""
+    It reads the model and changes nothing, so the loop runs it for step k + 1 in a helper thread while
+    step k trains (``train.prefetch``), once step k's states are admitted (:meth:`Prepared.admit`): the
+    demo's captions are new every epoch (rotated directions, rephrased), and on 2 CPU cores their ~32
+    MiniLM passes a step then run beside the audio side instead of before it."""
     device = ctx.info.device
     inputs = [ctx.objective.micro_inputs(ctx.model, b, device) for b in micro]
     text = getattr(ctx.model, "text", None)
@@ -356,8 +362,7 @@ def train_step(ctx: StepContext, micro: list[dict], prepared: Prepared | None = 
     ``prepared``: :func:`prepare_step` of ``micro``, when made ahead."""
     device = ctx.info.device
     prepared = prepared if prepared is not None else prepare_step(ctx, micro)
-    if prepared.token_sets:
-        ctx.model.text.admit(prepared.token_sets, prepared.text_states)
+    prepared.admit(ctx.model)
     inputs = prepared.inputs
     meta = gather_tree(_cat([ctx.objective.micro_meta(ctx.model, b, device) for b in micro]), ctx.info, grad=False)
     ctx.optimizer.zero_grad(set_to_none=True)
@@ -594,7 +599,11 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
 
     # One helper thread prepares step k + 1 while step k trains (prepare_step). Not across a validation:
     # validation adds texts to the text cache, and the next step must find the cache as it would unprepared.
-    helper = ThreadPoolExecutor(1, thread_name_prefix="prepare") if t.prefetch else None
+    helper = None
+    if t.prefetch:  # the current CUDA device is per thread: the helper's is this rank's
+        helper = ThreadPoolExecutor(1, thread_name_prefix="prepare", initializer=torch.cuda.set_device,
+                                    initargs=(device,)) if device.type == "cuda" else \
+            ThreadPoolExecutor(1, thread_name_prefix="prepare")
     ahead: tuple | None = None
     bar = None
     if info.is_main and cfg.log.progress:
@@ -606,26 +615,32 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
         while step < stop_at:
             t0 = time.perf_counter()
             if ahead is None:
-                (micro, marks), prepared = take(), None
+                micro, marks = take()
+                wait = time.perf_counter() - t0
+                prepared = prepare_step(ctx, micro)
             else:
                 micro, marks, future = ahead
                 prepared = future.result()
+                wait = time.perf_counter() - t0  # the batch, and what of its preparation the last step did not hide
+            # step k's texts enter the cache before step k + 1 is prepared against it (prepare_step)
+            prepared.admit(model)
             for (slot, pass_, index), (eslot, counts) in marks:
                 position.positions[slot] = (pass_, index)
                 position.batches += 1
                 errors_by_slot[eslot] = counts
             ahead = None
             if helper is not None and step + 1 < stop_at and not validates_after(step + 1):
+                t1 = time.perf_counter()
                 nxt, nxt_marks = take()
+                wait += time.perf_counter() - t1
                 ahead = (nxt, nxt_marks, helper.submit(prepare_step, ctx, nxt))
-            t1 = time.perf_counter()
             last_loss, terms, grad_norm = train_step(ctx, micro, prepared)
             scheduler.step()
             step += 1
             t2 = time.perf_counter()
             window["samples"] += global_batch
             window["time"] += t2 - t0
-            window["wait"] += t1 - t0
+            window["wait"] += wait
             if not math.isfinite(last_loss):
                 raise FloatingPointError(f"loss is {last_loss} at step {step}; lower optim.lr or check the data")
             if bar is not None:
