@@ -248,14 +248,12 @@ class TextEncoder(nn.Module):
         a full cache evicted one of its texts, or another caller added one) is run again here, as
         :meth:`forward` would. Where the cache cannot hold all the sets' texts at once, nothing is stored:
         :meth:`forward` then runs each set's pass itself, in turn, as without this."""
-        if len({k for tok in token_sets for k in self._keys(tok["input_ids"], tok["attention_mask"])}) \
-                > self.cfg.cache_size:
+        keys_of = [self._keys(tok["input_ids"], tok["attention_mask"]) for tok in token_sets]
+        if len({k for keys in keys_of for k in keys}) > self.cfg.cache_size:
             return
-        for tok, new in zip(token_sets, states):
-            ids, mask = tok["input_ids"], tok["attention_mask"]
-            keys = self._keys(ids, mask)
+        for tok, keys, new in zip(token_sets, keys_of, states):
             if {k for k in keys if k not in self._cache} != new.keys():
-                new = self._missing(ids, mask, keys, {})
+                new = self._missing(tok["input_ids"], tok["attention_mask"], keys, {})
             self._store(keys, new)
             self._evict()
 
