@@ -135,8 +135,8 @@ def intensity_direction(iv: torch.Tensor, min_directivity: float = 0.95) -> torc
     chance (90 degrees on average) rather than a zero vector that would score 0 degrees.
     """
     act = iv_to_float(torch.as_tensor(iv)[:, :3]).flatten(2)     # (B, 3, F*M)
-    directivity = torch.linalg.vector_norm(act, dim=1)            # (B, F*M)
-    keep = directivity >= min_directivity
+    # |I_act|^2 against the squared threshold: vector_norm over the strided 3-axis is ~10x slower on CPU
+    keep = act.square().sum(1) >= min_directivity ** 2            # (B, F*M)
     selected = (act * keep[:, None].to(act.dtype)).sum(-1)        # (B, 3)
     has_cells = keep.any(dim=1, keepdim=True)
     total = torch.where(has_cells, selected, act.sum(-1))
