@@ -601,9 +601,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: str | None) -> RunResult:
     # validation adds texts to the text cache, and the next step must find the cache as it would unprepared.
     helper = None
     if t.prefetch:  # the current CUDA device is per thread: the helper's is this rank's
-        helper = ThreadPoolExecutor(1, thread_name_prefix="prepare", initializer=torch.cuda.set_device,
-                                    initargs=(device,)) if device.type == "cuda" else \
-            ThreadPoolExecutor(1, thread_name_prefix="prepare")
+        on_device = {"initializer": torch.cuda.set_device, "initargs": (device,)} if device.type == "cuda" else {}
+        helper = ThreadPoolExecutor(1, thread_name_prefix="prepare", **on_device)
     ahead: tuple | None = None
     bar = None
     if info.is_main and cfg.log.progress:
