@@ -16,7 +16,7 @@ from disse.trainer.model.official import (DISSEOfficial, OfficialConfig, build_o
                                           official_htsat_inputs, physical_units, read_official_state)
 from disse.trainer.training.config import load_train_config
 from disse.trainer.training.loop import train
-from disse.trainer.training.losses import LossConfig
+from disse.trainer.training.losses import LossConfig, multi_positive_contrastive
 from disse.trainer.training.official import OfficialDual, OfficialLoss, OfficialObjective, target_statistics
 
 from test_clap_checkpoint import _toy_roberta_dir
@@ -119,6 +119,16 @@ def test_published_objective_learns_one_batch(demo_shards, roberta):
                                                      + 3.0 * hsic["text_source_independence"]
                                                      + 4.0 * hsic["room_independence"]
                                                      + 5.0 * hsic["source_caption_distill"]), rel_tol=1e-5)
+    # full_caption_source_grad false: the source pair is two contrasts, the audio side against the own captions
+    split = OfficialLoss(LossConfig(physics=False, full_caption_source_grad=False))(
+        out["audio"], out["text"], meta, out["scales"]["logit"])[1]
+    norm = lambda x: torch.nn.functional.normalize(x.float(), dim=-1)  # noqa: E731
+    scale = torch.exp(torch.clamp(out["scales"]["logit"].float(), max=math.log(100.0)))
+    ids = meta["source_id"]
+    expected = (multi_positive_contrastive(norm(out["audio"]["source"]), norm(out["text"]["source_of_source_text"]),
+                                           ids, scale)
+                + multi_positive_contrastive(norm(out["audio"]["source"]), norm(out["text"]["source"]), ids, scale))
+    assert math.isclose(float(split["source"]), float(expected), rel_tol=1e-5)
     # the clips' own captions went through the text source head: the distillation's target
     model.eval()
     with torch.no_grad():

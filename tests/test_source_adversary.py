@@ -340,3 +340,91 @@ def test_source_caption_distillation_needs_full_captions():
     # the official preset's text heads read the full caption by construction
     assert load_train_config(None, ["data.train=x", "model.preset=official", "data.rotate_azimuth=false",
                                     "loss.source_caption_distill_weight=1.0"]).loss.source_caption_distill_weight == 1
+
+
+def test_split_source_contrast_gives_the_audio_side_the_own_captions_and_the_text_side_the_full_ones():
+    from disse.trainer.training.losses import multi_positive_contrastive, source_contrast
+
+    F = torch.nn.functional
+    torch.manual_seed(0)
+    ids = torch.tensor([0, 0, 1, 1, 2, 3])
+    own = F.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(5.0)
+
+    def grads(full_words: torch.Tensor, split: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), dim=-1).requires_grad_(True)
+        full = F.normalize(own + full_words, dim=-1).detach().requires_grad_(True)
+        value = source_contrast(a, {"source": full, "source_of_source_text": own}, ids, scale, not split)
+        value.backward()
+        return value.detach(), a.grad, full.grad
+
+    # without spatial words the split is the single contrast counted twice, with the same gradients on both sides
+    one, a_one, t_one = grads(torch.zeros(6, 8), split=False)
+    two, a_two, t_two = grads(torch.zeros(6, 8), split=True)
+    assert torch.isclose(two, 2 * one)
+    torch.testing.assert_close(a_two, a_one)
+    torch.testing.assert_close(t_two, t_one)
+    # with spatial words the audio side's gradient is the own captions' contrast, whatever the words are
+    words = 0.5 * torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
+    _, a_split, t_split = grads(words, split=True)
+    _, a_full, _ = grads(words, split=False)
+    torch.testing.assert_close(a_split, a_one)
+    assert not torch.allclose(a_full, a_one, atol=1e-3)            # the single contrast hands the words to the audio
+    a = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    full = F.normalize(own + words, dim=-1).requires_grad_(True)
+    multi_positive_contrastive(a, full, ids, scale).backward()
+    torch.testing.assert_close(t_split, full.grad)                  # the text side: the full captions vs the audio
+
+
+def _train_audio_source_head(split: bool) -> float:
+    """A linear audio source head over [the sound's features; the room's features] (24 sounds, 6 in each of 4
+    rooms, one render each, as in a batch), trained 300 steps with the source contrast against fixed text
+    embeddings: the full caption is the own caption plus a room-dependent shift (what its spatial words leave in
+    the text source embedding). -> how much the spatial words draw an audio query to its own room: the mean of
+    cos(audio, full caption) - cos(audio, own caption) over other sounds' captions of the query's room, minus
+    the same over those of other rooms (0: the words pull every query alike)."""
+    F = torch.nn.functional
+    torch.manual_seed(0)
+    sound, room = torch.arange(24), torch.arange(4).repeat(6)
+    x = torch.cat([torch.randn(24, 16), torch.randn(4, 16)[room]], dim=1)
+    own = F.normalize(torch.randn(24, 8), dim=-1)
+    full = F.normalize(own + 0.6 * F.normalize(torch.randn(4, 8), dim=-1)[room], dim=-1)
+    head = torch.nn.Linear(32, 8)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    off = dict(space_weight=0, direction_weight=0, area_weight=0, distance_weight=0, t30_weight=0, physics=False)
+    loss_fn = DELSALoss(LossConfig(**off, full_caption_source_grad=not split))
+    batch = {"source_id": sound, "space_id": room}
+    scale = torch.tensor(10.0)
+    for _ in range(300):
+        a = F.normalize(head(x), dim=-1)
+        total, _ = loss_fn({"source": a, "space": a}, {"source": full, "space": full, "source_of_source_text": own},
+                           batch, scale, scale)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    with torch.no_grad():
+        a = F.normalize(head(x), dim=-1)
+    pull = a @ full.T - a @ own.T                                     # what the spatial words add, per pair
+    same_room, other = room[:, None] == room[None, :], sound[:, None] != sound[None, :]
+    return float(pull[same_room & other].mean() - pull[~same_room].mean())
+
+
+def test_split_source_contrast_stops_rewarding_the_audio_source_embedding_for_knowing_the_room():
+    # the single contrast pulls each audio embedding to its full caption, spatial shift included, so the words
+    # draw an audio query to other sounds' captions of its own room (X-SPA a2t); against the own captions not
+    single, split = _train_audio_source_head(False), _train_audio_source_head(True)
+    assert single > 0.1 and abs(split) < 0.2 * single, (single, split)
+
+
+def test_split_source_contrast_needs_full_captions_and_feeds_the_own_captions():
+    import pytest
+
+    from disse.schemas import SchemaError
+    from disse.trainer.training.config import load_train_config
+    from disse.trainer.training.loop import objective_for
+
+    with pytest.raises(SchemaError, match="full_caption_source_grad"):
+        load_train_config(None, ["data.train=x", "loss.full_caption_source_grad=false"])
+    cfg = load_train_config(None, ["data.train=x", "model.text_input=full", "loss.full_caption_source_grad=false"])
+    assert objective_for(cfg).source_text                              # the own captions' pass is made
+    assert not objective_for(load_train_config(None, ["data.train=x"])).source_text

@@ -213,6 +213,9 @@ def check_config(cfg: TrainConfig, source: Source = "config") -> TrainConfig:
     _check(not loss.source_caption_distill_weight or cfg.model.preset == "official" or cfg.model.text_input == "full",
            "loss.source_caption_distill_weight", "pulls the full caption's text source embedding to the clip's own "
            "caption's: the text source head must read the full caption (model.text_input full)", source)
+    _check(loss.full_caption_source_grad or cfg.model.preset == "official" or cfg.model.text_input == "full",
+           "loss.full_caption_source_grad", "false trains the audio side against the clip's own caption instead of "
+           "the full caption the text source head reads: set model.text_input full", source)
     return cfg
 
 

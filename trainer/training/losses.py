@@ -60,6 +60,12 @@ class LossConfig:
     # caption, without spatial words: the text source head reads past the spatial words, so a source query
     # cannot pick, among one sound's captions, the one of its own room (X-SPA a2t, docs/spatial.md, rows o)
     source_caption_distill_weight: float = 0.0
+    # false: the source contrast is split by side. The audio source embedding learns against the (detached)
+    # text source embedding of the clip's own caption, which has no spatial words, and the text source head
+    # learns the full caption against the detached audio. With one term, the audio side is rewarded for
+    # matching whatever the spatial words leave in the full caption's embedding, i.e. for knowing the room
+    # (X-SPA a2t, docs/spatial.md, rows p). The logged "source" term is then the sum of the two halves
+    full_caption_source_grad: bool = True
     critic_temperature: float = 0.1
     # false: the audio space embedding of a sample whose text space head read the FULL caption (source words
     # included; data.space_caption_drop decides which) gets no gradient from the space and per-descriptor
@@ -181,6 +187,22 @@ def balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.
     return F.cross_entropy(logits, target, weight=weight, ignore_index=-1)
 
 
+def source_contrast(audio_source: torch.Tensor, text: dict, source_id: torch.Tensor, scale: torch.Tensor | float,
+                    full_caption_grad: bool = True) -> torch.Tensor:
+    """The source pair's contrast (scalar). ``audio_source`` ``(N, D)``; ``text``: ``source`` ``(N, D)`` (the
+    caption the source head read) and, when ``full_caption_grad`` is false, ``source_of_source_text`` ``(N, D)``
+    (the clip's own caption, detached). True: one multi-positive contrast, both sides trained by it. False: the
+    audio side learns against the own captions, the text side learns its captions against the detached audio
+    (``LossConfig.full_caption_source_grad``)."""
+    if full_caption_grad:
+        return multi_positive_contrastive(audio_source, text["source"], source_id, scale)
+    if "source_of_source_text" not in text:
+        raise ValueError("full_caption_source_grad false needs the own captions' text source embeddings "
+                         "(text['source_of_source_text'])")
+    return (multi_positive_contrastive(audio_source, text["source_of_source_text"].detach(), source_id, scale)
+            + multi_positive_contrastive(audio_source.detach(), text["source"], source_id, scale))
+
+
 class DELSALoss(nn.Module):
     """``(audio_out, text_out, batch, log_scale_source, log_scale_space) -> (total, {term: detached tensor})``.
 
@@ -213,7 +235,8 @@ class DELSALoss(nn.Module):
             keep = batch["space_caption_dropped"].to(audio_space.dtype)[:, None]  # 1 = spatial caption: grad flows
             audio_space = audio_space.detach() + keep * (audio_space - audio_space.detach())
         terms: dict[str, torch.Tensor] = {
-            "source": multi_positive_contrastive(audio_out["source"], text_out["source"], batch["source_id"], s_src),
+            "source": source_contrast(audio_out["source"], text_out, batch["source_id"], s_src,
+                                      c.full_caption_source_grad),
             "space": multi_positive_contrastive(audio_space, text_out["space"], batch["space_id"], s_spa),
         }
         total = c.source_weight * terms["source"] + c.space_weight * terms["space"]

@@ -50,7 +50,7 @@ from disse.trainer.model.official import (PHYS_HEADS, TARGET_STATS_KEYS, DISSEOf
 from disse.trainer.model.physics import direction_from_angles
 from disse.trainer.model.weights import read_checkpoint
 from disse.trainer.training.losses import (LossConfig, distillation_gap, independence_penalties,
-                                          multi_positive_contrastive, room_parameters)
+                                          multi_positive_contrastive, room_parameters, source_contrast)
 
 log = logging.getLogger("disse.train")
 
@@ -128,7 +128,10 @@ class OfficialLoss(nn.Module):
         c = self.cfg
         scale = torch.exp(torch.clamp(logit_scale.float(), max=math.log(100.0)))
         a, t = ({name: F.normalize(side[name].float(), dim=-1) for name in ("source", "space")} for side in (audio, text))
-        terms = {name: multi_positive_contrastive(a[name], t[name], meta[f"{name}_id"], scale) for name in a}
+        if "source_of_source_text" in text:  # the clips' own captions, normalised as the contrast's other rows
+            t["source_of_source_text"] = F.normalize(text["source_of_source_text"].float(), dim=-1)
+        terms = {"source": source_contrast(a["source"], t, meta["source_id"], scale, c.full_caption_source_grad),
+                 "space": multi_positive_contrastive(a["space"], t["space"], meta["space_id"], scale)}
         total = c.source_weight * terms["source"] + c.space_weight * terms["space"]
         # the disentanglement penalties of the project preset, same fields
         room = None
