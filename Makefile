@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 
 # torch and torchvision first, pinned together (laion-clap imports torchvision; see pyproject.toml).
 # --no-compile: pip would byte-compile all ~17,500 modules of the environment (~45 s on one core); Python
-# compiles the few thousand a command imports on first use and keeps them in __pycache__.
+# compiles the few hundred a command imports on first use (442 for make demo) and keeps them in __pycache__.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

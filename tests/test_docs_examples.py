@@ -58,9 +58,9 @@ NOT_RUN = {
                      "tests/test_remote_shards.py trains and evaluates the same way over a loopback server and pipe:cat",
     "README.md:197": "fine-tunes the released checkpoint, which is not shipped; tests/test_official_train.py runs "
                      "the same fine-tuning path on a release-layout file at tiny sizes",
-    "README.md:22": "`make demo` renders and trains the full demo (about 15 minutes on 2 cores; its three commands "
+    "README.md:22": "`make demo` renders and trains the full demo (9-16 minutes on 2 cores; its three commands "
                     "run as README.md:33) and `make test` runs the whole suite, this file included",
-    "docs/training.md:105": "two-node torchrun: needs a second host (HOST0) to meet; the one-node form runs "
+    "docs/training.md:106": "two-node torchrun: needs a second host (HOST0) to meet; the one-node form runs "
                            "(README step 4, docs/training.md's one-node example)",
     "docs/official.md:370": "trains the full-size official model (fused HTSAT, RoBERTa-base), far beyond CPU; "
                             "tests/test_official_train.py runs the same code path at tiny sizes (random start, "
