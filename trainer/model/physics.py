@@ -136,7 +136,7 @@ def intensity_direction(iv: torch.Tensor, min_directivity: float = 0.95) -> torc
     """
     act = iv_to_float(torch.as_tensor(iv)[:, :3]).flatten(2)     # (B, 3, F*M)
     # |I_act|^2 against the squared threshold: vector_norm over the strided 3-axis is ~10x slower on CPU
-    keep = act.square().sum(1) >= min_directivity ** 2            # (B, F*M)
+    keep = act.square().sum(1) >= max(min_directivity, 0.0) ** 2  # (B, F*M); <= 0 keeps every cell, as |I| >= it
     selected = (act * keep[:, None].to(act.dtype)).sum(-1)        # (B, 3)
     has_cells = keep.any(dim=1, keepdim=True)
     total = torch.where(has_cells, selected, act.sum(-1))

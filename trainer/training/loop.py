@@ -64,7 +64,7 @@ class DualEncoder(nn.Module):
     batch: under DDP every rank must gather the same keys, and whether a rank's batch has 2B or B text
     rows depends on its data. ``source_tokens`` (B rows, the clips' own captions without spatial words):
     also return their source head's embedding as ``source_of_source_text``, for
-    ``LossConfig.source_caption_distill_weight``.
+    ``LossConfig.source_caption_distill_weight`` and ``LossConfig.full_caption_source_grad``.
     """
 
     def __init__(self, model: nn.Module, space_of_caption: bool = False) -> None:
@@ -78,7 +78,7 @@ class DualEncoder(nn.Module):
         text = self.model.encode_text(tokens)
         of_source_text = None
         if source_tokens is not None:
-            with torch.no_grad():  # the distillation's target: detached in the loss, so no graph for it
+            with torch.no_grad():  # a target only (distillation, split source contrast): no graph for it
                 of_source_text = self.model.encode_text(source_tokens)["source"]
         b = waveform.shape[0]
         of_caption = text["space"][:b]  # B rows: both heads read the same text, so this is text["space"]
@@ -137,7 +137,7 @@ class ProjectObjective:
     name = "project"
 
     def __init__(self, source_text: bool = False) -> None:
-        self.source_text = source_text  # also feed the clips' own captions (loss.source_caption_distill_weight)
+        self.source_text = source_text  # also feed the clips' own captions (objective_for says when)
 
     def prepare(self, cfg: TrainConfig, shards: ShardList, val: ShardList | None) -> None:
         check_training_preset(shards, what="data.train")  # before building the model: one error, not one per sample

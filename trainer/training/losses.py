@@ -64,7 +64,9 @@ class LossConfig:
     # text source embedding of the clip's own caption, which has no spatial words, and the text source head
     # learns the full caption against the detached audio. With one term, the audio side is rewarded for
     # matching whatever the spatial words leave in the full caption's embedding, i.e. for knowing the room
-    # (X-SPA a2t, docs/spatial.md, rows p). The logged "source" term is then the sum of the two halves
+    # (X-SPA a2t, docs/spatial.md, rows p). The logged "source" term is then the sum of the two halves, and the
+    # source temperature learns from both (its gradient about doubles: Adam's steps hardly change; in the
+    # official preset, whose one temperature serves both pairs, the source pair then weighs ~2:1 in it)
     full_caption_source_grad: bool = True
     critic_temperature: float = 0.1
     # false: the audio space embedding of a sample whose text space head read the FULL caption (source words

@@ -105,8 +105,8 @@ class OfficialDual(nn.Module):
         audio = {"source": a["audio_source_emb"], "space": a["audio_space_emb"],
                  **{k: a[k] for k in ("direction", "area", "distance", "reverb")}}
         text = {"source": t["text_source_emb"], "space": t["text_space_emb"]}
-        if source_tokens is not None:  # the clips' own captions (loss.source_caption_distill_weight)
-            with torch.no_grad():  # the distillation's target: detached in the loss, so no RoBERTa graph for it
+        if source_tokens is not None:  # the clips' own captions (objective_for in training/loop.py says when)
+            with torch.no_grad():  # a target only (distillation, split source contrast): no RoBERTa graph for it
                 text["source_of_source_text"] = self.model.encode_text(source_tokens)["text_source_emb"]
         return {"audio": audio, "text": text, "scales": {"logit": self.model.logit_scale}}
 
@@ -177,7 +177,7 @@ class OfficialObjective:
 
     inputs: str = "foa"   # the loader decodes every shard's FOA; the front end runs on the training device
     name: str = "official"
-    source_text: bool = False  # also feed the clips' own captions (loss.source_caption_distill_weight)
+    source_text: bool = False  # also feed the clips' own captions (objective_for in training/loop.py says when)
 
     def prepare(self, cfg: Any, shards: ShardList, val: ShardList | None) -> None:
         """Checks before anything is built, and the target statistics into ``cfg`` (so config.yaml and every
