@@ -47,7 +47,7 @@ def check_paper(tmp: Path, roberta: Path, args: argparse.Namespace) -> dict:
     from disse.trainer.training.config import load_train_config
     from disse.trainer.training.distributed import DistInfo
     from disse.trainer.training.loop import (DualEncoder, StepContext, build_loss, build_model, make_optimizer,
-                                             train_step)
+                                             objective_for, train_step)
 
     print("rendering a small demo set for the loader ...", file=sys.stderr)
     run_demo(tmp / "demo", DemoConfig(types=8, clips_per_type=3, rooms=4, positions_per_room=3, rirs_per_clip=4,
@@ -66,7 +66,7 @@ def check_paper(tmp: Path, roberta: Path, args: argparse.Namespace) -> dict:
     raw = DualEncoder(model)
     params = [p for p in model.parameters() if p.requires_grad]
     ctx = StepContext(raw, raw, model, loss_fn, opt, torch.amp.GradScaler("cuda", enabled=False),
-                      DistInfo(device=device), "bf16", cfg.optim.grad_clip, params)
+                      DistInfo(device=device), "bf16", cfg.optim.grad_clip, params, objective_for(cfg))
     batches = iter(train_loader(resolve_shards(cfg.data.train), cfg.data, pin_memory=True))
     for _ in range(args.warmup):
         train_step(ctx, [strip_private(next(batches))])

@@ -12,7 +12,7 @@ from disse.schemas import SchemaError
 from disse.trainer.training.checkpoint import load_checkpoint, load_model
 from disse.trainer.training.config import load_train_config
 from disse.trainer.training.logging_utils import read_log
-from disse.trainer.training.loop import lr_factor, train
+from disse.trainer.training.loop import lr_factor, objective_for, train
 from disse.trainer.cli.train import main as cli_main
 
 # The demo config, shrunk so a run takes seconds on 2 cores: a smaller HTSAT and coarser
@@ -251,7 +251,7 @@ def test_accumulation_gives_the_big_batch_step(demo_shards):
         sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
         ctx = StepContext(raw, raw, model, build_loss(cfg), sgd,
                           torch.amp.GradScaler("cpu", enabled=False), DistInfo(), "fp32", 0.0,
-                          [p for p in model.parameters() if p.requires_grad])
+                          [p for p in model.parameters() if p.requires_grad], objective_for(cfg))
         train_step(ctx, micro)
         return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -286,7 +286,8 @@ def test_accumulation_gradients_equal_the_big_batch_gradients(demo_shards):
         raw = DualEncoder(model)
         params = [p for p in model.parameters() if p.requires_grad]
         ctx = StepContext(raw, raw, model, build_loss(cfg), torch.optim.SGD(params, lr=0.0),
-                          torch.amp.GradScaler("cpu", enabled=False), DistInfo(), "fp32", 0.0, params)
+                          torch.amp.GradScaler("cpu", enabled=False), DistInfo(), "fp32", 0.0, params,
+                          objective_for(cfg))  # the demo config's own-caption pass, as the loop makes it
         _, terms, _ = train_step(ctx, micro)
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, terms
 
