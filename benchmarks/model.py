@@ -66,8 +66,6 @@ def time_steps(model: DELSA, loss_fn: DELSALoss, batch: dict, steps: int, device
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
     b = batch["waveform"].shape[0]
-    lc = loss_fn.cfg
-    own_captions = lc.source_caption_distill_weight > 0 or not lc.full_caption_source_grad  # as objective_for
     out = []
     for _ in range(steps):
         if device.type == "cuda":
@@ -80,13 +78,11 @@ def time_steps(model: DELSA, loss_fn: DELSALoss, batch: dict, steps: int, device
             else:  # paper stand-in: realistic token counts without a real BPE vocabulary
                 t = model.encode_text(fixed_tokens)
                 text = {"source": t["source"][:b], "space": t["space"][b:]} if model.cfg.text_input == "separate" else t
-            if own_captions and fixed_tokens is None:  # the trainer's extra pass over the clips' own captions
+            if loss_fn.cfg.reads_own_captions:  # the trainer's extra pass over the clips' own captions
                 with torch.no_grad():
-                    own = {k: v.to(device) for k, v in model.tokenize(list(batch["source_text"])).items()}
-                    text["source_of_source_text"] = model.encode_text(own)["source"]
-            elif own_captions:
-                with torch.no_grad():
-                    text["source_of_source_text"] = model.encode_text(fixed_tokens)["source"][:b]
+                    own = fixed_tokens if fixed_tokens is not None else \
+                        {k: v.to(device) for k, v in model.tokenize(list(batch["source_text"])).items()}
+                    text["source_of_source_text"] = model.encode_text(own)["source"][:b]
         total, _ = loss_fn(audio, text, batch, model.logit_scale_source, model.logit_scale_space)
         opt.zero_grad(set_to_none=True)
         total.backward()

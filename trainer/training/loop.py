@@ -169,7 +169,7 @@ class ProjectObjective:
 
 def objective_for(cfg: TrainConfig) -> ProjectObjective | OfficialObjective:
     """The objective of ``cfg.model.preset``."""
-    source_text = cfg.loss.source_caption_distill_weight > 0 or not cfg.loss.full_caption_source_grad
+    source_text = cfg.loss.reads_own_captions
     if cfg.model.preset == "official":
         return OfficialObjective(source_text=source_text)
     return ProjectObjective(source_text=source_text)

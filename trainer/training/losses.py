@@ -84,6 +84,12 @@ class LossConfig:
     max_logit_scale: float = 100.0   # exp(log scale) clamped to [min, max] (CLIP: 100)
     min_logit_scale: float = 1.0
 
+    @property
+    def reads_own_captions(self) -> bool:
+        """Whether the loss needs ``source_of_source_text``, the text source embeddings of the clips' own
+        captions (one more text pass per micro-batch, without gradient)."""
+        return self.source_caption_distill_weight > 0 or not self.full_caption_source_grad
+
 
 def multi_positive_contrastive(a: torch.Tensor, t: torch.Tensor, ids: torch.Tensor,
                                logit_scale: torch.Tensor | float) -> torch.Tensor:
